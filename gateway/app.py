@@ -1,0 +1,151 @@
+"""Assembly: one Gateway (shared state) and one aiohttp application per listener.
+
+Dependencies are built once and passed in (``build_gateway``), so tests and
+``check`` construct exactly what ``serve`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from gateway.auth import Authenticator
+from gateway.config import ConfigError, GatewayConfig, ListenerConfig
+from gateway.headers import managed_header_keys
+from gateway.proxy import Proxy, TokenChecker
+from gateway.registry.base import Registry
+from gateway.registry.factory import create_registry
+from gateway.tls import ListenerTls, TlsMaterialError
+
+log = logging.getLogger("gateway")
+
+RELOAD_POLL_SECONDS = 1.0
+
+# Hooks the token service registers on each listener app (routes before the proxy catch-all).
+ListenerExtension = Callable[[web.Application, "ListenerContext"], None]
+
+
+@dataclass
+class ListenerContext:
+    """Everything one listener's handlers need."""
+
+    index: int
+    config: ListenerConfig
+    tls: ListenerTls
+    authenticator: Authenticator
+    public_url: str = ""  # resolved once bound
+
+
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+LISTENER_KEY: web.AppKey[ListenerContext] = web.AppKey("listener")
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    registry: Registry
+    listeners: list[ListenerContext]
+    extensions: list[ListenerExtension] = field(default_factory=list)
+    token_checker: TokenChecker | None = None
+    reloaders: list[Callable[[], bool]] = field(default_factory=list)
+    session: aiohttp.ClientSession | None = None
+    shutting_down: bool = False
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        # One pooled client for every upstream: keep-alive connections are reused
+        # across requests and callers.  Bodies pass through untouched (no
+        # decompression), cookies are never stored, proxies in env are ignored.
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+        )
+        await self.registry.start()
+        self._tasks.append(asyncio.create_task(self._watch_files(), name="file-watch"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.registry.close()
+        if self.session is not None:
+            await self.session.close()
+
+    async def _watch_files(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_POLL_SECONDS)
+            for listener in self.listeners:
+                listener.tls.reload_if_changed()
+            for reload_if_changed in self.reloaders:
+                reload_if_changed()
+
+    async def reload(self) -> bool:
+        """SIGHUP: re-read every file now; each part keeps its state if it fails."""
+        ok = all([listener.tls.reload() for listener in self.listeners])
+        ok = await self.registry.reload() and ok
+        for reload_now in self.reloaders:
+            ok = reload_now() and ok
+        return ok
+
+    def readiness(self) -> dict[str, bool]:
+        return {"registry": self.registry.ready, "accepting": not self.shutting_down}
+
+    def listener_app(self, index: int) -> web.Application:
+        listener = self.listeners[index]
+        assert self.session is not None, "start() the gateway first"
+        app = web.Application(client_max_size=self.config.limits.max_token_request_bytes)
+        app[GATEWAY_KEY] = self
+        app[LISTENER_KEY] = listener
+        for extend in self.extensions:
+            extend(app, listener)
+        proxy = Proxy(
+            routes=self.config.routes,
+            authenticator=listener.authenticator,
+            session=self.session,
+            managed_headers=managed_header_keys(self.config.headers),
+            token_checker=self.token_checker,
+        )
+        app.router.add_route("*", "/{tail:.*}", proxy.handle)
+        return app
+
+
+def build_gateway(config: GatewayConfig) -> Gateway:
+    """Load every file the config names; ConfigError lists all problems."""
+    problems: list[str] = []
+    listeners: list[ListenerContext] = []
+    registry: Registry | None = None
+    try:
+        registry = create_registry(config.registry)
+    except ConfigError as exc:
+        problems += exc.problems
+    tls_list: list[ListenerTls] = []
+    for i, listener in enumerate(config.listeners):
+        try:
+            tls_list.append(ListenerTls(listener.tls, f"{config.source}:listeners[{i}].tls"))
+        except TlsMaterialError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    assert registry is not None
+    for i, (listener, tls) in enumerate(zip(config.listeners, tls_list, strict=True)):
+        listeners.append(
+            ListenerContext(
+                index=i,
+                config=listener,
+                tls=tls,
+                authenticator=Authenticator(registry, tls, config.headers),
+                public_url=listener.public_url or "",
+            )
+        )
+    return Gateway(config=config, registry=registry, listeners=listeners)

@@ -1,0 +1,195 @@
+"""Command line: ``mtls-gateway <command>``.
+
+A user's mistake (bad flag, bad config, missing file) is one line on stderr
+naming the file, key or client at fault, and exit status 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from gateway import __version__
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.devpki import DevPkiError, init_dev_pki
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Reported as one line (or one line per problem), exit 1."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse exits 2 with a usage block; our contract is one line, exit 1.
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+# --------------------------------------------------------------------- commands
+
+
+def _load(path: str) -> GatewayConfig:
+    return load_config(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.supervisor import serve
+
+    config = _load(args.config)
+    return serve(config, workers=args.workers)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.runtime import assemble
+
+    config = _load(args.config)
+    gateway = assemble(config)
+    summary = _run(_count_clients(gateway.registry))
+    listeners = ", ".join(
+        f"{ls.bind} ({ls.tls.client_certs} client certs)" for ls in config.listeners
+    )
+    print(f"{config.source}: ok: {len(config.listeners)} listener(s) [{listeners}], {summary}")
+    return 0
+
+
+async def _count_clients(registry: Any) -> str:
+    try:
+        clients = await registry.list_clients()
+    finally:
+        await registry.close()
+    return f"{len(clients)} client(s) in {registry.description}"
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    pki = init_dev_pki(Path(args.dir), reuse=not args.force)
+    print(f"{'created' if pki.created else 'reused'} dev PKI in {pki.directory}")
+    print(f"  CA:          {pki.ca_cert}")
+    print(f"  server:      {pki.server_cert} (localhost, 127.0.0.1, ::1)")
+    for label, client in (("client", pki.client), ("self-signed", pki.self_signed)):
+        print(f"  {label + ':':<12} {client.cert}")
+        print(f"               subject    {client.subject}")
+        print(f"               thumbprint {client.thumbprint}")
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from gateway.oauth.keys import generate_signing_key
+
+    key = generate_signing_key(Path(args.file), args.alg, overwrite=args.force)
+    print(f"wrote {args.alg} signing key {key.path} (kid {key.kid}, mode 0600)")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from gateway.quickstart import run_quickstart
+
+    return run_quickstart(Path(args.dir), print_only=args.no_serve)
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    from gateway.clients_cli import run_clients_command
+
+    return _run(run_clients_command(_load(args.config), args))
+
+
+# --------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mtls-gateway",
+        description="Mutual-TLS authentication gateway with certificate-bound OAuth tokens.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtls-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("quickstart", help="dev PKI, key, config and echo upstream; then serve")
+    p.add_argument(
+        "--dir", default="gateway-demo", help="working directory (default ./gateway-demo)"
+    )
+    p.add_argument("--no-serve", action="store_true", help="prepare files and print commands only")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", required=True, help="gateway YAML config")
+    p.add_argument("--workers", type=_positive_int, default=1, help="processes sharing the ports")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate config, files and registry")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_check)
+
+    certs = sub.add_parser("certs", help="development certificates")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, parser_class=_Parser)
+    p = certs_sub.add_parser("init", help="create a dev CA, server and client certificates")
+    p.add_argument("dir")
+    p.add_argument("--force", action="store_true", help="regenerate even if files exist")
+    p.set_defaults(func=cmd_certs_init)
+
+    keys = sub.add_parser("keys", help="token signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    p = keys_sub.add_parser("generate", help="write a new signing key (PKCS#8 PEM, mode 0600)")
+    p.add_argument("file")
+    p.add_argument("--alg", choices=("ES256", "RS256", "PS256", "EdDSA"), default="ES256")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_keys_generate)
+
+    from gateway.clients_cli import add_clients_parser
+
+    add_clients_parser(sub, cmd_clients)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    handlers: dict[type[BaseException], Callable[[BaseException], list[str]]] = {
+        UserError: lambda e: list(e.lines),  # type: ignore[attr-defined]
+        ConfigError: lambda e: list(e.problems),  # type: ignore[attr-defined]
+        DevPkiError: lambda e: [str(e)],
+    }
+    try:
+        from gateway.oauth.keys import SigningKeyError
+
+        handlers[SigningKeyError] = lambda e: [str(e)]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except tuple(handlers) as exc:
+        for kind, render in handlers.items():
+            if isinstance(exc, kind):
+                for line in render(exc):
+                    print(f"mtls-gateway: {line}", file=sys.stderr)
+                break
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
+        return 1

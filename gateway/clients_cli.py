@@ -1,0 +1,175 @@
+"""``mtls-gateway clients …``: manage the registry the config names (YAML or Redis)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config import ConfigError, GatewayConfig, read_yaml_file
+from gateway.registry.base import RegistryWriteError, WritableRegistry
+from gateway.registry.factory import create_registry
+from gateway.registry.model import Client, ClientError, parse_client
+from gateway.registry.yaml_file import dump_registry_document, parse_registry_document
+
+_SECRET_FLAGS = {
+    "dn": "X509CertificateName",
+    "thumbprint": "X509CertificateThumbprint",
+    "san_dns": "X509SanDns",
+    "san_uri": "X509SanUri",
+    "san_ip": "X509SanIp",
+    "san_email": "X509SanEmail",
+}
+
+
+def add_clients_parser(
+    sub: argparse._SubParsersAction[Any], handler: Callable[[argparse.Namespace], int]
+) -> None:
+    clients = sub.add_parser("clients", help="manage the client registry")
+    clients_sub = clients.add_subparsers(
+        dest="clients_command", required=True, parser_class=type(clients)
+    )
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = clients_sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="gateway YAML config")
+        p.set_defaults(func=handler)
+        return p
+
+    command("list", "one line per client")
+    command("show", "one client in registry (YAML) form").add_argument("client_id")
+    p = command("add", "add or replace a client (flags, or --from-file)")
+    p.add_argument("client_id", nargs="?")
+    p.add_argument("--from-file", help="YAML snippet with one client (- for stdin)")
+    p.add_argument("--scope", action="append", default=[], help="allowed scope (repeat)")
+    for flag, kind in _SECRET_FLAGS.items():
+        p.add_argument(
+            f"--{flag.replace('_', '-')}",
+            action="append",
+            default=[],
+            help=f"{kind} secret (repeat)",
+        )
+    p.add_argument("--issuer", help="DN of the CA that must have issued the certificate")
+    p.add_argument("--lifetime", type=int, help="access token lifetime in seconds")
+    p.add_argument("--disabled", action="store_true")
+    p.add_argument("--replace", action="store_true", help="replace an existing client")
+    command("remove", "remove a client").add_argument("client_id")
+    p = command("import", "add clients from a registry YAML file")
+    p.add_argument("file", help="registry YAML (clients: [...]); - for stdin")
+    p.add_argument("--replace-all", action="store_true", help="drop clients not in the file")
+    p = command("export", "write the registry as YAML")
+    p.add_argument("file", nargs="?", help="output file (default stdout)")
+
+
+def _read_document(source: str) -> Any:
+    if source == "-":
+        try:
+            return yaml.safe_load(sys.stdin.read())
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"<stdin>: invalid YAML: {exc}"]) from None
+    return read_yaml_file(Path(source))
+
+
+def _client_from_flags(args: argparse.Namespace) -> Client:
+    if args.from_file:
+        data = _read_document(args.from_file)
+        if isinstance(data, dict) and "clients" in data:
+            clients = parse_registry_document(data, args.from_file)
+            if len(clients) != 1:
+                raise ConfigError([f"{args.from_file}: expected exactly one client"])
+            return clients[0]
+    else:
+        if not args.client_id:
+            raise ConfigError(["clients add: give a client_id, or --from-file"])
+        secrets = [
+            {"type": kind, "value": value}
+            for flag, kind in _SECRET_FLAGS.items()
+            for value in getattr(args, flag)
+        ]
+        data = {
+            "client_id": args.client_id,
+            "allowed_scopes": args.scope,
+            "secrets": secrets,
+            "enabled": not args.disabled,
+        }
+        if args.issuer:
+            data["issuer"] = args.issuer
+        if args.lifetime is not None:
+            data["access_token_lifetime"] = args.lifetime
+    label = data.get("client_id", "?") if isinstance(data, dict) else "?"
+    try:
+        return parse_client(data)
+    except ClientError as exc:
+        raise ConfigError([f"client {label}: {p}" for p in exc.problems]) from None
+
+
+async def run_clients_command(config: GatewayConfig, args: argparse.Namespace) -> int:
+    registry: WritableRegistry = create_registry(config.registry)
+    try:
+        return await _dispatch(registry, args)
+    except RegistryWriteError as exc:
+        raise ConfigError([str(exc)]) from None
+    finally:
+        await registry.close()
+
+
+async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int:
+    command = args.clients_command
+    if command == "list":
+        for c in sorted(await registry.list_clients(), key=lambda c: c.client_id):
+            kinds = ",".join(sorted({s.type.removeprefix("X509") for s in c.secrets}))
+            state = "enabled " if c.enabled else "disabled"
+            print(
+                f"{c.client_id}\t{state}\tscopes={' '.join(c.allowed_scopes) or '-'}\tsecrets={kinds}"
+            )
+        return 0
+    if command == "show":
+        client = await registry.get(args.client_id)
+        if client is None:
+            raise ConfigError([f"client {args.client_id}: not found in {registry.description}"])
+        print(yaml.safe_dump(client.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        return 0
+    if command == "add":
+        client = _client_from_flags(args)
+        if not args.replace and await registry.get(client.client_id) is not None:
+            raise ConfigError([f"client {client.client_id}: already exists (use --replace)"])
+        await registry.put(client)
+        print(f"added {client.client_id} to {registry.description}")
+        return 0
+    if command == "remove":
+        if not await registry.remove(args.client_id):
+            raise ConfigError([f"client {args.client_id}: not found in {registry.description}"])
+        print(f"removed {args.client_id} from {registry.description}")
+        return 0
+    if command == "import":
+        incoming = parse_registry_document(_read_document(args.file), args.file)
+        if args.replace_all:
+            merged = incoming
+        else:
+            by_id = {c.client_id: c for c in await registry.list_clients()}
+            by_id.update({c.client_id: c for c in incoming})
+            merged = list(by_id.values())
+        await registry.replace_all(merged)
+        print(f"imported {len(incoming)} client(s) into {registry.description}")
+        return 0
+    if command == "export":
+        text = dump_registry_document(
+            sorted(await registry.list_clients(), key=lambda c: c.client_id)
+        )
+        if args.file:
+            _write_text(Path(args.file), text)
+        else:
+            sys.stdout.write(text)
+        return 0
+    raise ConfigError([f"clients: unknown command {command!r}"])
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot write: {exc.strerror or exc}"]) from None

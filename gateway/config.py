@@ -1,0 +1,639 @@
+"""Configuration: YAML plus environment overrides, validated once into frozen objects.
+
+Every problem is collected and reported as ``file:key: message`` so that an
+operator fixes a config in one pass (``mtls-gateway check``).  Paths are
+relative to the config file.  ``MTLS_GATEWAY_<PATH>`` overrides any value, with
+``__`` between levels and list indexes as numbers
+(``MTLS_GATEWAY_LISTENERS__0__BIND=0.0.0.0:8443``); values are read as YAML
+scalars, so ``true``, ``3600`` and ``[a, b]`` work.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+ENV_PREFIX = "MTLS_GATEWAY_"
+
+AuthMode = Literal["client", "token", "none"]
+ClientCertMode = Literal["optional", "required"]
+
+
+class ConfigError(Exception):
+    """One or more problems, each ``file:key: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class BindAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    client_ca: Path | None
+    client_certs: ClientCertMode
+    crl: Path | None
+    # Self-issued client certificates (X509CertificateThumbprint secrets) must be
+    # in the trust store for the stdlib ssl module to accept them (TLS-NOTES).
+    pinned_certs: tuple[Path, ...]
+    min_version: Literal["1.2", "1.3"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    bind: BindAddress
+    public_url: str | None  # None: https://<bound address>, resolved at start
+    tls: TlsConfig
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    bind: BindAddress | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    kind: Literal["yaml", "redis"]
+    path: Path | None
+    url: str | None
+    key_prefix: str
+    max_stale: float
+    cache_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokensConfig:
+    signing_keys: tuple[Path, ...]
+    lifetime: int
+    audience: str
+    scope_format: Literal["string", "array"]
+    allow_insecure_key_permissions: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    prefix: str
+    upstream: str
+    auth: AuthMode
+    scopes: tuple[str, ...]
+    clients: tuple[str, ...]  # allow-list of client_ids; empty: any registered client
+    connect_timeout: float
+    timeout: float  # until the upstream's response headers; past it: 504
+    strip_prefix: bool
+    preserve_host: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderNames:
+    """Identity header names; ``None`` disables one."""
+
+    client_id: str | None = "X-Client-Id"
+    subject: str | None = "X-Client-Cert-Subject"
+    thumbprint: str | None = "X-Client-Cert-Thumbprint"
+    sha256: str | None = "X-Client-Cert-Sha256"
+    xfcc: str | None = "X-Forwarded-Client-Cert"
+    client_cert: str | None = None  # RFC 9440 "Client-Cert", off by default
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_header_bytes: int = 8190
+    max_headers: int = 100
+    header_read_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_token_request_bytes: int = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "INFO"
+    format: Literal["json", "text"] = "json"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    source: Path
+    issuer: str
+    listeners: tuple[ListenerConfig, ...]
+    admin: AdminConfig
+    registry: RegistryConfig
+    tokens: TokensConfig
+    routes: tuple[RouteConfig, ...]
+    headers: HeaderNames = field(default_factory=HeaderNames)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class _Reader:
+    """Walks the YAML tree, remembering the key path for error messages."""
+
+    def __init__(self, source: Path, base: Path) -> None:
+        self.source = source
+        self.base = base
+        self.problems: list[str] = []
+        self._path: list[str] = []
+
+    @property
+    def where(self) -> str:
+        dotted = ""
+        for part in self._path:
+            dotted += part if part.startswith("[") else (f".{part}" if dotted else part)
+        return dotted
+
+    def problem(self, message: str, key: str | None = None) -> None:
+        where = self.where if key is None else (f"{self.where}.{key}" if self.where else key)
+        self.problems.append(f"{self.source}:{where or '<top>'}: {message}")
+
+    @contextmanager
+    def at(self, key: str | int) -> Iterator[None]:
+        self._path.append(f"[{key}]" if isinstance(key, int) else key)
+        try:
+            yield
+        finally:
+            self._path.pop()
+
+    def mapping(self, data: Any, allowed: set[str]) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            self.problem(f"expected a mapping, got {_kind(data)}")
+            return {}
+        for key in data:
+            if key not in allowed:
+                self.problem(
+                    f"unknown key (expected one of: {', '.join(sorted(allowed))})", str(key)
+                )
+        return data
+
+    def get(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        convert: Callable[[Any], T],
+        default: Any = _MISSING,
+    ) -> T:
+        with self.at(key):
+            if key not in data or data[key] is None:
+                if default is _MISSING:
+                    self.problem("required")
+                    return cast(T, None)
+                return cast(T, default)
+            try:
+                return convert(data[key])
+            except (ValueError, TypeError) as exc:
+                self.problem(str(exc))
+                return cast(T, None)
+
+    def file(self, value: Any) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a file path")
+        path = Path(value)
+        path = path if path.is_absolute() else self.base / path
+        if not path.exists():
+            raise ValueError(f"file not found: {path}")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"file not readable: {path}")
+        return path
+
+    def new_path(self, value: Any) -> Path:
+        """A path that may not exist yet (it is created or watched later)."""
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a file path")
+        path = Path(value)
+        return path if path.is_absolute() else self.base / path
+
+
+def _placeholder() -> Any:
+    return None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError(f"expected a string, got {_kind(value)}")
+    return str(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    return value
+
+
+def _choice(*options: str) -> Callable[[Any], Any]:
+    def convert(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return tuple(value)
+
+
+def parse_bind(value: Any) -> BindAddress:
+    text = _string(value)
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected host:port, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise ValueError(f"missing host in {text!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost" and not all(
+            part.isalnum() or "-" in part for part in host.split(".")
+        ):
+            raise ValueError(f"invalid host in {text!r}") from None
+    return BindAddress(host, port)
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _string(value)
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"expected a {' or '.join(schemes)} URL, got {text!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"URL must not have a query or fragment: {text!r}")
+        return (
+            text.rstrip("/") if parts.path not in ("", "/") else f"{parts.scheme}://{parts.netloc}"
+        )
+
+    return convert
+
+
+def _header_name(value: Any) -> str | None:
+    if value is None or value is False:
+        return None
+    text = _string(value)
+    if not text or any(not (ch.isalnum() or ch in "-_") for ch in text):
+        raise ValueError(f"not a valid header name: {text!r}")
+    return text
+
+
+# --------------------------------------------------------------------------- env
+
+
+def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Apply ``MTLS_GATEWAY_A__B__0__C`` variables in place; return problems."""
+    problems: list[str] = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            problems.append(f"env:{name}: malformed variable name")
+            continue
+        try:
+            value = yaml.safe_load(env[name])
+        except yaml.YAMLError:
+            value = env[name]
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    problems.append(f"env:{name}: no list item {part!r} to override")
+                    break
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                problems.append(f"env:{name}: cannot override inside a {_kind(node)}")
+                break
+    return problems
+
+
+# --------------------------------------------------------------------------- load
+
+
+def read_yaml_file(path: Path) -> Any:
+    """Read YAML, turning every failure into ConfigError with file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}" if mark is not None else "<top>"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{path}:{line}: invalid YAML: {problem}"]) from None
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    source = Path(path)
+    data = read_yaml_file(source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:<top>: expected a mapping of settings, got {_kind(data)}"])
+    problems = apply_env_overrides(data, os.environ if env is None else env)
+    reader = _Reader(source, source.resolve().parent)
+    config = _build(reader, data)
+    problems += reader.problems
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+_TOP_KEYS = {
+    "issuer",
+    "listeners",
+    "admin",
+    "registry",
+    "tokens",
+    "routes",
+    "headers",
+    "limits",
+    "logging",
+}
+
+
+def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
+    top = r.mapping(data, _TOP_KEYS)
+    issuer = r.get(top, "issuer", _url(("https",)))
+    listeners = _listeners(r, top.get("listeners"))
+    with r.at("admin"):
+        admin_data = r.mapping(top.get("admin"), {"bind"})
+        admin = AdminConfig(
+            bind=r.get(admin_data, "bind", parse_bind, BindAddress("127.0.0.1", 9901))
+        )
+    registry = _registry(r, top.get("registry"))
+    tokens = _tokens(r, top.get("tokens"), issuer)
+    routes = _routes(r, top.get("routes"))
+    with r.at("headers"):
+        h = r.mapping(top.get("headers"), set(HeaderNames.__dataclass_fields__))
+        names: dict[str, str | None] = {}
+        default_names = HeaderNames()
+        for name in HeaderNames.__dataclass_fields__:
+            names[name] = getattr(default_names, name)
+            if name in h:
+                with r.at(name):
+                    try:
+                        names[name] = _header_name(h[name])
+                    except ValueError as exc:
+                        r.problem(str(exc))
+        headers = HeaderNames(**names)
+        configured = [
+            n for n in (getattr(headers, f) for f in HeaderNames.__dataclass_fields__) if n
+        ]
+        if len({n.lower().replace("_", "-") for n in configured}) != len(configured):
+            r.problem("two identity headers share one name")
+    with r.at("limits"):
+        lim = r.mapping(top.get("limits"), set(LimitsConfig.__dataclass_fields__))
+        d = LimitsConfig()
+        limits = LimitsConfig(
+            max_header_bytes=r.get(lim, "max_header_bytes", _positive_int, d.max_header_bytes),
+            max_headers=r.get(lim, "max_headers", _positive_int, d.max_headers),
+            header_read_timeout=r.get(
+                lim, "header_read_timeout", _positive_number, d.header_read_timeout
+            ),
+            keepalive_timeout=r.get(
+                lim, "keepalive_timeout", _positive_number, d.keepalive_timeout
+            ),
+            max_token_request_bytes=r.get(
+                lim, "max_token_request_bytes", _positive_int, d.max_token_request_bytes
+            ),
+        )
+    with r.at("logging"):
+        lg = r.mapping(top.get("logging"), {"level", "format", "access_log"})
+        logging_config = LoggingConfig(
+            level=r.get(lg, "level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+            format=r.get(lg, "format", _choice("json", "text"), "json"),
+            access_log=r.get(lg, "access_log", _boolean, True),
+        )
+    return GatewayConfig(
+        source=r.source,
+        issuer=issuer,
+        listeners=listeners,
+        admin=admin,
+        registry=registry,
+        tokens=tokens,
+        routes=routes,
+        headers=headers,
+        limits=limits,
+        logging=logging_config,
+    )
+
+
+def _listeners(r: _Reader, data: Any) -> tuple[ListenerConfig, ...]:
+    result: list[ListenerConfig] = []
+    with r.at("listeners"):
+        if not isinstance(data, list) or not data:
+            r.problem("required: a list of at least one listener")
+            return ()
+        for i, item in enumerate(data):
+            with r.at(i):
+                ls = r.mapping(item, {"bind", "public_url", "tls"})
+                bind = r.get(ls, "bind", parse_bind)
+                public_url = r.get(ls, "public_url", _url(("https",)), None)
+                with r.at("tls"):
+                    t = r.mapping(
+                        ls.get("tls"),
+                        {
+                            "cert",
+                            "key",
+                            "client_ca",
+                            "client_certs",
+                            "crl",
+                            "pinned_certs",
+                            "min_version",
+                        },
+                    )
+                    if "tls" not in ls:
+                        r.problem("required")
+                    pinned_raw = t.get("pinned_certs") or []
+                    pinned: list[Path] = []
+                    with r.at("pinned_certs"):
+                        if not isinstance(pinned_raw, list):
+                            r.problem("expected a list of files")
+                        else:
+                            for j, p in enumerate(pinned_raw):
+                                pinned.append(_file_at(r, j, p))
+                    tls = TlsConfig(
+                        cert=r.get(t, "cert", r.file),
+                        key=r.get(t, "key", r.file),
+                        client_ca=r.get(t, "client_ca", r.file, None),
+                        client_certs=r.get(
+                            t, "client_certs", _choice("optional", "required"), "optional"
+                        ),
+                        crl=r.get(t, "crl", r.file, None),
+                        pinned_certs=tuple(p for p in pinned if p is not None),
+                        min_version=r.get(t, "min_version", _choice("1.2", "1.3"), "1.2"),
+                    )
+                    if tls.client_ca is None and not tls.pinned_certs and "tls" in ls:
+                        # ghostunnel's rule: a listener that can authenticate nobody is a mistake.
+                        r.problem("no trust anchors: set client_ca or pinned_certs")
+                result.append(ListenerConfig(bind=bind, public_url=public_url, tls=tls))
+        binds = [str(ls.bind) for ls in result if ls.bind is not None]
+        if len(set(binds)) != len(binds):
+            r.problem("two listeners bind the same address")
+    return tuple(result)
+
+
+def _file_at(r: _Reader, index: int, value: Any) -> Path:
+    with r.at(index):
+        try:
+            return r.file(value)
+        except ValueError as exc:
+            r.problem(str(exc))
+            return _placeholder()  # type: ignore[no-any-return]
+
+
+def _registry(r: _Reader, data: Any) -> RegistryConfig:
+    with r.at("registry"):
+        reg = r.mapping(data, {"kind", "path", "url", "key_prefix", "max_stale", "cache_size"})
+        if data is None:
+            r.problem("required")
+        kind = r.get(reg, "kind", _choice("yaml", "redis"), "yaml")
+        path = r.get(reg, "path", r.file) if kind == "yaml" else None
+        url = r.get(reg, "url", _url(("redis", "rediss", "unix"))) if kind == "redis" else None
+        return RegistryConfig(
+            kind=kind,
+            path=path,
+            url=url,
+            key_prefix=r.get(reg, "key_prefix", _string, "mtls-gateway:"),
+            max_stale=r.get(reg, "max_stale", _positive_number, 60.0),
+            cache_size=r.get(reg, "cache_size", _positive_int, 100_000),
+        )
+
+
+def _tokens(r: _Reader, data: Any, issuer: str | None) -> TokensConfig:
+    with r.at("tokens"):
+        tk = r.mapping(
+            data,
+            {
+                "signing_keys",
+                "lifetime",
+                "audience",
+                "scope_format",
+                "allow_insecure_key_permissions",
+            },
+        )
+        keys: list[Path] = []
+        with r.at("signing_keys"):
+            raw = tk.get("signing_keys")
+            if isinstance(raw, str):
+                raw = [raw]
+            if not isinstance(raw, list) or not raw:
+                r.problem(
+                    "required: at least one signing key file (mtls-gateway keys generate FILE)"
+                )
+            else:
+                keys = [_file_at(r, i, p) for i, p in enumerate(raw)]
+        return TokensConfig(
+            signing_keys=tuple(k for k in keys if k is not None),
+            lifetime=r.get(tk, "lifetime", _positive_int, 3600),
+            audience=r.get(tk, "audience", _string, f"{issuer}/resources" if issuer else ""),
+            scope_format=r.get(tk, "scope_format", _choice("string", "array"), "string"),
+            allow_insecure_key_permissions=r.get(
+                tk, "allow_insecure_key_permissions", _boolean, False
+            ),
+        )
+
+
+_ROUTE_KEYS = {
+    "prefix",
+    "upstream",
+    "auth",
+    "scopes",
+    "clients",
+    "connect_timeout",
+    "timeout",
+    "strip_prefix",
+    "preserve_host",
+}
+
+
+def _routes(r: _Reader, data: Any) -> tuple[RouteConfig, ...]:
+    result: list[RouteConfig] = []
+    with r.at("routes"):
+        if not isinstance(data, list) or not data:
+            r.problem("required: a list of at least one route")
+            return ()
+        for i, item in enumerate(data):
+            with r.at(i):
+                rt = r.mapping(item, _ROUTE_KEYS)
+                prefix = r.get(rt, "prefix", _string)
+                if prefix is not None and not prefix.startswith("/"):
+                    r.problem("must start with '/'", "prefix")
+                route = RouteConfig(
+                    prefix=prefix,
+                    upstream=r.get(rt, "upstream", _url(("http", "https"))),
+                    auth=r.get(rt, "auth", _choice("client", "token", "none"), "client"),
+                    scopes=r.get(rt, "scopes", _string_list, ()),
+                    clients=r.get(rt, "clients", _string_list, ()),
+                    connect_timeout=r.get(rt, "connect_timeout", _positive_number, 5.0),
+                    timeout=r.get(rt, "timeout", _positive_number, 60.0),
+                    strip_prefix=r.get(rt, "strip_prefix", _boolean, False),
+                    preserve_host=r.get(rt, "preserve_host", _boolean, False),
+                )
+                if route.scopes and route.auth != "token":
+                    r.problem("scopes apply only to auth: token routes", "scopes")
+                result.append(route)
+        prefixes = [rt.prefix for rt in result if rt.prefix is not None]
+        dupes = {p for p in prefixes if prefixes.count(p) > 1}
+        if dupes:
+            r.problem(f"duplicate route prefix: {', '.join(sorted(dupes))}")
+    return tuple(result)

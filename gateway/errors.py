@@ -1,0 +1,69 @@
+"""JSON error answers, rendered in one place.
+
+OAuth endpoints answer RFC 6749 §5.2 bodies (``error``, ``error_description``);
+the proxy uses the same shape so that a caller sees one format everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from aiohttp import web
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class GatewayError(Exception):
+    """An error with its HTTP rendering; raise it anywhere under a handler."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        description: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return json_error(self.status, self.error, self.description, self.headers)
+
+
+def json_error(
+    status: int, error: str, description: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    body = json.dumps({"error": error, "error_description": description})
+    merged = {**NO_STORE, **(headers or {})}
+    return web.Response(status=status, text=body, content_type="application/json", headers=merged)
+
+
+# The proxy's fixed answers.
+def client_certificate_required() -> GatewayError:
+    return GatewayError(
+        401, "client_certificate_required", "a registered client certificate is required"
+    )
+
+
+def access_denied(
+    description: str = "the client certificate is not registered or not enabled",
+) -> GatewayError:
+    return GatewayError(403, "access_denied", description)
+
+
+def registry_unavailable() -> GatewayError:
+    return GatewayError(
+        503, "temporarily_unavailable", "the client registry is unreachable", {"Retry-After": "5"}
+    )
+
+
+def bad_gateway(description: str) -> GatewayError:
+    return GatewayError(502, "bad_gateway", description)
+
+
+def gateway_timeout(description: str) -> GatewayError:
+    return GatewayError(504, "gateway_timeout", description)

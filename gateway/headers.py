@@ -1,0 +1,164 @@
+"""Request and response headers crossing the gateway.
+
+Upstream trusts the identity headers only because the gateway removes every
+caller-sent copy first.  Names are compared the way servers and frameworks
+may read them: case-insensitively and with ``_`` read as ``-`` (CGI, WSGI and
+many frameworks fold ``X_Client_Id`` into the same variable as ``X-Client-Id``).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from urllib.parse import quote
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config import HeaderNames
+from gateway.identity import CertificateIdentity
+
+# RFC 9110 §7.6.1: connection-specific fields never forwarded; plus the legacy
+# Proxy-Connection and Keep-Alive.  Expect is answered by the gateway itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "expect",
+        "host",
+        "content-length",
+    }
+)
+
+# Always removed from requests, enabled or not: an upstream may trust them.
+_ALWAYS_MANAGED = (
+    "x-client-id",
+    "x-client-cert-subject",
+    "x-client-cert-thumbprint",
+    "x-client-cert-sha256",
+    "x-forwarded-client-cert",
+    "client-cert",
+    "client-cert-chain",
+    "ssl-client-cert",
+    "x-ssl-client-cert",
+    "x-forwarded-tls-client-cert",
+    "x-forwarded-tls-client-cert-info",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+)
+
+
+def header_key(name: str) -> str:
+    """Comparison key for a header name."""
+    return name.lower().replace("_", "-")
+
+
+def managed_header_keys(names: HeaderNames) -> frozenset[str]:
+    configured = (
+        names.client_id,
+        names.subject,
+        names.thumbprint,
+        names.sha256,
+        names.xfcc,
+        names.client_cert,
+    )
+    return frozenset(_ALWAYS_MANAGED) | {header_key(n) for n in configured if n}
+
+
+def _ascii_header_value(value: str) -> str:
+    """Percent-encode what cannot travel in a header (controls, non-ASCII, %).
+
+    DN values may legally hold newlines or unicode; sending them raw would
+    split or corrupt the header.
+    """
+    if value.isascii() and value.isprintable() and "%" not in value:
+        return value
+    return quote(value, safe="".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%"))
+
+
+def _xfcc_quote(value: str) -> str:
+    """Envoy's XFCC quoting: values with , ; = are quoted, " and \\ escaped."""
+    value = _ascii_header_value(value)
+    if any(ch in value for ch in ',;="\\'):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+def xfcc_element(identity: CertificateIdentity) -> str:
+    """One Envoy ``x-forwarded-client-cert`` element for the verified certificate."""
+    parts = [f"Hash={identity.sha256_hex}", f"Subject={_xfcc_quote(identity.subject_rfc4514)}"]
+    parts += [f"URI={_xfcc_quote(uri)}" for uri in identity.sans.uri]
+    parts += [f"DNS={_xfcc_quote(name)}" for name in identity.sans.dns]
+    return ";".join(parts)
+
+
+def identity_headers(
+    names: HeaderNames, client_id: str | None, identity: CertificateIdentity | None
+) -> tuple[tuple[str, str], ...]:
+    """The identity headers for one TLS connection: computed once, reused per request."""
+    result: list[tuple[str, str]] = []
+    if client_id is not None and names.client_id:
+        result.append((names.client_id, _ascii_header_value(client_id)))
+    if identity is not None:
+        if names.subject:
+            result.append((names.subject, _ascii_header_value(identity.subject)))
+        if names.thumbprint:
+            result.append((names.thumbprint, identity.thumbprint))
+        if names.sha256:
+            result.append((names.sha256, identity.x5t_s256))
+        if names.xfcc:
+            result.append((names.xfcc, xfcc_element(identity)))
+        if names.client_cert:
+            # RFC 9440 §2.2: a Structured Field Byte Sequence of the DER.
+            result.append((names.client_cert, f":{base64.b64encode(identity.der).decode()}:"))
+    return tuple(result)
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Field names listed in Connection (RFC 9110 §7.6.1) are hop-by-hop too."""
+    values = headers.getall("Connection", ())
+    return frozenset(header_key(t.strip()) for v in values for t in v.split(",") if t.strip())
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    managed: frozenset[str],
+    injected: Iterable[tuple[str, str]],
+    host: str,
+    keep: Iterable[tuple[str, str]] = (),
+) -> CIMultiDict[str]:
+    """One pass over the caller's headers: drop hop-by-hop and managed names, then inject."""
+    listed = connection_tokens(incoming) if "Connection" in incoming else frozenset()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        key = header_key(name)
+        if key in HOP_BY_HOP or key in managed or key in listed:
+            continue
+        out.add(name, value)
+    if "Content-Length" in incoming and "Transfer-Encoding" not in incoming:
+        out["Content-Length"] = incoming["Content-Length"]
+    out["Host"] = host
+    for name, value in (*keep, *injected):
+        out.add(name, value)
+    return out
+
+
+def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    listed = connection_tokens(upstream) if "Connection" in upstream else frozenset()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        key = name.lower()
+        if key in HOP_BY_HOP or key in listed:
+            continue
+        out.add(name, value)
+    return out

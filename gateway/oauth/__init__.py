@@ -1,0 +1,1 @@
+"""OAuth 2.0: token-signing keys and certificate-bound access tokens."""

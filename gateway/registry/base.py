@@ -1,0 +1,58 @@
+"""The Registry protocol that the YAML and Redis registries implement."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.identity import CertificateIdentity
+from gateway.registry.matching import MatchResult
+from gateway.registry.model import Client
+
+
+class RegistryUnavailable(Exception):
+    """The backing store cannot answer now (the caller answers 503, never 200)."""
+
+
+class RegistryWriteError(Exception):
+    """A write was refused; the message names the client and field at fault."""
+
+
+class Registry(Protocol):
+    """Read side used on the request path, plus lifecycle hooks.
+
+    ``generation`` changes whenever the set of clients may have changed, so
+    that callers can cache a match per TLS connection and re-check it only then.
+    """
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def description(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def match(self, identity: CertificateIdentity, *, pinned: bool) -> MatchResult:
+        """Clients the certificate authenticates; raises RegistryUnavailable."""
+        ...
+
+    async def get(self, client_id: str) -> Client | None: ...
+
+    async def list_clients(self) -> list[Client]: ...
+
+    async def reload(self) -> bool:
+        """Re-read the backing store now (SIGHUP); False if it failed and was kept."""
+        ...
+
+
+class WritableRegistry(Registry, Protocol):
+    async def put(self, client: Client) -> None: ...
+
+    async def remove(self, client_id: str) -> bool: ...
+
+    async def replace_all(self, clients: list[Client]) -> None: ...

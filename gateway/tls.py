@@ -1,0 +1,232 @@
+"""TLS listeners: server contexts, trust material, and swapping both without restart.
+
+The stdlib ``ssl`` module has no verify callback (TLS-NOTES), which shapes this:
+
+* Trust anchors are ``client_ca`` plus each pinned self-issued client
+  certificate (X509CertificateThumbprint secrets need their certificate in the
+  trust store to pass the handshake).  A pin that could issue certificates
+  (CA:TRUE, keyCertSign, or X.509 v1) would let its key mint more accepted
+  certificates, so it is refused at load.
+* ``sni_callback`` runs on every handshake, with or without SNI; it points the
+  connection at the current context, so a reload only has to build a new
+  context and swap one reference.  ``verify_mode`` and ``verify_flags`` stay
+  those of the listening context: they are fixed at start.
+* A resumed session skips the current trust store, so resumed connections are
+  re-checked against the current material in Python (``TrustState.accepts``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from gateway.config import TlsConfig
+from gateway.dn import format_name
+from gateway.identity import CertificateIdentity, can_sign_certificates, sha1_thumbprint
+from gateway.watch import ChangeDetector
+
+log = logging.getLogger("gateway.tls")
+
+# TLS 1.2 suites: forward secrecy and AEAD only (Mozilla "intermediate").
+# TLS 1.3 suites are all fine and are not affected by set_ciphers.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+class TlsMaterialError(Exception):
+    """Certificates or keys that cannot be used; ``problems`` name file and fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def load_pem_certificates(path: Path) -> list[x509.Certificate]:
+    data = path.read_bytes()
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data)]
+
+
+@dataclass(frozen=True, slots=True)
+class TrustState:
+    """The trust material in force: what a resumed session is re-checked against."""
+
+    ca_certificates: tuple[x509.Certificate, ...]
+    pinned_thumbprints: frozenset[str]
+    generation: int
+
+    def is_pinned(self, identity: CertificateIdentity) -> bool:
+        return identity.thumbprint in self.pinned_thumbprints
+
+    def accepts(self, identity: CertificateIdentity) -> bool:
+        """Would the current trust store accept this leaf as directly trusted or issued?
+
+        Used only for resumed sessions, where OpenSSL did not verify against the
+        current store.  Intermediates must then be in ``client_ca``.
+        """
+        if identity.thumbprint in self.pinned_thumbprints:
+            return True
+        if not identity.valid_at(dt.datetime.now(dt.UTC)):
+            return False
+        leaf = x509.load_der_x509_certificate(identity.der)
+        for ca in self.ca_certificates:
+            if ca.subject != leaf.issuer:
+                continue
+            try:
+                leaf.verify_directly_issued_by(ca)
+            except (InvalidSignature, ValueError, TypeError):
+                continue
+            return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    context: ssl.SSLContext
+    trust: TrustState
+    server_not_after: dt.datetime
+
+
+def _base_context(tls: TlsConfig) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.client_certs == "required" else ssl.CERT_OPTIONAL
+    # Partial chains let an operator trust an intermediate, or pin a CA-issued
+    # leaf, without trusting the whole root (RFC 8705 §2.2 pins).
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMaterial:
+    """Build a server context from files; every problem is reported at once."""
+    problems: list[str] = []
+    ctx = _base_context(tls)
+    server_not_after = dt.datetime.now(dt.UTC)
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key)
+        server_not_after = load_pem_certificates(tls.cert)[0].not_valid_after_utc
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        problems.append(
+            f"{where}.cert: cannot use {tls.cert} with key {tls.key}: {_ssl_reason(exc)}"
+        )
+
+    ca_certs: list[x509.Certificate] = []
+    pinned: dict[str, x509.Certificate] = {}
+    if tls.client_ca is not None:
+        try:
+            for cert in load_pem_certificates(tls.client_ca):
+                if can_sign_certificates(cert):
+                    ca_certs.append(cert)
+                else:
+                    # A leaf in the CA bundle is trusted as itself (partial chain):
+                    # treat it as a pin so it can only match thumbprint secrets.
+                    pinned[sha1_thumbprint(cert.public_bytes(serialization.Encoding.DER))] = cert
+            if not ca_certs and not pinned:
+                problems.append(f"{where}.client_ca: no certificates in {tls.client_ca}")
+        except (OSError, ValueError) as exc:
+            problems.append(f"{where}.client_ca: cannot read {tls.client_ca}: {exc}")
+    for i, path in enumerate(tls.pinned_certs):
+        try:
+            certs = load_pem_certificates(path)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{where}.pinned_certs[{i}]: cannot read {path}: {exc}")
+            continue
+        for cert in certs:
+            if can_sign_certificates(cert):
+                problems.append(
+                    f"{where}.pinned_certs[{i}]: {path}: refusing to pin "
+                    f"'{format_name(cert.subject)}': it can issue certificates "
+                    "(CA:TRUE, keyCertSign or X.509 v1); pin a leaf or put the CA in client_ca"
+                )
+                continue
+            pinned[sha1_thumbprint(cert.public_bytes(serialization.Encoding.DER))] = cert
+
+    anchors = [*ca_certs, *pinned.values()]
+    if anchors:
+        pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in anchors)
+        try:
+            ctx.load_verify_locations(cadata=pem)
+        except ssl.SSLError as exc:
+            problems.append(f"{where}.client_ca: trust store rejected: {_ssl_reason(exc)}")
+    if problems:
+        raise TlsMaterialError(problems)
+    return TlsMaterial(
+        context=ctx,
+        trust=TrustState(tuple(ca_certs), frozenset(pinned), generation),
+        server_not_after=server_not_after,
+    )
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return str(exc) or type(exc).__name__
+
+
+class ListenerTls:
+    """The listening context of one listener, and the material it swaps in."""
+
+    def __init__(self, tls: TlsConfig, where: str) -> None:
+        self._config = tls
+        self._where = where
+        self._material = load_material(tls, where)
+        self._changes = ChangeDetector(self.watched_files())
+        self.reload_failures = 0
+        self.listening_context = _base_context(tls)
+        self.listening_context.load_cert_chain(tls.cert, tls.key)
+        self.listening_context.sni_callback = self._select_context
+
+    def watched_files(self) -> Iterable[Path | None]:
+        return (
+            self._config.cert,
+            self._config.key,
+            self._config.client_ca,
+            *self._config.pinned_certs,
+        )
+
+    @property
+    def material(self) -> TlsMaterial:
+        return self._material
+
+    @property
+    def trust(self) -> TrustState:
+        return self._material.trust
+
+    def _select_context(
+        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        ssl_object.context = self._material.context
+
+    def reload(self) -> bool:
+        """Rebuild from files; on failure keep serving the old material."""
+        try:
+            material = load_material(
+                self._config, self._where, generation=self._material.trust.generation + 1
+            )
+        except TlsMaterialError as exc:
+            self.reload_failures += 1
+            log.error("TLS reload failed for %s, keeping current material: %s", self._where, exc)
+            return False
+        self._material = material
+        log.info("TLS material reloaded for %s", self._where)
+        return True
+
+    def reload_if_changed(self) -> bool:
+        return self._changes.changed() and self.reload()
