@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, GatewayConfig, ListenerConfig
+from gateway.deadlines import request_boundaries
 from gateway.headers import managed_header_keys
 from gateway.proxy import Proxy, TokenChecker
 from gateway.registry.base import Registry
@@ -104,7 +105,10 @@ class Gateway:
     def listener_app(self, index: int) -> web.Application:
         listener = self.listeners[index]
         assert self.session is not None, "start() the gateway first"
-        app = web.Application(client_max_size=self.config.limits.max_token_request_bytes)
+        app = web.Application(
+            client_max_size=self.config.limits.max_token_request_bytes,
+            middlewares=[request_boundaries],
+        )
         app[GATEWAY_KEY] = self
         app[LISTENER_KEY] = listener
         for extend in self.extensions:

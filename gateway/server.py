@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.admin import create_admin_app
 from gateway.app import Gateway
 from gateway.config import BindAddress, ConfigError
+from gateway.deadlines import DeadlineSite
 
 log = logging.getLogger("gateway")
 
@@ -77,10 +78,11 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
             await runner.setup()
             running.runners.append(runner)
             bind = listener.config.bind
-            site = web.TCPSite(
+            site = DeadlineSite(
                 runner,
                 bind.host,
                 bind.port,
+                header_timeout=config.limits.header_read_timeout,
                 ssl_context=listener.tls.listening_context,
                 reuse_port=reuse_port or None,
                 backlog=1024,
