@@ -84,12 +84,16 @@ class Gateway:
             await self.session.close()
 
     async def _watch_files(self) -> None:
+        checks: list[Callable[[], bool]] = [ls.tls.reload_if_changed for ls in self.listeners]
         while True:
             await asyncio.sleep(RELOAD_POLL_SECONDS)
-            for listener in self.listeners:
-                listener.tls.reload_if_changed()
-            for reload_if_changed in self.reloaders:
-                reload_if_changed()
+            for reload_if_changed in (*checks, *self.reloaders):
+                try:
+                    reload_if_changed()
+                except Exception:
+                    # A reloader must keep its old state on failure; whatever
+                    # escaped is logged, and the watcher keeps watching.
+                    log.exception("reload check failed")
 
     async def reload(self) -> bool:
         """SIGHUP: re-read every file now; each part keeps its state if it fails."""

@@ -107,6 +107,9 @@ class Authenticator:
                 request, identity, "resumed session no longer trusted by current trust material"
             )
             raise access_denied()
+        if trust.is_revoked(identity):
+            self._refuse(request, identity, "certificate revoked (CRL)")
+            raise access_denied("the client certificate has been revoked")
         try:
             result = await self._registry.match(identity, pinned=trust.is_pinned(identity))
         except RegistryUnavailable:

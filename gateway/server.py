@@ -71,7 +71,7 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
             app = gateway.listener_app(listener.index)
             runner = web.AppRunner(
                 app,
-                handler_args=handler_args,
+                **handler_args,
                 keepalive_timeout=config.limits.keepalive_timeout,
                 access_log=None,
             )

@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from gateway.config import TlsConfig
-from gateway.dn import format_name
+from gateway.dn import format_name, name_key
 from gateway.identity import CertificateIdentity, can_sign_certificates, sha1_thumbprint
 from gateway.watch import ChangeDetector
 
@@ -59,6 +59,19 @@ def load_pem_certificates(path: Path) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(data)]
 
 
+def load_crls(path: Path) -> list[x509.CertificateRevocationList]:
+    """All CRLs in a file: PEM (one or several) or a single DER CRL."""
+    data = path.read_bytes()
+    if b"-----BEGIN" not in data:
+        return [x509.load_der_x509_crl(data)]
+    crls = []
+    for block in data.split(b"-----END X509 CRL-----")[:-1]:
+        crls.append(x509.load_pem_x509_crl(block + b"-----END X509 CRL-----\n"))
+    if not crls:
+        raise ValueError("no X509 CRL in the file")
+    return crls
+
+
 @dataclass(frozen=True, slots=True)
 class TrustState:
     """The trust material in force: what a resumed session is re-checked against."""
@@ -66,6 +79,18 @@ class TrustState:
     ca_certificates: tuple[x509.Certificate, ...]
     pinned_thumbprints: frozenset[str]
     generation: int
+    # Revocation is checked here, not by OpenSSL: its CRL check fails every
+    # certificate whose issuer has no CRL, which would lock out pinned clients.
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+
+    def is_revoked(self, identity: CertificateIdentity) -> bool:
+        leaf_issuer = identity.issuer_key
+        for crl in self.crls:
+            if name_key(crl.issuer) != leaf_issuer:
+                continue
+            if crl.get_revoked_certificate_by_serial_number(identity.serial_number) is not None:
+                return True
+        return False
 
     def is_pinned(self, identity: CertificateIdentity) -> bool:
         return identity.thumbprint in self.pinned_thumbprints
@@ -158,6 +183,19 @@ def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMateria
                 continue
             pinned[sha1_thumbprint(cert.public_bytes(serialization.Encoding.DER))] = cert
 
+    crls: list[x509.CertificateRevocationList] = []
+    if tls.crl is not None:
+        try:
+            crls = load_crls(tls.crl)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{where}.crl: cannot read {tls.crl}: {exc}")
+        for crl in crls:
+            issuers = [ca for ca in ca_certs if ca.subject == crl.issuer]
+            if not any(crl.is_signature_valid(ca.public_key()) for ca in issuers):  # type: ignore[arg-type]
+                problems.append(
+                    f"{where}.crl: CRL of '{format_name(crl.issuer)}' is not signed by a CA in client_ca"
+                )
+
     anchors = [*ca_certs, *pinned.values()]
     if anchors:
         pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in anchors)
@@ -169,7 +207,7 @@ def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMateria
         raise TlsMaterialError(problems)
     return TlsMaterial(
         context=ctx,
-        trust=TrustState(tuple(ca_certs), frozenset(pinned), generation),
+        trust=TrustState(tuple(ca_certs), frozenset(pinned), generation, tuple(crls)),
         server_not_after=server_not_after,
     )
 
@@ -198,6 +236,7 @@ class ListenerTls:
             self._config.cert,
             self._config.key,
             self._config.client_ca,
+            self._config.crl,
             *self._config.pinned_certs,
         )
 
