@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -59,7 +60,7 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
     await gateway.start()
     running = RunningGateway(gateway)
     try:
-        handler_args = {
+        handler_args: dict[str, Any] = {
             "max_line_size": config.limits.max_header_bytes,
             "max_field_size": config.limits.max_header_bytes,
             "max_headers": config.limits.max_headers,
