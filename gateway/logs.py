@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Any
@@ -33,15 +36,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+_listener: logging.handlers.QueueListener | None = None
+
+
 def configure_logging(config: LoggingConfig) -> None:
+    """Log through a queue: formatting and writing happen on a background thread,
+    off the event loop (a blocked stderr pipe must not stall request handling)."""
+    global _listener
     handler = logging.StreamHandler(sys.stderr)
     if config.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if _listener is not None:
+        _listener.stop()
+    log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(log_queue, handler, respect_handler_level=False)
+    _listener.start()
+    atexit.register(_listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(config.level)
+    logging.getLogger("gateway.access").disabled = not config.access_log
     # aiohttp logs every malformed request at ERROR with a traceback: that is a
     # caller's mistake, answered with 400, not a server fault.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
