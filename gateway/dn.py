@@ -13,6 +13,7 @@ RDNs, each a set of ``(oid, normalised value)`` pairs, and those are compared.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ _OID_BY_NAME: dict[str, str] = {short: oid for oid, short in _SHORT_NAMES.items(
 }
 
 _NEEDS_QUOTES = frozenset(',+="\n<>#;')
+_NUMERIC_OID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")
 
 # One attribute: (dotted OID, normalised value).  One RDN: a frozenset of them.
 # A DN key: the RDNs in ASN.1 order (least specific first), as in the certificate.
@@ -184,8 +186,10 @@ def _resolve_oid(name: str, whole: str) -> str:
     if upper in _OID_BY_NAME:
         return _OID_BY_NAME[upper]
     dotted = name[4:] if upper.startswith("OID.") else name
-    parts = dotted.split(".")
-    if len(parts) >= 2 and all(p.isdigit() for p in parts):
+    # RFC 4512 numericoid: ASCII digits without leading zeros.  str.isdigit()
+    # alone also takes "٣" or "²", and "2.5.4.03" would be a key that silently
+    # never equals a certificate's 2.5.4.3.
+    if _NUMERIC_OID.fullmatch(dotted):
         return dotted
     raise DnSyntaxError(f"unknown attribute type {name!r} in {whole!r}")
 

@@ -101,10 +101,13 @@ class TrustState:
         Used only for resumed sessions, where OpenSSL did not verify against the
         current store.  Intermediates must then be in ``client_ca``.
         """
-        if identity.thumbprint in self.pinned_thumbprints:
-            return True
+        # Validity first: OpenSSL checks the dates of a pinned (trust anchor)
+        # leaf too, so an expired pin fails a full handshake and must not be
+        # let in by resuming a session made while it was valid.
         if not identity.valid_at(dt.datetime.now(dt.UTC)):
             return False
+        if identity.thumbprint in self.pinned_thumbprints:
+            return True
         leaf = x509.load_der_x509_certificate(identity.der)
         for ca in self.ca_certificates:
             if ca.subject != leaf.issuer:

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -162,12 +163,16 @@ class YamlRegistry:
         except ValueError as exc:
             raise RegistryWriteError(str(exc)) from None
         text = dump_registry_document(clients)
-        directory = self._path.resolve().parent
-        fd, tmp = tempfile.mkstemp(prefix=".clients-", suffix=".yaml", dir=directory)
+        target = self._path.resolve()
+        fd, tmp = tempfile.mkstemp(prefix=".clients-", suffix=".yaml", dir=target.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                # mkstemp creates 0600; keep the file's own mode so that a gateway
+                # running as another user can still read what the CLI wrote.
+                with contextlib.suppress(FileNotFoundError):
+                    os.fchmod(fh.fileno(), stat.S_IMODE(os.stat(target).st_mode))
                 fh.write(text)
-            os.replace(tmp, self._path.resolve())
+            os.replace(tmp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
