@@ -33,7 +33,8 @@ class UserError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse exits 2 with a usage block; our contract is one line, exit 1.
-        raise UserError(f"{self.prog}: {message} (see --help)")
+        command = self.prog.removeprefix("mtls-gateway").strip()
+        raise UserError(f"{command + ': ' if command else ''}{message} (see --help)")
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
