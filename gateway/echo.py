@@ -15,7 +15,9 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() == "websocket":
         ws = web.WebSocketResponse(protocols=("echo",))
         await ws.prepare(request)
-        await ws.send_json({"headers": dict(request.headers)})
+        # Name/value pairs, as for HTTP: dict() would keep one value per name
+        # and hide a second (e.g. caller-spoofed) copy of an identity header.
+        await ws.send_json({"headers": [[k, v] for k, v in request.headers.items()]})
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
                 await ws.send_str(msg.data)

@@ -157,7 +157,9 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[
     listed = connection_tokens(upstream) if "Connection" in upstream else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
-        key = name.lower()
+        # Key form, as connection_tokens() reads the listed names: with a plain
+        # lower() a listed "X_Hop" field would be relayed downstream.
+        key = header_key(name)
         if key in HOP_BY_HOP or key in listed:
             continue
         out.add(name, value)

@@ -82,7 +82,11 @@ class TokenChecker:
     async def check(
         self, request: web.Request, route: RouteConfig, auth: ConnectionAuth
     ) -> tuple[tuple[str, str], ...]:
-        """Validate the bearer token; return identity headers, or raise GatewayError."""
+        """Validate the bearer token; return identity headers, or raise GatewayError.
+
+        Owns every client check on the route: the certificate must authenticate
+        the token's client, which must pass ``route.clients``.
+        """
         raise GatewayError(
             401,
             "invalid_token",
@@ -122,12 +126,15 @@ class Proxy:
         injected: tuple[tuple[str, str], ...] = ()
         if policy.auth != "none":
             auth = await self._auth.authenticate(request)
-            client = auth.require_client()
-            if policy.clients and client.client_id not in policy.clients:
-                raise access_denied("this client is not allowed on this route")
-            injected = auth.headers
             if policy.auth == "token":
+                # The token names the client (a certificate may authenticate
+                # several), so the checker applies the client checks to it.
                 injected = await self._tokens.check(request, policy, auth)
+            else:
+                client = auth.require_client()
+                if policy.clients and client.client_id not in policy.clients:
+                    raise access_denied("this client is not allowed on this route")
+                injected = auth.headers
         # Forward the path that was routed on, encoded once, not the caller's bytes.
         target = policy.upstream + encode_path(route.upstream_path(path))
         if request.query_string:
@@ -146,23 +153,37 @@ class Proxy:
     async def _forward(
         self, request: web.Request, target: str, headers: CIMultiDict[str], policy: RouteConfig
     ) -> web.StreamResponse:
-        body = _body(request)
+        wait = _IdleTimer(policy.timeout)
+        body = _body(request, wait)
         try:
             # The route timeout bounds the wait for the response head (504);
-            # afterwards sock_read bounds each idle gap while streaming.
-            async with asyncio.timeout(policy.timeout):
-                upstream = await self._session.request(
-                    request.method,
-                    yarl.URL(target, encoded=True),
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=policy.connect_timeout, sock_read=policy.timeout
-                    ),
-                    skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-                )
+            # afterwards sock_read bounds each idle gap while streaming.  While
+            # the request body streams, it is re-armed by every chunk (_body).
+            async with asyncio.timeout(policy.timeout) as scope:
+                wait.scope = scope
+                try:
+                    upstream = await self._session.request(
+                        request.method,
+                        yarl.URL(target, encoded=True),
+                        headers=headers,
+                        data=body,
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(
+                            total=None,
+                            sock_connect=policy.connect_timeout,
+                            sock_read=policy.timeout,
+                        ),
+                        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                    )
+                finally:
+                    # The head is in (or the request failed): a body still
+                    # streaming after an early answer no longer moves the clock.
+                    wait.scope = None
         except TimeoutError:
+            if wait.waiting_on_caller:
+                raise GatewayError(
+                    408, "request_timeout", "the request body stopped arriving"
+                ) from None
             raise gateway_timeout("the upstream did not answer in time") from None
         except aiohttp.ClientConnectorError:
             raise bad_gateway("the upstream is unreachable") from None
@@ -274,13 +295,39 @@ def _is_websocket(request: web.Request) -> bool:
     )
 
 
-def _body(request: web.Request) -> AsyncIterator[bytes] | None:
+@dataclass(slots=True)
+class _IdleTimer:
+    """The route timeout while a request body streams: an idle timer, not a total.
+
+    Counting the whole upload against it turned every upload slower than the
+    timeout into a 504 although the upstream kept up; pausing it while the
+    caller is silent would let a stalled caller hold an upstream connection
+    for ever.  So every chunk that moves re-arms it, and when it fires the
+    side we were waiting on is the one blamed (408 caller, 504 upstream).
+    """
+
+    timeout: float
+    scope: asyncio.Timeout | None = None
+    waiting_on_caller: bool = False
+
+    def progress(self, *, waiting_on_caller: bool) -> None:
+        self.waiting_on_caller = waiting_on_caller
+        if self.scope is not None:
+            self.scope.reschedule(asyncio.get_running_loop().time() + self.timeout)
+
+
+def _body(request: web.Request, wait: _IdleTimer) -> AsyncIterator[bytes] | None:
     if not request.body_exists:
         return None
 
     async def chunks() -> AsyncIterator[bytes]:
+        wait.progress(waiting_on_caller=True)
         async for chunk in request.content.iter_chunked(STREAM_CHUNK):
-            yield chunk
+            wait.progress(waiting_on_caller=False)
+            yield chunk  # returns once the upstream connection took the chunk
+            wait.progress(waiting_on_caller=True)
+        # All sent: from now on only the upstream's answer is awaited.
+        wait.progress(waiting_on_caller=False)
 
     return chunks()
 

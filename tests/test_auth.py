@@ -1,0 +1,440 @@
+"""Who gets through: client certificates against the registry, over real TLS.
+
+Each test starts the real gateway on port 0 in front of the echo upstream and
+presents a certificate made for it.  An accepted caller is proven by the
+identity headers the upstream received; a refused one by the exact outcome:
+a failed handshake, or a 401/403 JSON answer that never reached the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from cryptography.x509.oid import NameOID
+
+from gateway.config import ConfigError
+from gateway.registry.yaml_file import YamlRegistry
+from tests.conftest import (
+    GatewayUnderTest,
+    MakeGateway,
+    echoed_headers,
+    name_secret,
+    registry_client,
+    thumbprint_secret,
+)
+from tests.pki import NOW, Issued, Pki, dn, name
+from tests.test_proxy import RawConnection, get
+
+CLIENT_DN = "CN=client, OU=production, O=company"
+MTLS_CLIENT = registry_client("mtls.client", name_secret(CLIENT_DN))
+
+
+async def call(gw: GatewayUnderTest, cert: Issued | None, path: str = "/") -> tuple[int, Any]:
+    """Status and JSON body of one request on a fresh connection."""
+    async with gw.session(cert) as session, session.get(gw.url + path) as r:
+        return r.status, await r.json()
+
+
+async def assert_accepted_as(gw: GatewayUnderTest, cert: Issued, client_id: str) -> None:
+    status, body = await call(gw, cert)
+    assert status == 200, body
+    seen = echoed_headers(body)
+    assert seen["x-client-id"] == [client_id]
+    assert seen["x-client-cert-thumbprint"] == [cert.thumbprint]
+
+
+async def assert_refused(
+    gw: GatewayUnderTest, cert: Issued | None, status: int, error: str
+) -> None:
+    async with gw.session(cert) as session, session.get(gw.url + "/") as r:
+        assert r.status == status
+        assert r.content_type == "application/json"
+        body = await r.json()
+    assert body["error"] == error
+    assert "x-client-id" not in str(body).lower()  # an error body, not an echo
+
+
+async def assert_handshake_refused(gw: GatewayUnderTest, cert: Issued | None) -> None:
+    """The TLS layer refuses: the first request fails on the connection, no status.
+
+    asyncio closes the connection when verification fails, so the client sees
+    a disconnect on its first read (TLS 1.3 finishes the client's side of the
+    handshake before the server checks the certificate) rather than a status.
+    """
+    async with gw.session(cert) as session:
+        with pytest.raises(aiohttp.ClientConnectionError) as exc:
+            async with session.get(gw.url + "/") as r:
+                pytest.fail(f"expected a refused handshake, got HTTP {r.status}")
+    # Not the client distrusting the server: that would prove nothing here.
+    assert not isinstance(exc.value, aiohttp.ClientConnectorCertificateError)
+
+
+# --- each secret type accepted ------------------------------------------------------
+
+SAN_CASES = [
+    # (secret type, certificate SANs, secret value as an operator would write it)
+    ("X509SanDns", {"dns": ["api.example.org"]}, "API.Example.org."),
+    (
+        "X509SanUri",
+        {"uris": ["spiffe://example.org/ns/prod/sa/api"]},
+        "spiffe://example.org/ns/prod/sa/api",
+    ),
+    ("X509SanIp", {"ips": ["10.1.2.3"]}, "10.1.2.3"),
+    ("X509SanIp", {"ips": ["2001:db8::7"]}, "2001:DB8:0:0::7"),
+    ("X509SanEmail", {"emails": ["svc@example.org"]}, "svc@EXAMPLE.org"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "sans", "value"), SAN_CASES, ids=[f"{c[0]}-{c[2]}" for c in SAN_CASES]
+)
+async def test_san_secret_accepted(
+    make_gateway: MakeGateway, pki: Pki, kind: str, sans: dict[str, list[str]], value: str
+) -> None:
+    # The subject is registered nowhere: only the SAN can make the match.
+    cert = pki.client(f"san-{kind.lower()}", **sans)
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT, registry_client("svc", {"type": kind, "value": value})]
+    )
+    await assert_accepted_as(gw, cert, "svc")
+
+
+@pytest.mark.parametrize(
+    ("sans", "secret"),
+    [
+        ({"dns": ["evil-api.example.org"]}, {"type": "X509SanDns", "value": "api.example.org"}),
+        ({"dns": ["api.example.org.evil"]}, {"type": "X509SanDns", "value": "api.example.org"}),
+        (
+            {"uris": ["spiffe://example.org/ns/prod/sa/api/x"]},
+            {"type": "X509SanUri", "value": "spiffe://example.org/ns/prod/sa/api"},
+        ),
+        ({"ips": ["10.1.2.30"]}, {"type": "X509SanIp", "value": "10.1.2.3"}),
+        ({"emails": ["SVC@example.org"]}, {"type": "X509SanEmail", "value": "svc@example.org"}),
+        # A URI in a DNS secret (and the reverse) names nothing.
+        ({"uris": ["api.example.org"]}, {"type": "X509SanDns", "value": "api.example.org"}),
+    ],
+)
+async def test_san_secret_near_miss_is_403(
+    make_gateway: MakeGateway, pki: Pki, sans: dict[str, list[str]], secret: dict[str, str]
+) -> None:
+    cert = pki.client("near-miss", **sans)
+    gw = await make_gateway(clients=[registry_client("svc", secret)])
+    await assert_refused(gw, cert, 403, "access_denied")
+
+
+async def test_certificate_name_secret_accepted(
+    make_gateway: MakeGateway, client_cert: Issued
+) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    status, body = await call(gw, client_cert)
+    assert status == 200
+    seen = echoed_headers(body)
+    assert seen["x-client-id"] == ["mtls.client"]
+    assert seen["x-client-cert-subject"] == [CLIENT_DN]
+
+
+async def test_certificate_name_secret_compares_parsed_names(
+    make_gateway: MakeGateway, client_cert: Issued
+) -> None:
+    # The RFC 4514 spelling, other case and spacing: the same parsed DN.
+    gw = await make_gateway(
+        clients=[registry_client("c", name_secret("cn=Client,ou=Production , o=COMPANY"))]
+    )
+    await assert_accepted_as(gw, client_cert, "c")
+
+
+async def test_thumbprint_secret_accepted_for_ca_issued_certificate(
+    make_gateway: MakeGateway, pki: Pki
+) -> None:
+    cert = pki.client("thumb-pinned-leaf")
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT, registry_client("tp", thumbprint_secret(cert.thumbprint))]
+    )
+    await assert_accepted_as(gw, cert, "tp")
+
+
+async def test_thumbprint_secret_accepted_for_pinned_self_signed_certificate(
+    make_gateway: MakeGateway, pki: Pki
+) -> None:
+    cert = pki.certificate(dn("self-issued"), self_signed=True)
+    # As copied from a Windows certificate dialog or `openssl x509 -fingerprint`.
+    pasted = ":".join(cert.thumbprint[i : i + 2] for i in range(0, len(cert.thumbprint), 2)).upper()
+    gw = await make_gateway(
+        clients=[registry_client("self", thumbprint_secret(pasted))],
+        tls={"pinned_certs": [str(cert.cert_path)]},
+    )
+    await assert_accepted_as(gw, cert, "self")
+
+
+async def test_client_with_two_secrets_accepts_old_and_new_certificate(
+    make_gateway: MakeGateway, pki: Pki
+) -> None:
+    old = pki.client("rotating-2025")
+    new = pki.certificate(dn("rotating-2026"), self_signed=True)
+    stranger = pki.client("rotating-2024")
+    gw = await make_gateway(
+        clients=[
+            registry_client(
+                "rotating",
+                name_secret("CN=rotating-2025, OU=production, O=company"),
+                thumbprint_secret(new.thumbprint),
+            )
+        ],
+        tls={"pinned_certs": [str(new.cert_path)]},
+    )
+    await assert_accepted_as(gw, old, "rotating")
+    await assert_accepted_as(gw, new, "rotating")
+    await assert_refused(gw, stranger, 403, "access_denied")
+
+
+# --- refused, with the right outcome ------------------------------------------------
+
+
+async def test_unknown_ca_fails_the_handshake(
+    make_gateway: MakeGateway, client_cert: Issued, tmp_path: Path
+) -> None:
+    other = Pki(tmp_path / "other", ca_name="Other Root CA")
+    # Same DN as the registered client: only the issuing CA differs.
+    impostor = other.client("client")
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    await assert_handshake_refused(gw, impostor)
+    await assert_accepted_as(gw, client_cert, "mtls.client")
+
+
+async def test_expired_certificate_fails_the_handshake(make_gateway: MakeGateway, pki: Pki) -> None:
+    expired = pki.client(
+        "client", not_before=NOW - dt.timedelta(days=10), not_after=NOW - dt.timedelta(days=1)
+    )
+    gw = await make_gateway(
+        clients=[
+            registry_client("c", name_secret(CLIENT_DN), thumbprint_secret(expired.thumbprint))
+        ]
+    )
+    await assert_handshake_refused(gw, expired)
+
+
+async def test_not_yet_valid_certificate_fails_the_handshake(
+    make_gateway: MakeGateway, pki: Pki
+) -> None:
+    early = pki.client(
+        "client", not_before=NOW + dt.timedelta(days=1), not_after=NOW + dt.timedelta(days=10)
+    )
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    await assert_handshake_refused(gw, early)
+
+
+async def test_dn_injection_does_not_match(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One CN whose text is "client, OU=production", under O=company, no OU:
+    # as a raw string it reads exactly like the registered DN.
+    injected = pki.certificate(
+        name((NameOID.ORGANIZATION_NAME, "company"), (NameOID.COMMON_NAME, "client, OU=production"))
+    )
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+        await assert_refused(gw, injected, 403, "access_denied")
+    refusals = [r for r in caplog.records if getattr(r, "event", None) == "auth_refused"]
+    assert [getattr(r, "thumbprint", None) for r in refusals] == [injected.thumbprint]
+    await assert_accepted_as(gw, client_cert, "mtls.client")
+
+
+async def test_wrong_issuer_pin_is_403(make_gateway: MakeGateway, pki: Pki) -> None:
+    pinned_elsewhere = pki.client("issuer-wrong")
+    pinned_here = pki.client("issuer-right")
+    gw = await make_gateway(
+        clients=[
+            registry_client(
+                "wrong",
+                name_secret("CN=issuer-wrong, OU=production, O=company"),
+                issuer="CN=Other Root CA, O=Test",
+            ),
+            registry_client(
+                "right",
+                name_secret("CN=issuer-right, OU=production, O=company"),
+                issuer="CN=Test Root CA, O=Test",
+            ),
+        ]
+    )
+    await assert_refused(gw, pinned_elsewhere, 403, "access_denied")
+    await assert_accepted_as(gw, pinned_here, "right")
+
+
+async def test_disabled_client_is_403(make_gateway: MakeGateway, client_cert: Issued) -> None:
+    gw = await make_gateway(clients=[registry_client("off", name_secret(CLIENT_DN), enabled=False)])
+    await assert_refused(gw, client_cert, 403, "access_denied")
+
+
+async def test_unregistered_certificate_is_403(make_gateway: MakeGateway, pki: Pki) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    await assert_refused(gw, pki.client("nobody"), 403, "access_denied")
+
+
+async def test_no_certificate_is_401(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    await assert_refused(gw, None, 401, "client_certificate_required")
+
+
+async def test_self_signed_not_pinned_fails_the_handshake(
+    make_gateway: MakeGateway, pki: Pki
+) -> None:
+    cert = pki.certificate(dn("unpinned"), self_signed=True)
+    # Registered by thumbprint: only the missing pin stands in the way.
+    gw = await make_gateway(clients=[registry_client("self", thumbprint_secret(cert.thumbprint))])
+    await assert_handshake_refused(gw, cert)
+
+
+async def test_pinned_self_signed_certificate_cannot_claim_a_registered_dn(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued
+) -> None:
+    # Pinned for some client, but carrying mtls.client's subject: a pin proves
+    # only its own thumbprint, never a name (RFC 8705 §2.1 needs the PKI).
+    forged = pki.certificate(dn("client"), self_signed=True)
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT, registry_client("other", thumbprint_secret("ab" * 20))],
+        tls={"pinned_certs": [str(forged.cert_path)]},
+    )
+    await assert_refused(gw, forged, 403, "access_denied")
+    await assert_accepted_as(gw, client_cert, "mtls.client")
+
+
+async def test_certificate_that_can_sign_is_never_a_client(
+    make_gateway: MakeGateway, pki: Pki
+) -> None:
+    # Issued by the trusted CA and named like the client, but with keyCertSign:
+    # its key could mint further certificates (RFC 5280 §4.2.1.3).
+    signer = pki.certificate(dn("client"), key_cert_sign=True)
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    await assert_refused(gw, signer, 403, "access_denied")
+
+
+async def test_ambiguous_match_is_403(
+    make_gateway: MakeGateway, client_cert: Issued, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await make_gateway(
+        clients=[
+            registry_client("first", name_secret(CLIENT_DN)),
+            registry_client("second", name_secret(CLIENT_DN)),
+            registry_client("third", name_secret("CN=third, OU=production, O=company")),
+        ]
+    )
+    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+        await assert_refused(gw, client_cert, 403, "access_denied")
+    reasons = [str(getattr(r, "reason", "")) for r in caplog.records]
+    assert any("first" in reason and "second" in reason for reason in reasons), reasons
+    await assert_accepted_as(gw, pki.client("third"), "third")
+
+
+@pytest.mark.parametrize("shape", ["ca", "key_cert_sign"])
+async def test_pin_that_can_issue_certificates_is_refused_at_start(
+    make_gateway: MakeGateway, pki: Pki, shape: str
+) -> None:
+    if shape == "ca":
+        pin = pki.ca
+    else:
+        pin = pki.certificate(dn("signing-leaf"), self_signed=True, key_cert_sign=True)
+    with pytest.raises(ConfigError) as exc:
+        await make_gateway(
+            clients=[registry_client("p", thumbprint_secret(pin.thumbprint))],
+            tls={"pinned_certs": [str(pin.cert_path)]},
+        )
+    problems = exc.value.problems
+    assert len(problems) == 1
+    assert "pinned_certs[0]" in problems[0]
+    assert str(pin.cert_path) in problems[0]
+
+
+async def test_client_certs_required_fails_a_handshake_without_certificate(
+    make_gateway: MakeGateway, client_cert: Issued
+) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT], tls={"client_certs": "required"})
+    await assert_handshake_refused(gw, None)
+    await assert_accepted_as(gw, client_cert, "mtls.client")
+
+
+# --- registry changes while running -------------------------------------------------
+
+
+def write_registry(gw: GatewayUnderTest, clients: list[dict[str, Any]]) -> None:
+    gw.registry_path.write_text(yaml.safe_dump({"clients": clients}))
+
+
+async def status_on(conn: RawConnection, path: str = "/") -> int:
+    return (await conn.request(get(path))).status
+
+
+async def status_on_new_connection(gw: GatewayUnderTest, cert: Issued) -> int:
+    conn = await RawConnection.open(gw, cert)
+    try:
+        return await status_on(conn)
+    finally:
+        await conn.close()
+
+
+async def test_removed_client_is_refused_within_5s_on_new_and_existing_connections(
+    make_gateway: MakeGateway, client_cert: Issued, pki: Pki
+) -> None:
+    staying = pki.client("staying")
+    staying_client = registry_client("staying", name_secret("CN=staying, OU=production, O=company"))
+    gw = await make_gateway(clients=[MTLS_CLIENT, staying_client])
+    existing = await RawConnection.open(gw, client_cert)
+    try:
+        assert await status_on(existing) == 200
+        ssl_object = existing.ssl_object
+        write_registry(gw, [staying_client])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        old_conn_status = new_conn_status = 200
+        while loop.time() < deadline and (old_conn_status, new_conn_status) != (403, 403):
+            await asyncio.sleep(0.1)
+            old_conn_status = await status_on(existing)
+            new_conn_status = await status_on_new_connection(gw, client_cert)
+        # The keep-alive connection holds no stale grant: both are refused.
+        assert (old_conn_status, new_conn_status) == (403, 403)
+        assert await status_on(existing) == 403
+        assert existing.ssl_object is ssl_object  # still the same TLS connection
+    finally:
+        await existing.close()
+    await assert_accepted_as(gw, staying, "staying")
+
+
+async def test_broken_registry_file_keeps_the_running_clients(
+    make_gateway: MakeGateway, client_cert: Issued
+) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    registry = gw.gateway.registry
+    assert isinstance(registry, YamlRegistry)
+    existing = await RawConnection.open(gw, client_cert)
+    try:
+        assert await status_on(existing) == 200
+        # Unparseable YAML, then a parseable file with an invalid client.
+        for broken in (
+            "clients: [ {client_id: mtls.client\n",
+            yaml.safe_dump({"clients": [{"client_id": "x", "secrets": [{"type": "Nope"}]}]}),
+        ):
+            failures = registry.reload_failures
+            gw.registry_path.write_text(broken)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while registry.reload_failures == failures and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+            assert registry.reload_failures == failures + 1, "the broken file was never read"
+            assert await status_on(existing) == 200
+            assert await status_on_new_connection(gw, client_cert) == 200
+        # Watching goes on after a failure: a valid edit still applies.
+        write_registry(gw, [])
+        deadline = asyncio.get_running_loop().time() + 5
+        status = 200
+        while status == 200 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+            status = await status_on(existing)
+        assert status == 403
+    finally:
+        await existing.close()
