@@ -9,8 +9,10 @@ keep-alive connection.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import ssl
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -42,6 +44,9 @@ class ConnectionAuth:
     headers: tuple[tuple[str, str], ...]  # identity headers for this client
     registry_generation: int
     trust_generation: int
+    # The certificate's notAfter: a keep-alive connection outliving its
+    # certificate is re-checked (and refused) instead of served from cache.
+    valid_until: float = float("inf")
 
     @property
     def client(self) -> Client | None:
@@ -80,6 +85,7 @@ class Authenticator:
             cached is not None
             and cached.registry_generation == self._registry.generation
             and cached.trust_generation == trust.generation
+            and time.time() < cached.valid_until
         ):
             return cached
         auth = await self._resolve(request, ssl_object)
@@ -107,6 +113,10 @@ class Authenticator:
                 request, identity, "resumed session no longer trusted by current trust material"
             )
             raise access_denied()
+        if not identity.valid_at(dt.datetime.now(dt.UTC)):
+            # Checked at the handshake; seen here when a connection outlives it.
+            self._refuse(request, identity, "certificate expired")
+            raise access_denied("the client certificate has expired")
         if trust.is_revoked(identity):
             self._refuse(request, identity, "certificate revoked (CRL)")
             raise access_denied("the client certificate has been revoked")
@@ -123,7 +133,14 @@ class Authenticator:
             self._refuse(request, identity, reason)
         client_id = result.client.client_id if result.client is not None else None
         headers = identity_headers(self._names, client_id, identity)
-        return ConnectionAuth(identity, result, headers, registry_generation, trust.generation)
+        return ConnectionAuth(
+            identity,
+            result,
+            headers,
+            registry_generation,
+            trust.generation,
+            identity.not_after.timestamp(),
+        )
 
     def _refuse(
         self, request: web.Request, identity: CertificateIdentity | None, reason: str

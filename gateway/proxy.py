@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import posixpath
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -26,6 +27,7 @@ from gateway.headers import (
 log = logging.getLogger("gateway.proxy")
 
 STREAM_CHUNK = 64 * 1024
+_REFUSED_PATH_CHARACTERS = re.compile(r"[\\\x00-\x1f\x7f]")
 
 
 def normalise_path(path: str) -> str:
@@ -118,6 +120,11 @@ class Proxy:
             return exc.response()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if _REFUSED_PATH_CHARACTERS.search(request.path):
+            # Windows/IIS-style upstreams read "\\" as "/", so "/public/..%5Cprivate"
+            # would reach /private past the /public policy; control characters
+            # have no business in a path either.  Refuse, as Envoy can.
+            raise GatewayError(400, "invalid_request", "backslash or control character in path")
         path = normalise_path(request.path)
         route = self._table.find(path)
         if route is None:

@@ -162,7 +162,7 @@ def _serve_with_echo(config: GatewayConfig) -> int:
         echo_runner: web.AppRunner | None = None
         port = _echo_port(config)
         if port is not None:
-            echo_runner = web.AppRunner(create_echo_app(), access_log=None)
+            echo_runner = web.AppRunner(create_echo_app(), access_log=None, auto_decompress=False)
             await echo_runner.setup()
             await web.TCPSite(echo_runner, "127.0.0.1", port).start()
             print(f"echo upstream on http://127.0.0.1:{port}; Ctrl-C stops everything", flush=True)

@@ -40,7 +40,8 @@ class Upstream:
 
 
 async def _start_app(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
+    # Bodies as sent: the echo hashes the bytes it got, not a decoded copy.
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

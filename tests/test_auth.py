@@ -438,3 +438,32 @@ async def test_broken_registry_file_keeps_the_running_clients(
         assert status == 403
     finally:
         await existing.close()
+
+
+async def test_certificate_expiring_during_a_keep_alive_connection_is_refused(
+    make_gateway: MakeGateway, pki: Pki
+) -> None:
+    """The per-connection cache does not outlive the certificate's notAfter."""
+    short_lived = pki.certificate(
+        dn("short-lived"), not_after=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+    )
+    gw = await make_gateway(
+        clients=[registry_client("short", name_secret("CN=short-lived, OU=production, O=company"))]
+    )
+    connection = await RawConnection.open(gw, short_lived)
+    try:
+        first = await connection.request(get("/before"))
+        assert first.status == 200
+        await asyncio.sleep(
+            max(
+                0.0,
+                short_lived.cert.not_valid_after_utc.timestamp()
+                - dt.datetime.now(dt.UTC).timestamp(),
+            )
+            + 1.2
+        )
+        second = await connection.request(get("/after"))
+    finally:
+        await connection.close()
+    assert second.status == 403, second.body
+    assert "expired" in second.json()["error_description"]

@@ -984,3 +984,26 @@ async def test_ambiguous_framing_is_refused_not_forwarded(
     finally:
         await conn.close()
     assert response.status == 400
+
+
+@pytest.mark.parametrize(
+    "raw_path", ["/public/..%5Cprivate", "/public/..\\private", "/public/%00x"]
+)
+async def test_backslash_and_control_characters_in_paths_are_refused(
+    make_gateway: MakeGateway, echo_upstream: Upstream, raw_path: str
+) -> None:
+    """An IIS-style upstream reads "\\" as "/": such a path must not slip past /private."""
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT],
+        routes=[
+            route("/public", echo_upstream.url, "none"),
+            route("/private", echo_upstream.url, "client"),
+        ],
+    )
+    connection = await RawConnection.open(gw, None)
+    try:
+        refused = await connection.request(get(raw_path))
+    finally:
+        await connection.close()
+    assert refused.status == 400, refused.body
+    assert refused.json()["error"] == "invalid_request"
