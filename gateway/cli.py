@@ -18,6 +18,8 @@ from typing import Any, NoReturn, TypeVar
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.devpki import DevPkiError, init_dev_pki
+from gateway.oauth.keys import SigningKeyError
+from gateway.registry.base import RegistryUnavailable
 
 T = TypeVar("T")
 
@@ -172,12 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ConfigError: lambda e: list(e.problems),  # type: ignore[attr-defined]
         DevPkiError: lambda e: [str(e)],
     }
-    try:
-        from gateway.oauth.keys import SigningKeyError
-
-        handlers[SigningKeyError] = lambda e: [str(e)]
-    except ImportError:  # pragma: no cover
-        pass
+    handlers[SigningKeyError] = lambda e: [str(e)]
+    # Redis down during `clients …` or `check`: say so in one line, exit 1.
+    handlers[RegistryUnavailable] = lambda e: [f"registry unavailable: {e}"]
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
