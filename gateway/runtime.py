@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from gateway.app import Gateway, build_gateway
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
+from gateway.oauth.keys import SigningKeySet
+from gateway.oauth.service import TokenService, load_signing_keys
 
 
 def assemble(config: GatewayConfig) -> Gateway:
     """Build the gateway and its token service; ConfigError lists every problem."""
-    return build_gateway(config)
+    problems: list[str] = []
+    try:
+        gateway = build_gateway(config)
+    except ConfigError as exc:
+        problems += exc.problems
+    keys: SigningKeySet | None = None
+    try:
+        keys = load_signing_keys(config)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        # Listener, registry and key problems together: `check` lists them in one pass.
+        raise ConfigError(problems)
+    assert keys is not None
+    TokenService(config, keys, gateway.registry).install(gateway)
+    return gateway

@@ -1,0 +1,104 @@
+"""Client authentication at the OAuth endpoints: the TLS client certificate only.
+
+RFC 8705 §2: the client proves possession of its key in the TLS handshake and
+names itself with ``client_id``; the registry decides whether that certificate
+authenticates that client (``tls_client_auth`` for PKI secrets §2.1,
+``self_signed_tls_client_auth`` for thumbprint pins §2.2).  A certificate may
+authenticate several clients; ``client_id`` picks one of them, never another.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from gateway.auth import Authenticator, ConnectionAuth
+from gateway.errors import GatewayError
+from gateway.oauth.errors import InvalidClientError, InvalidRequestError
+from gateway.registry.matching import ClientMatch
+
+log = logging.getLogger("gateway.oauth")
+
+# RFC 6749 §2.3: a client must not use more than one authentication method.
+_OTHER_CREDENTIALS = ("client_secret", "client_assertion", "client_assertion_type")
+
+
+def refuse_other_credentials(request: web.Request, form: Mapping[str, str]) -> None:
+    """Secrets and assertions are not ours to check: refuse rather than ignore them."""
+    if "Authorization" in request.headers:
+        raise InvalidRequestError(
+            "clients authenticate with their TLS certificate (RFC 8705): send client_id "
+            "in the form body and no Authorization header (IdentityModel: "
+            "ClientCredentialStyle.PostBody)"
+        )
+    for name in _OTHER_CREDENTIALS:
+        if name in form:
+            raise InvalidRequestError(
+                f"{name} is not accepted: clients authenticate with their TLS certificate"
+            )
+
+
+async def connection_auth(request: web.Request, authenticator: Authenticator) -> ConnectionAuth:
+    """The connection's certificate identity; its refusals become invalid_client."""
+    try:
+        return await authenticator.authenticate(request)
+    except GatewayError as exc:
+        if exc.status >= 500:  # registry unreachable: a retryable 503, not the client's fault
+            raise
+        raise InvalidClientError(exc.description) from None
+
+
+def authenticated_client(
+    request: web.Request,
+    auth: ConnectionAuth,
+    client_id: str | None,
+    *,
+    client_id_required: bool,
+) -> ClientMatch:
+    """The client this certificate authenticates as ``client_id``, or invalid_client.
+
+    The token endpoint requires ``client_id`` (RFC 8705 §2).  Introspection
+    does not; without it the certificate must name exactly one client.
+    Disabled clients and expired secrets never match.
+    """
+    if auth.identity is None:
+        _refuse(request, auth, client_id, "no client certificate")
+        raise InvalidClientError("a client certificate is required (RFC 8705 tls_client_auth)")
+    if client_id is None and client_id_required:
+        _refuse(request, auth, None, "no client_id")
+        raise InvalidClientError("client_id is required with tls_client_auth (RFC 8705 §2)")
+    if client_id is None:
+        client = auth.result.client
+        match = auth.result.for_client(client.client_id) if client is not None else None
+        if match is None:
+            _refuse(
+                request, auth, None, auth.result.reason or "certificate matches several clients"
+            )
+            raise InvalidClientError(
+                "the client certificate does not identify one registered client"
+            )
+        return match
+    match = auth.result.for_client(client_id)
+    if match is None:
+        _refuse(request, auth, client_id, auth.result.reason or "certificate is another client's")
+        raise InvalidClientError(
+            "the client certificate does not authenticate this client_id "
+            "(unknown or disabled client, or not registered for this certificate)"
+        )
+    return match
+
+
+def _refuse(request: web.Request, auth: ConnectionAuth, client_id: str | None, reason: str) -> None:
+    log.warning(
+        "client authentication failed",
+        extra={
+            "event": "client_auth_failed",
+            "reason": reason,
+            "client_id": client_id,
+            "thumbprint": auth.identity.thumbprint if auth.identity else None,
+            "peer": request.remote,
+            "path": request.path,
+        },
+    )
