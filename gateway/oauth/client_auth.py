@@ -9,8 +9,11 @@ authenticate several clients; ``client_id`` picks one of them, never another.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Mapping
+from urllib.parse import unquote_plus
 
 from aiohttp import web
 
@@ -25,19 +28,52 @@ log = logging.getLogger("gateway.oauth")
 _OTHER_CREDENTIALS = ("client_secret", "client_assertion", "client_assertion_type")
 
 
-def refuse_other_credentials(request: web.Request, form: Mapping[str, str]) -> None:
-    """Secrets and assertions are not ours to check: refuse rather than ignore them."""
-    if "Authorization" in request.headers:
-        raise InvalidRequestError(
-            "clients authenticate with their TLS certificate (RFC 8705): send client_id "
-            "in the form body and no Authorization header (IdentityModel: "
-            "ClientCredentialStyle.PostBody)"
-        )
+def client_id_of(request: web.Request, form: Mapping[str, str]) -> str | None:
+    """The client_id the caller names, refusing every other credential.
+
+    RFC 8705 §2 puts ``client_id`` in the form.  IdentityModel, the seed's
+    client library, sends it by default as HTTP Basic with an empty password
+    (``ClientCredentialStyle.AuthorizationHeader``; RFC 6749 §2.3.1 encoding):
+    that carries only a name, no secret, so it is read as ``client_id``.  A
+    non-empty password or any other scheme is a credential we do not check,
+    and is refused rather than ignored.
+    """
     for name in _OTHER_CREDENTIALS:
         if name in form:
             raise InvalidRequestError(
                 f"{name} is not accepted: clients authenticate with their TLS certificate"
             )
+    client_id = form.get("client_id")
+    authorizations = request.headers.getall("Authorization", ())
+    if not authorizations:
+        return client_id
+    if len(authorizations) > 1:
+        raise InvalidRequestError("more than one Authorization header")
+    basic_id = _basic_client_id(authorizations[0])
+    if client_id is not None and client_id != basic_id:
+        raise InvalidRequestError("client_id in the form and in the Authorization header differ")
+    return basic_id
+
+
+def _basic_client_id(header: str) -> str:
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise InvalidRequestError(
+            "clients authenticate with their TLS certificate (RFC 8705): send client_id "
+            "in the form body, or as HTTP Basic with an empty password"
+        )
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidRequestError("malformed HTTP Basic credentials") from None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user:
+        raise InvalidRequestError("malformed HTTP Basic credentials")
+    if password:
+        raise InvalidRequestError(
+            "client secrets are not accepted: clients authenticate with their TLS certificate"
+        )
+    return unquote_plus(user)  # RFC 6749 §2.3.1: form-urlencoded before Basic encoding
 
 
 async def connection_auth(request: web.Request, authenticator: Authenticator) -> ConnectionAuth:

@@ -21,8 +21,8 @@ from gateway.config import GatewayConfig
 from gateway.errors import NO_STORE, registry_unavailable
 from gateway.oauth.client_auth import (
     authenticated_client,
+    client_id_of,
     connection_auth,
-    refuse_other_credentials,
 )
 from gateway.oauth.errors import InvalidRequestError, MethodNotAllowedError
 from gateway.oauth.forms import read_form
@@ -64,9 +64,9 @@ class IntrospectionEndpoint:
             max_bytes=limits.max_token_request_bytes,
             read_within=limits.header_read_timeout,
         )
-        refuse_other_credentials(request, form)
+        client_id = client_id_of(request, form)
         auth = await connection_auth(request, self.authenticator)
-        authenticated_client(request, auth, form.get("client_id"), client_id_required=False)
+        authenticated_client(request, auth, client_id, client_id_required=False)
         token = form.get("token")
         if token is None:
             raise InvalidRequestError("token is required")

@@ -20,8 +20,8 @@ from gateway.config import GatewayConfig
 from gateway.errors import NO_STORE
 from gateway.oauth.client_auth import (
     authenticated_client,
+    client_id_of,
     connection_auth,
-    refuse_other_credentials,
 )
 from gateway.oauth.errors import (
     InvalidRequestError,
@@ -78,9 +78,9 @@ class TokenEndpoint:
             max_bytes=limits.max_token_request_bytes,
             read_within=limits.header_read_timeout,
         )
-        refuse_other_credentials(request, form)
+        client_id = client_id_of(request, form)
         auth = await connection_auth(request, self.authenticator)
-        match = authenticated_client(request, auth, form.get("client_id"), client_id_required=True)
+        match = authenticated_client(request, auth, client_id, client_id_required=True)
         assert auth.identity is not None  # authenticated_client refuses anonymous callers
         client = match.client
 

@@ -114,6 +114,25 @@ async def test_identitymodel_flow(seed_gateway: Any, client_cert: Issued) -> Non
     assert echoed["authorization"] == [bearer["Authorization"]]  # the API's token, kept
 
 
+async def test_identitymodel_default_basic_style_with_no_secret(
+    seed_gateway: Any, client_cert: Issued
+) -> None:
+    """IdentityModel's default ClientCredentialStyle.AuthorizationHeader: client_id as
+    HTTP Basic with an empty password (RFC 6749 §2.3.1), nothing in the body."""
+    gw = seed_gateway
+    basic = base64.b64encode(b"mtls.client:").decode()
+    async with gw.session(client_cert) as session:
+        status, body, _ = await post(
+            session,
+            gw.url + "/connect/mtls/token",
+            {"grant_type": "client_credentials", "scope": "api1"},
+            headers={"Authorization": f"Basic {basic}"},
+        )
+    assert status == 200, body
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["client_id"] == "mtls.client"
+
+
 async def test_token_claims_verify_with_pyjwt_against_the_jwks(
     seed_gateway: Any, client_cert: Issued
 ) -> None:
@@ -269,12 +288,20 @@ ERROR_CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("client-secret", form(client_secret="s3cret"), {}, 400, "invalid_request"),
     ("client-assertion", form(client_assertion="a.b.c"), {}, 400, "invalid_request"),
     (
-        "basic-auth",
-        form(),
-        {"Authorization": "Basic bXRscy5jbGllbnQ6"},
+        "basic-auth-with-secret",  # mtls.client:s3cret
+        form(client_id=None),
+        {"Authorization": "Basic bXRscy5jbGllbnQ6czNjcmV0"},
         400,
         "invalid_request",
     ),
+    (
+        "basic-auth-other-client",  # other.client: (empty password) vs form mtls.client
+        form(),
+        {"Authorization": "Basic b3RoZXIuY2xpZW50Og=="},
+        400,
+        "invalid_request",
+    ),
+    ("bearer-auth", form(), {"Authorization": "Bearer x.y.z"}, 400, "invalid_request"),
     (
         "duplicate-client-id",
         [*GOOD.items(), ("client_id", "mtls.client")],
