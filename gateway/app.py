@@ -19,9 +19,12 @@ from gateway.auth import Authenticator
 from gateway.config import ConfigError, GatewayConfig, ListenerConfig
 from gateway.deadlines import request_boundaries
 from gateway.headers import managed_header_keys
+from gateway.metrics import Metrics, create_metrics
+from gateway.observability import create_observer
 from gateway.proxy import Proxy, TokenChecker
 from gateway.registry.base import Registry
 from gateway.registry.factory import create_registry
+from gateway.state_metrics import GatewayStateCollector
 from gateway.tls import ListenerTls, TlsMaterialError
 
 log = logging.getLogger("gateway")
@@ -55,6 +58,9 @@ class Gateway:
     extensions: list[ListenerExtension] = field(default_factory=list)
     token_checker: TokenChecker | None = None
     reloaders: list[Callable[[], bool]] = field(default_factory=list)
+    # (name, part with reloads_ok / reload_failures counters) for /metrics
+    reload_parts: list[tuple[str, object]] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=create_metrics)
     session: aiohttp.ClientSession | None = None
     shutting_down: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -109,9 +115,12 @@ class Gateway:
     def listener_app(self, index: int) -> web.Application:
         listener = self.listeners[index]
         assert self.session is not None, "start() the gateway first"
+        observe = create_observer(
+            self.metrics, str(index), log_requests=self.config.logging.access_log
+        )
         app = web.Application(
             client_max_size=self.config.limits.max_token_request_bytes,
-            middlewares=[request_boundaries],
+            middlewares=[request_boundaries, observe],
         )
         app[GATEWAY_KEY] = self
         app[LISTENER_KEY] = listener
@@ -123,6 +132,7 @@ class Gateway:
             session=self.session,
             managed_headers=managed_header_keys(self.config.headers),
             token_checker=self.token_checker,
+            metrics=self.metrics,
         )
         app.router.add_route("*", "/{tail:.*}", proxy.handle)
         return app
@@ -146,14 +156,17 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     if problems:
         raise ConfigError(problems)
     assert registry is not None
+    metrics = create_metrics()
     for i, (listener, tls) in enumerate(zip(config.listeners, tls_list, strict=True)):
         listeners.append(
             ListenerContext(
                 index=i,
                 config=listener,
                 tls=tls,
-                authenticator=Authenticator(registry, tls, config.headers),
+                authenticator=Authenticator(registry, tls, config.headers, metrics),
                 public_url=listener.public_url or "",
             )
         )
-    return Gateway(config=config, registry=registry, listeners=listeners)
+    gateway = Gateway(config=config, registry=registry, listeners=listeners, metrics=metrics)
+    metrics.add_state(GatewayStateCollector(gateway))
+    return gateway

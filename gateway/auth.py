@@ -27,6 +27,7 @@ from gateway.errors import (
 )
 from gateway.headers import identity_headers
 from gateway.identity import CertificateError, CertificateIdentity, identity_from_der
+from gateway.metrics import Metrics
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
 from gateway.registry.model import Client
@@ -68,7 +69,14 @@ _NO_MATCH = MatchResult((), "no client certificate presented")
 class Authenticator:
     """Resolves and caches the identity of each connection on one listener."""
 
-    def __init__(self, registry: Registry, tls: ListenerTls, header_names: HeaderNames) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        tls: ListenerTls,
+        header_names: HeaderNames,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._metrics = metrics
         self._registry = registry
         self._tls = tls
         self._names = header_names
@@ -101,36 +109,41 @@ class Authenticator:
         try:
             identity = identity_from_der(der)
         except CertificateError as exc:
-            self._refuse(request, None, str(exc))
+            self._refuse(request, None, str(exc), "unparseable")
             raise access_denied("the client certificate could not be parsed") from None
         if identity.is_ca:
             # A CA certificate presented as a client identity: never a client (RFC 5280 §4.2.1.9).
-            self._refuse(request, identity, "certificate can issue certificates")
+            self._refuse(request, identity, "certificate can issue certificates", "ca_certificate")
             raise access_denied()
         if ssl_object.session_reused and not trust.accepts(identity):
             # Resumed sessions skip the current trust store (TLS-NOTES).
             self._refuse(
-                request, identity, "resumed session no longer trusted by current trust material"
+                request,
+                identity,
+                "resumed session no longer trusted by current trust material",
+                "resumed_untrusted",
             )
             raise access_denied()
         if not identity.valid_at(dt.datetime.now(dt.UTC)):
             # Checked at the handshake; seen here when a connection outlives it.
-            self._refuse(request, identity, "certificate expired")
+            self._refuse(request, identity, "certificate expired", "expired")
             raise access_denied("the client certificate has expired")
         if trust.is_revoked(identity):
-            self._refuse(request, identity, "certificate revoked (CRL)")
+            self._refuse(request, identity, "certificate revoked (CRL)", "revoked")
             raise access_denied("the client certificate has been revoked")
         try:
             result = await self._registry.match(identity, pinned=trust.is_pinned(identity))
         except RegistryUnavailable:
-            self._refuse(request, identity, "registry unavailable")
+            self._count_lookup("unavailable")
+            self._refuse(request, identity, "registry unavailable", "registry_unavailable")
             raise registry_unavailable() from None
+        self._count_lookup("match" if result.client is not None else "no_match")
         if result.client is None:
-            reason = result.reason
+            reason, kind = result.reason, "no_match"
             if result.matches:
                 ids = sorted({m.client.client_id for m in result.matches})
-                reason = f"certificate matches several clients: {', '.join(ids)}"
-            self._refuse(request, identity, reason)
+                reason, kind = f"certificate matches several clients: {', '.join(ids)}", "ambiguous"
+            self._refuse(request, identity, reason, kind)
         client_id = result.client.client_id if result.client is not None else None
         headers = identity_headers(self._names, client_id, identity)
         return ConnectionAuth(
@@ -142,14 +155,26 @@ class Authenticator:
             identity.not_after.timestamp(),
         )
 
+    def _count_lookup(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.registry_lookups.labels(result).inc()
+
     def _refuse(
-        self, request: web.Request, identity: CertificateIdentity | None, reason: str
+        self,
+        request: web.Request,
+        identity: CertificateIdentity | None,
+        reason: str,
+        kind: str,
     ) -> None:
+        """Log why (with the thumbprint) and count it under a bounded ``kind`` label."""
+        if self._metrics is not None:
+            self._metrics.auth_refusals.labels(kind).inc()
         log.warning(
             "authentication refused",
             extra={
                 "event": "auth_refused",
                 "reason": reason,
+                "kind": kind,
                 "thumbprint": identity.thumbprint if identity else None,
                 "subject": identity.subject if identity else None,
                 "peer": request.remote,

@@ -9,7 +9,7 @@ by the supervisor through PROMETHEUS_MULTIPROC_DIR) and any worker answering
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import (
@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -57,16 +58,23 @@ class Metrics:
     tls_handshake_failures: Counter
     tokens: Counter
     registry_lookups: Counter
-    registry_cache: Counter
-    registry_up: Gauge
-    reloads: Counter
-    certificate_expiry: Gauge
     in_flight: Gauge
+
+    state: list[Collector] = field(default_factory=list)
+
+    def add_state(self, collector: Collector) -> None:
+        """A collector read at scrape time (reload counts, expiry dates, Redis state)."""
+        self.state.append(collector)
+        self.registry.register(collector)
 
     def render(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):
+            # Counters and histograms summed over every worker; state read from
+            # the worker answering (it is the same files and Redis for all).
             collected = CollectorRegistry()
             multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+            for collector in self.state:
+                collected.register(collector)
             return generate_latest(collected)
         return generate_latest(self.registry)
 
@@ -74,7 +82,6 @@ class Metrics:
 def create_metrics() -> Metrics:
     registry = CollectorRegistry(auto_describe=True)
     multiproc = bool(os.environ.get(MULTIPROC_ENV))
-    gauge_mode = {"multiprocess_mode": "max"} if multiproc else {}
     return Metrics(
         registry=registry,
         requests=Counter(
@@ -113,31 +120,6 @@ def create_metrics() -> Metrics:
             "Registry lookups by result (match, no_match, unavailable).",
             ["result"],
             registry=registry,
-        ),
-        registry_cache=Counter(
-            "mtls_gateway_registry_cache",
-            "Registry cache lookups by result (hit, miss).",
-            ["result"],
-            registry=registry,
-        ),
-        registry_up=Gauge(
-            "mtls_gateway_registry_up",
-            "1 while the registry backend answers, 0 while it is unreachable.",
-            registry=registry,
-            **gauge_mode,  # type: ignore[arg-type]
-        ),
-        reloads=Counter(
-            "mtls_gateway_reloads",
-            "Reloads by component (tls, registry, signing_keys) and outcome (ok, failed).",
-            ["component", "outcome"],
-            registry=registry,
-        ),
-        certificate_expiry=Gauge(
-            "mtls_gateway_certificate_expiry_timestamp_seconds",
-            "notAfter of the server certificate and of each client CA, as a Unix time.",
-            ["listener", "kind", "subject"],
-            registry=registry,
-            **gauge_mode,  # type: ignore[arg-type]
         ),
         in_flight=Gauge(
             "mtls_gateway_requests_in_flight",

@@ -28,9 +28,11 @@ class RequestFacts:
     client_id: str | None = None
     thumbprint: str | None = None
     upstream_status: int | None = None
+    oauth_outcome: str | None = None  # token endpoint: "issued" or the RFC 6749 error code
 
 
 FACTS_KEY = "gateway.facts"
+TOKEN_PATHS = frozenset({"/connect/token", "/connect/mtls/token"})
 
 
 def facts(request: web.Request) -> RequestFacts:
@@ -45,6 +47,7 @@ def facts(request: web.Request) -> RequestFacts:
 def create_observer(metrics: Metrics, listener: str, *, log_requests: bool) -> Middleware:
     in_flight = metrics.in_flight
     requests = metrics.requests
+    tokens = metrics.tokens
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -62,7 +65,12 @@ def create_observer(metrics: Metrics, listener: str, *, log_requests: bool) -> M
         finally:
             in_flight.dec()
             info = facts(request)
-            requests.labels(listener, info.route, method_class(request.method), str(status)).inc()
+            route = info.route
+            if route == "-" and request.match_info.route.resource is not None:
+                route = request.match_info.route.resource.canonical
+            requests.labels(listener, route, method_class(request.method), str(status)).inc()
+            if info.oauth_outcome is not None and route in TOKEN_PATHS:
+                tokens.labels(info.client_id or "-", info.oauth_outcome).inc()
             if log_requests and access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "request",
@@ -70,7 +78,7 @@ def create_observer(metrics: Metrics, listener: str, *, log_requests: bool) -> M
                         "event": "request",
                         "client_id": info.client_id,
                         "thumbprint": info.thumbprint,
-                        "route": info.route,
+                        "route": route,
                         "method": request.method,
                         "path": request.path,
                         "status": status,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import posixpath
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -23,6 +24,8 @@ from gateway.headers import (
     header_key,
     upstream_request_headers,
 )
+from gateway.metrics import Metrics
+from gateway.observability import facts
 
 log = logging.getLogger("gateway.proxy")
 
@@ -106,7 +109,9 @@ class Proxy:
         session: aiohttp.ClientSession,
         managed_headers: frozenset[str],
         token_checker: TokenChecker | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._table = RouteTable(routes)
         self._auth = authenticator
         self._session = session
@@ -130,9 +135,14 @@ class Proxy:
         if route is None:
             raise GatewayError(404, "not_found", "no route for this path")
         policy = route.config
+        info = facts(request)
+        info.route = route.prefix
         injected: tuple[tuple[str, str], ...] = ()
         if policy.auth != "none":
             auth = await self._auth.authenticate(request)
+            if auth.identity is not None:
+                info.thumbprint = auth.identity.thumbprint
+                info.client_id = auth.result.client.client_id if auth.result.client else None
             if policy.auth == "token":
                 # The token names the client (a certificate may authenticate
                 # several), so the checker applies the client checks to it.
@@ -169,6 +179,7 @@ class Proxy:
             async with asyncio.timeout(policy.timeout) as scope:
                 wait.scope = scope
                 try:
+                    sent = time.perf_counter()
                     upstream = await self._session.request(
                         request.method,
                         yarl.URL(target, encoded=True),
@@ -197,6 +208,11 @@ class Proxy:
         except (aiohttp.ClientError, OSError) as exc:
             raise bad_gateway(f"the upstream failed: {type(exc).__name__}") from None
         try:
+            if self._metrics is not None:
+                self._metrics.upstream_latency.labels(policy.prefix).observe(
+                    time.perf_counter() - sent
+                )
+            facts(request).upstream_status = upstream.status
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             response.headers.extend(downstream_response_headers(upstream.headers))
             length = upstream.headers.get("Content-Length")

@@ -104,7 +104,8 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
 async def _start_admin(
     running: RunningGateway, bind: BindAddress, reuse_port: bool
 ) -> tuple[str, int]:
-    runner = web.AppRunner(create_admin_app(running.gateway.readiness), access_log=None)
+    gateway = running.gateway
+    runner = web.AppRunner(create_admin_app(gateway.readiness, gateway.metrics), access_log=None)
     await runner.setup()
     running.runners.append(runner)
     site = web.TCPSite(runner, bind.host, bind.port, reuse_port=reuse_port or None)

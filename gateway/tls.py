@@ -230,6 +230,7 @@ class ListenerTls:
         self._material = load_material(tls, where)
         self._changes = ChangeDetector(self.watched_files())
         self.reload_failures = 0
+        self.reloads_ok = 0
         self.listening_context = _base_context(tls)
         self.listening_context.load_cert_chain(tls.cert, tls.key)
         self.listening_context.sni_callback = self._select_context
@@ -267,6 +268,7 @@ class ListenerTls:
             log.error("TLS reload failed for %s, keeping current material: %s", self._where, exc)
             return False
         self._material = material
+        self.reloads_ok += 1
         log.info("TLS material reloaded for %s", self._where)
         return True
 

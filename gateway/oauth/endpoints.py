@@ -20,6 +20,7 @@ from gateway.oauth.discovery import Discovery
 from gateway.oauth.introspection import IntrospectionEndpoint
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.token_endpoint import TokenEndpoint
+from gateway.observability import facts
 from gateway.registry.base import Registry
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -32,6 +33,7 @@ def rendering_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except GatewayError as exc:
+            facts(request).oauth_outcome = exc.error
             return exc.response()
 
     return handle

@@ -63,11 +63,14 @@ class TokenService:
             header_names=config.headers,
         )
         self._last_reload_error: str | None = None
+        self.reloads_ok = 0
+        self.reload_failures = 0  # counted once per distinct error, like the log line
 
     def install(self, gateway: Gateway) -> None:
         gateway.extensions.append(self.add_routes)
         gateway.token_checker = self.checker
         gateway.reloaders.append(self.reload_keys)
+        gateway.reload_parts.append(("signing_keys", self))
 
     def add_routes(self, app: web.Application, listener: ListenerContext) -> None:
         add_oauth_routes(app, listener, config=self.config, keys=self.keys, registry=self.registry)
@@ -83,11 +86,13 @@ class TokenService:
         except SigningKeyError as exc:
             message = str(exc)
             if message != self._last_reload_error:  # polled every second: say it once
+                self.reload_failures += 1
                 log.error("signing key reload failed, keeping current keys: %s", message)
                 self._last_reload_error = message
             return False
         self._last_reload_error = None
         if changed:
+            self.reloads_ok += 1
             log.info(
                 "signing keys reloaded",
                 extra={

@@ -34,6 +34,7 @@ from gateway.oauth.errors import (
 from gateway.oauth.forms import read_form
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.tokens import mint_access_token
+from gateway.observability import facts
 from gateway.registry.model import Client
 
 log = logging.getLogger("gateway.oauth")
@@ -128,6 +129,10 @@ class TokenEndpoint:
                     "thumbprint": auth.identity.thumbprint,
                 },
             )
+        outcome = facts(request)
+        outcome.oauth_outcome = "issued"
+        outcome.client_id = client.client_id
+        outcome.thumbprint = auth.identity.thumbprint
         body = {
             "access_token": issued.token,
             "token_type": "Bearer",

@@ -83,6 +83,7 @@ class YamlRegistry:
         self._changes = ChangeDetector([path])
         self._watcher: asyncio.Task[None] | None = None
         self.reload_failures = 0
+        self.reloads_ok = 0
 
     @property
     def generation(self) -> int:
@@ -130,6 +131,7 @@ class YamlRegistry:
             return False
         self._index = index
         self._generation += 1
+        self.reloads_ok += 1
         log.info("registry reloaded: %d clients from %s", len(index), self._path)
         return True
 

@@ -113,6 +113,8 @@ class RedisRegistry:
         self._cache = LookupCache(config.cache_size)
         self._description = describe(config)
         self._max_stale = config.max_stale
+        self.cache_hits = 0  # read by /metrics
+        self.cache_misses = 0
         self._generation = 1
         # Bumped whenever a cached answer may have changed: a fetch that raced
         # with an invalidation must not put its (maybe older) answer in the cache.
@@ -191,9 +193,11 @@ class RedisRegistry:
         if self._synced:
             cached = self._cache.candidates(fields)
             if cached is not None:
+                self.cache_hits += 1
                 return self._evaluate(cached, identity, pinned)
         elif not self._reachable:
             return self._stale_match(fields, identity, pinned)
+        self.cache_misses += 1
         try:
             clients = await self._fetch(fields)
         except _REDIS_ERRORS as exc:

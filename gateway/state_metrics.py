@@ -1,0 +1,76 @@
+"""Metrics read at scrape time from the running parts: reloads, expiry dates, registry state.
+
+These are facts the components already keep (counters on the TLS listeners,
+the registry and the token service; the certificates in force), so nothing
+is added to the request path to publish them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.dn import format_name
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+
+class GatewayStateCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self._gateway
+        registry = gateway.registry
+        up = GaugeMetricFamily(
+            "mtls_gateway_registry_up",
+            "1 while the registry backend answers, 0 while it is unreachable.",
+            labels=["registry"],
+        )
+        up.add_metric([registry.description], 1.0 if registry.ready else 0.0)
+        yield up
+
+        cache = CounterMetricFamily(
+            "mtls_gateway_registry_cache",
+            "Registry cache lookups by result (Redis registry; the YAML registry is all in memory).",
+            labels=["result"],
+        )
+        cache.add_metric(["hit"], float(getattr(registry, "cache_hits", 0)))
+        cache.add_metric(["miss"], float(getattr(registry, "cache_misses", 0)))
+        yield cache
+
+        reloads = CounterMetricFamily(
+            "mtls_gateway_reloads",
+            "Reloads of watched files by component and outcome (a failure keeps the running state).",
+            labels=["component", "outcome"],
+        )
+        parts: list[tuple[str, object]] = [
+            (f"tls:listeners[{ls.index}]", ls.tls) for ls in gateway.listeners
+        ]
+        parts.append(("registry", registry))
+        parts += [(name, part) for name, part in gateway.reload_parts]
+        for name, part in parts:
+            if hasattr(part, "reloads_ok"):
+                reloads.add_metric([name, "ok"], float(getattr(part, "reloads_ok", 0)))
+                reloads.add_metric([name, "failed"], float(getattr(part, "reload_failures", 0)))
+        yield reloads
+
+        expiry = GaugeMetricFamily(
+            "mtls_gateway_certificate_expiry_timestamp_seconds",
+            "notAfter of the server certificate and of each client CA, as a Unix time.",
+            labels=["listener", "kind", "subject"],
+        )
+        for listener in gateway.listeners:
+            material = listener.tls.material
+            label = str(listener.index)
+            expiry.add_metric([label, "server", ""], material.server_not_after.timestamp())
+            for ca in material.trust.ca_certificates:
+                expiry.add_metric(
+                    [label, "client_ca", format_name(ca.subject)],
+                    ca.not_valid_after_utc.timestamp(),
+                )
+        yield expiry
