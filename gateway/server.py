@@ -120,8 +120,16 @@ async def _start_site(site: web.TCPSite, where: str, bind: BindAddress) -> None:
         raise ConfigError([f"{where}: cannot listen on {bind}: {exc.strerror or exc}"]) from None
 
 
-async def serve_forever(gateway: Gateway, *, reuse_port: bool = False, grace: float = 30.0) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads every file."""
+async def serve_forever(
+    gateway: Gateway, *, reuse_port: bool = False, grace: float | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads every file.
+
+    Shutdown is graceful: /readyz fails at once, the listeners keep accepting
+    for ``limits.drain_delay`` (load balancers stop sending), then close, and
+    in-flight requests get ``limits.shutdown_timeout`` (or ``grace``) to finish.
+    """
+    limits = gateway.config.limits
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     running = await start_gateway(gateway, reuse_port=reuse_port)
@@ -141,9 +149,12 @@ async def serve_forever(gateway: Gateway, *, reuse_port: bool = False, grace: fl
         log.info("admin on http://%s:%d", *running.admin_address)
     try:
         await stop.wait()
-        log.info("shutting down")
+        gateway.shutting_down = True
+        log.info("shutting down: draining for %.1f s", limits.drain_delay)
+        await asyncio.sleep(limits.drain_delay)
     finally:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await running.stop(grace=grace)
+        await running.stop(grace=limits.shutdown_timeout if grace is None else grace)
+        log.info("stopped")
