@@ -26,7 +26,7 @@ from gateway.errors import (
     registry_unavailable,
 )
 from gateway.headers import identity_headers
-from gateway.identity import CertificateError, CertificateIdentity, identity_from_der
+from gateway.identity import CertificateError, CertificateIdentity, cached_identity_from_der
 from gateway.metrics import Metrics
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
@@ -107,7 +107,7 @@ class Authenticator:
         if not der:
             return ConnectionAuth(None, _NO_MATCH, (), registry_generation, trust.generation)
         try:
-            identity = identity_from_der(der)
+            identity = cached_identity_from_der(der)
         except CertificateError as exc:
             self._refuse(request, None, str(exc), "unparseable")
             raise access_denied("the client certificate could not be parsed") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass
@@ -139,3 +140,11 @@ def identity_from_der(der: bytes) -> CertificateIdentity:
         is_ca=is_ca,
         self_issued=subject == issuer,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def cached_identity_from_der(der: bytes) -> CertificateIdentity:
+    """``identity_from_der`` for returning clients: each new TLS connection of a
+    known client skips the X.509 parse, DN formatting and hashing.  Safe to
+    share: the identity is a pure, immutable function of the bytes."""
+    return identity_from_der(der)

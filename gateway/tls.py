@@ -139,6 +139,10 @@ def _base_context(tls: TlsConfig) -> ssl.SSLContext:
     # leaf, without trusting the whole root (RFC 8705 §2.2 pins).
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     ctx.set_alpn_protocols(["http/1.1"])
+    # TLS 1.3 sends 2 session tickets by default; a client resumes with one,
+    # and each costs the server a session serialisation (bench/RESULTS.md:
+    # ~12 % of a full handshake's CPU).  One keeps resumption working.
+    ctx.num_tickets = 1
     return ctx
 
 
