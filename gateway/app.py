@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -20,12 +21,15 @@ from gateway.config import ConfigError, GatewayConfig, ListenerConfig
 from gateway.deadlines import request_boundaries
 from gateway.headers import managed_header_keys
 from gateway.metrics import Metrics, create_metrics
-from gateway.observability import create_observer
+from gateway.observability import AccessLog, create_observer
 from gateway.proxy import Proxy, TokenChecker
 from gateway.registry.base import Registry
 from gateway.registry.factory import create_registry
 from gateway.state_metrics import GatewayStateCollector
 from gateway.tls import ListenerTls, TlsMaterialError
+
+if TYPE_CHECKING:
+    from gateway.outbound.listener import OutboundListener
 
 log = logging.getLogger("gateway")
 
@@ -61,7 +65,11 @@ class Gateway:
     # (name, part with reloads_ok / reload_failures counters) for /metrics
     reload_parts: list[tuple[str, object]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=create_metrics)
+    access_log: AccessLog | None = None
     session: aiohttp.ClientSession | None = None
+    # Plain-HTTP listeners for the local app's outgoing calls (gateway/outbound/);
+    # server.py binds them, close() releases their pools.
+    outbound: list[OutboundListener] = field(default_factory=list)
     shutting_down: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -85,7 +93,11 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        for outbound in self.outbound:
+            await outbound.close()
         await self.registry.close()
+        if self.access_log is not None:
+            self.access_log.flush()
         if self.session is not None:
             await self.session.close()
 
@@ -115,9 +127,7 @@ class Gateway:
     def listener_app(self, index: int) -> web.Application:
         listener = self.listeners[index]
         assert self.session is not None, "start() the gateway first"
-        observe = create_observer(
-            self.metrics, str(index), log_requests=self.config.logging.access_log
-        )
+        observe = create_observer(self.metrics, str(index), access_log=self.access_log)
         app = web.Application(
             client_max_size=self.config.limits.max_token_request_bytes,
             middlewares=[request_boundaries, observe],
@@ -167,6 +177,13 @@ def build_gateway(config: GatewayConfig) -> Gateway:
                 public_url=listener.public_url or "",
             )
         )
-    gateway = Gateway(config=config, registry=registry, listeners=listeners, metrics=metrics)
+    access_log = AccessLog(fmt=config.logging.format) if config.logging.access_log else None
+    gateway = Gateway(
+        config=config,
+        registry=registry,
+        listeners=listeners,
+        metrics=metrics,
+        access_log=access_log,
+    )
     metrics.add_state(GatewayStateCollector(gateway))
     return gateway

@@ -57,7 +57,6 @@ def configure_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(config.level)
-    logging.getLogger("gateway.access").disabled = not config.access_log
     # aiohttp logs every malformed request at ERROR with a traceback: that is a
     # caller's mistake, answered with 400, not a server fault.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)

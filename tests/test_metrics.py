@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import io
+import json
 from typing import Any
 
 import aiohttp
@@ -36,7 +37,10 @@ async def test_metrics_after_traffic(
 ) -> None:
     stranger = pki.client("stranger")
     gw = await make_gateway(clients=[registry_client("mtls.client", name_secret(CLIENT_DN))])
-    caplog.set_level(logging.INFO, logger="gateway.access")
+    assert gw.gateway.access_log is not None
+    access = io.BytesIO()
+    gw.gateway.access_log.stream = access
+    gw.gateway.access_log.format = "json"
     async with gw.session(client_cert) as session:
         for _ in range(3):
             async with session.get(gw.url + "/hello") as r:
@@ -105,11 +109,13 @@ async def test_metrics_after_traffic(
     assert value(found, "mtls_gateway_requests_in_flight") == 0
 
     # One access-log line per request, with identity but never the token.
-    lines = [rec for rec in caplog.records if rec.name == "gateway.access"]
+    gw.gateway.access_log.flush()
+    lines = [json.loads(line) for line in access.getvalue().decode().splitlines()]
     assert len(lines) >= 8
-    ok = next(rec for rec in lines if getattr(rec, "path", "") == "/with-token")
-    assert ok.__dict__["client_id"] == "mtls.client"
-    assert ok.__dict__["thumbprint"] == client_cert.thumbprint
-    assert ok.__dict__["status"] == 200 and ok.__dict__["upstream_status"] == 200
-    assert ok.__dict__["bytes"] > 0 and ok.__dict__["latency_ms"] > 0
+    ok = next(line for line in lines if line["path"] == "/with-token")
+    assert ok["client_id"] == "mtls.client"
+    assert ok["thumbprint"] == client_cert.thumbprint
+    assert ok["status"] == 200 and ok["upstream_status"] == 200
+    assert ok["bytes"] > 0 and ok["latency_ms"] > 0
+    assert token not in access.getvalue().decode()
     assert all(token not in repr(rec.__dict__) for rec in caplog.records)
