@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, GatewayConfig, ListenerConfig
 from gateway.deadlines import request_boundaries
+from gateway.framing import refuse_unsafe_framing
 from gateway.headers import managed_header_keys
 from gateway.metrics import Metrics, create_metrics
 from gateway.observability import AccessLog, create_observer
@@ -128,9 +129,17 @@ class Gateway:
         listener = self.listeners[index]
         assert self.session is not None, "start() the gateway first"
         observe = create_observer(self.metrics, str(index), access_log=self.access_log)
+        # Listeners behind a TLS-terminating proxy log forwarded-certificate
+        # headers from anyone else; the others carry no extra middleware.
+        watch = listener.authenticator.forwarded_header_watch()
         app = web.Application(
             client_max_size=self.config.limits.max_token_request_bytes,
-            middlewares=[request_boundaries, observe],
+            middlewares=[
+                request_boundaries,
+                observe,
+                refuse_unsafe_framing,
+                *([watch] if watch else []),
+            ],
         )
         app[GATEWAY_KEY] = self
         app[LISTENER_KEY] = listener
@@ -173,7 +182,13 @@ def build_gateway(config: GatewayConfig) -> Gateway:
                 index=i,
                 config=listener,
                 tls=tls,
-                authenticator=Authenticator(registry, tls, config.headers, metrics),
+                authenticator=Authenticator(
+                    registry,
+                    tls,
+                    config.headers,
+                    metrics,
+                    forwarded=listener.forwarded_client_cert,
+                ),
                 public_url=listener.public_url or "",
             )
         )

@@ -70,7 +70,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     listeners = ", ".join(
         f"{ls.bind} ({ls.tls.client_certs} client certs)" for ls in config.listeners
     )
-    print(f"{config.source}: ok: {len(config.listeners)} listener(s) [{listeners}], {summary}")
+    outbound = ""
+    if config.outbound:
+        bound = ", ".join(str(ob.bind) for ob in config.outbound)
+        outbound = f" {len(config.outbound)} outbound listener(s) [{bound}],"
+    print(
+        f"{config.source}: ok: {len(config.listeners)} listener(s) [{listeners}],{outbound} {summary}"
+    )
     return 0
 
 
@@ -105,7 +111,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from gateway.quickstart import run_quickstart
 
-    return run_quickstart(Path(args.dir), print_only=args.no_serve)
+    return run_quickstart(Path(args.dir), print_only=args.no_serve, outbound=args.outbound)
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
@@ -130,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", default="gateway-demo", help="working directory (default ./gateway-demo)"
     )
     p.add_argument("--no-serve", action="store_true", help="prepare files and print commands only")
+    p.add_argument(
+        "--outbound",
+        action="store_true",
+        help="also run a second gateway whose outbound listener (127.0.0.1:15001) calls the first",
+    )
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("serve", help="run the gateway")

@@ -55,6 +55,32 @@ class TlsConfig:
     # in the trust store for the stdlib ssl module to accept them (TLS-NOTES).
     pinned_certs: tuple[Path, ...]
     min_version: Literal["1.2", "1.3"]
+    # SPIFFE trust domain -> CA bundle: an X.509-SVID of that domain must chain
+    # to its own bundle (X.509-SVID §5.1).  The bundles join the handshake's
+    # trust store; which one vouches is checked per registry secret (chain.py).
+    spiffe_bundles: tuple[tuple[str, Path], ...] = ()
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+ForwardedCertFormat = Literal["rfc9440", "envoy_xfcc", "nginx", "traefik", "aws_alb"]
+FORWARDED_CERT_FORMATS: tuple[str, ...] = ("rfc9440", "envoy_xfcc", "nginx", "traefik", "aws_alb")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyProtocolConfig:
+    """PROXY protocol v1/v2 before TLS, from L4 load balancers (gateway/proxy_listener.py)."""
+
+    trusted_sources: tuple[Network, ...]
+    required: bool = True  # every connection must come from a trusted source with a header
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedCertConfig:
+    """Client certificates forwarded in a header by TLS-terminating proxies (forwarded.py)."""
+
+    trusted_proxies: tuple[Network, ...]
+    format: ForwardedCertFormat
+    required: bool = False  # true: callers not behind a trusted proxy are anonymous
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +88,8 @@ class ListenerConfig:
     bind: BindAddress
     public_url: str | None  # None: https://<bound address>, resolved at start
     tls: TlsConfig
+    proxy_protocol: ProxyProtocolConfig | None = None
+    forwarded_client_cert: ForwardedCertConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +167,10 @@ class LimitsConfig:
     # shutdown_timeout to finish.
     drain_delay: float = 0.0
     shutdown_timeout: float = 30.0
+    # Open connections per listener (and per worker process); one more gets a
+    # 503 and is closed after its handshake.  Each idle TLS connection holds
+    # memory until a timeout ends it, so the number must be bounded.
+    max_connections: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,6 +572,7 @@ def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
             shutdown_timeout=r.get(
                 lim, "shutdown_timeout", _non_negative_number, d.shutdown_timeout
             ),
+            max_connections=r.get(lim, "max_connections", _positive_int, d.max_connections),
         )
     with r.at("logging"):
         lg = r.mapping(top.get("logging"), {"level", "format", "access_log"})
@@ -571,7 +604,10 @@ def _listeners(r: _Reader, data: Any) -> tuple[ListenerConfig, ...]:
             return ()
         for i, item in enumerate(data):
             with r.at(i):
-                ls = r.mapping(item, {"bind", "public_url", "tls"})
+                ls = r.mapping(
+                    item,
+                    {"bind", "public_url", "tls", "proxy_protocol", "forwarded_client_cert"},
+                )
                 bind = r.get(ls, "bind", parse_bind)
                 public_url = r.get(ls, "public_url", _url(("https",)), None)
                 with r.at("tls"):
@@ -585,6 +621,7 @@ def _listeners(r: _Reader, data: Any) -> tuple[ListenerConfig, ...]:
                             "crl",
                             "pinned_certs",
                             "min_version",
+                            "spiffe_bundles",
                         },
                     )
                     if "tls" not in ls:
@@ -607,15 +644,94 @@ def _listeners(r: _Reader, data: Any) -> tuple[ListenerConfig, ...]:
                         crl=r.get(t, "crl", r.file, None),
                         pinned_certs=tuple(p for p in pinned if p is not None),
                         min_version=r.get(t, "min_version", _choice("1.2", "1.3"), "1.2"),
+                        spiffe_bundles=_spiffe_bundles(r, t.get("spiffe_bundles")),
                     )
-                    if tls.client_ca is None and not tls.pinned_certs and "tls" in ls:
+                    if (
+                        tls.client_ca is None
+                        and not tls.pinned_certs
+                        and not tls.spiffe_bundles
+                        and "tls" in ls
+                    ):
                         # ghostunnel's rule: a listener that can authenticate nobody is a mistake.
                         r.problem("no trust anchors: set client_ca or pinned_certs")
-                result.append(ListenerConfig(bind=bind, public_url=public_url, tls=tls))
+                result.append(
+                    ListenerConfig(
+                        bind=bind,
+                        public_url=public_url,
+                        tls=tls,
+                        proxy_protocol=_proxy_protocol(r, ls.get("proxy_protocol")),
+                        forwarded_client_cert=_forwarded_cert(r, ls.get("forwarded_client_cert")),
+                    )
+                )
         binds = [str(ls.bind) for ls in result if ls.bind is not None]
         if len(set(binds)) != len(binds):
             r.problem("two listeners bind the same address")
     return tuple(result)
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    """CIDRs (a bare address is one host); a /0 would trust every caller: refused."""
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of CIDRs, e.g. [10.0.0.0/8, 127.0.0.1/32]")
+    networks: list[Network] = []
+    for text in value:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"not an address or CIDR: {text!r}") from None
+        if network.prefixlen == 0:
+            raise ValueError(f"{text}: trusting every address lets any caller forge this")
+        networks.append(network)
+    return tuple(networks)
+
+
+def _proxy_protocol(r: _Reader, data: Any) -> ProxyProtocolConfig | None:
+    if data is None:
+        return None
+    with r.at("proxy_protocol"):
+        pp = r.mapping(data, {"trusted_sources", "required"})
+        return ProxyProtocolConfig(
+            trusted_sources=r.get(pp, "trusted_sources", _networks),
+            required=r.get(pp, "required", _boolean, True),
+        )
+
+
+def _forwarded_cert(r: _Reader, data: Any) -> ForwardedCertConfig | None:
+    if data is None:
+        return None
+    with r.at("forwarded_client_cert"):
+        fc = r.mapping(data, {"trusted_proxies", "format", "required"})
+        return ForwardedCertConfig(
+            trusted_proxies=r.get(fc, "trusted_proxies", _networks),
+            format=r.get(fc, "format", _choice(*FORWARDED_CERT_FORMATS)),
+            required=r.get(fc, "required", _boolean, False),
+        )
+
+
+def _spiffe_bundles(r: _Reader, data: Any) -> tuple[tuple[str, Path], ...]:
+    from gateway.spiffe import SpiffeIdError, parse_spiffe_id
+
+    if data is None:
+        return ()
+    bundles: list[tuple[str, Path]] = []
+    with r.at("spiffe_bundles"):
+        if not isinstance(data, dict):
+            r.problem("expected a mapping of trust domain to bundle file")
+            return ()
+        for domain, path in data.items():
+            with r.at(str(domain)):
+                try:
+                    parsed = parse_spiffe_id(f"spiffe://{domain}")
+                except SpiffeIdError as exc:
+                    r.problem(f"not a SPIFFE trust domain: {exc}")
+                    continue
+                try:
+                    bundles.append((parsed.trust_domain, r.file(path)))
+                except ValueError as exc:
+                    r.problem(str(exc))
+    return tuple(bundles)
 
 
 def _file_at(r: _Reader, index: int, value: Any) -> Path:

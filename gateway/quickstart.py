@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -72,6 +73,54 @@ clients:
 """
 
 
+# `quickstart --outbound`: a second gateway in the same process, the caller.
+CALLER_PORT = 8444
+CALLER_ADMIN_PORT = 9902
+OUTBOUND_PORT = 15001
+
+OUTBOUND_TEMPLATE = """\
+# Written by `mtls-gateway quickstart --outbound`: a second gateway, the caller.
+# Its outbound listener takes plain HTTP from a local app on
+# 127.0.0.1:{outbound_port} and calls the first gateway (gateway.yaml,
+# https://localhost:{gateway_port}) over mTLS with pki/client.pem, attaching a
+# token bound to that certificate which it obtains there (docs/outbound.md).
+# Every gateway config has an inbound side too; this one's is a second door
+# to the echo upstream that the demo does not use.
+issuer: https://localhost:{caller_port}
+listeners:
+  - bind: 127.0.0.1:{caller_port}
+    public_url: https://localhost:{caller_port}
+    tls:
+      cert: pki/server.pem
+      key: pki/server.key
+      client_ca: pki/ca.pem
+admin:
+  bind: 127.0.0.1:{caller_admin_port}
+registry:
+  kind: yaml
+  path: clients.yaml
+tokens:
+  signing_keys: [keys/signing.pem]
+routes:
+  - prefix: /
+    upstream: http://127.0.0.1:{echo_port}
+    auth: client
+outbound:
+  - bind: 127.0.0.1:{outbound_port}
+    destination: https://localhost:{gateway_port}
+    tls:
+      cert: pki/client.pem
+      key: pki/client.key
+      ca: pki/ca.pem
+    token:
+      issuer: https://localhost:{gateway_port}
+      client_id: mtls.client
+      scopes: [api1]
+logging:
+  format: text
+"""
+
+
 def prepare(directory: Path) -> tuple[Path, DevPki]:
     """Create whatever is missing; reuse what exists."""
     from gateway.oauth.keys import generate_signing_key
@@ -128,6 +177,35 @@ def curl_lines(config: GatewayConfig, pki: DevPki) -> list[str]:
     ]
 
 
+def prepare_outbound(directory: Path) -> Path:
+    """The caller's config next to the quickstart's (after prepare()); reused when present."""
+    path = directory / "outbound.yaml"
+    if not path.exists():
+        path.write_text(
+            OUTBOUND_TEMPLATE.format(
+                gateway_port=GATEWAY_PORT,
+                caller_port=CALLER_PORT,
+                caller_admin_port=CALLER_ADMIN_PORT,
+                outbound_port=OUTBOUND_PORT,
+                echo_port=ECHO_PORT,
+            ),
+            encoding="utf-8",
+        )
+    return path
+
+
+def outbound_curl_lines(caller: GatewayConfig) -> list[str]:
+    if not caller.outbound:
+        return []
+    bind = caller.outbound[0].bind
+    host = f"[{bind.host}]" if ":" in bind.host else bind.host
+    return [
+        "# 5. plain HTTP to the second gateway's outbound listener: it calls the first over",
+        "#    mTLS with pki/client.pem and a bound token it obtained there (the echo shows both):",
+        f"curl http://{host}:{bind.port}/hello",
+    ]
+
+
 def _echo_port(config: GatewayConfig) -> int | None:
     for route in config.routes:
         parts = urlsplit(route.upstream)
@@ -136,27 +214,35 @@ def _echo_port(config: GatewayConfig) -> int | None:
     return None
 
 
-def run_quickstart(directory: Path, *, print_only: bool = False) -> int:
+def run_quickstart(directory: Path, *, print_only: bool = False, outbound: bool = False) -> int:
     config_path, pki = prepare(directory)
     config = load_config(config_path)
+    caller_path = prepare_outbound(directory) if outbound else None
+    caller = load_config(caller_path) if caller_path is not None else None
     print(f"mtls-gateway quickstart: files in {directory.resolve()}")
     print(
         f"  config   {config_path}\n  clients  {directory / 'clients.yaml'}\n  PKI      {pki.directory}"
     )
+    if caller_path is not None:
+        print(f"  caller   {caller_path}")
     print("\nTry these from another terminal:\n")
-    print("\n".join(curl_lines(config, pki)))
+    lines = curl_lines(config, pki)
+    if caller is not None:
+        lines += outbound_curl_lines(caller)
+    print("\n".join(lines))
     print()
     if print_only:
         return 0
     configure_logging(config.logging)
-    return _serve_with_echo(config)
+    return _serve_with_echo(config, callers=[caller] if caller is not None else [])
 
 
-def _serve_with_echo(config: GatewayConfig) -> int:
+def _serve_with_echo(config: GatewayConfig, callers: Sequence[GatewayConfig] = ()) -> int:
     from gateway.runtime import assemble
-    from gateway.server import serve_forever
+    from gateway.server import RunningGateway, serve_forever, start_gateway
 
     gateway = assemble(config)
+    others = [assemble(caller) for caller in callers]
 
     async def main() -> int:
         echo_runner: web.AppRunner | None = None
@@ -166,9 +252,18 @@ def _serve_with_echo(config: GatewayConfig) -> int:
             await echo_runner.setup()
             await web.TCPSite(echo_runner, "127.0.0.1", port).start()
             print(f"echo upstream on http://127.0.0.1:{port}; Ctrl-C stops everything", flush=True)
+        running: list[RunningGateway] = []
         try:
+            # The callers first: their outbound tokens are fetched on first
+            # use, by which time the first gateway listens.
+            for other in others:
+                running.append(await start_gateway(other))
+                for host, bound in running[-1].outbound_addresses:
+                    print(f"caller's outbound listener on http://{host}:{bound}", flush=True)
             await serve_forever(gateway, grace=2.0)
         finally:
+            for started in running:
+                await started.stop(grace=1.0)
             if echo_runner is not None:
                 await echo_runner.cleanup()
         return 0

@@ -6,6 +6,7 @@ from gateway.app import Gateway, build_gateway
 from gateway.config import ConfigError, GatewayConfig
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.service import TokenService, load_signing_keys
+from gateway.outbound.listener import OutboundListener, build_outbound
 
 
 def assemble(config: GatewayConfig) -> Gateway:
@@ -20,9 +21,18 @@ def assemble(config: GatewayConfig) -> Gateway:
         keys = load_signing_keys(config)
     except ConfigError as exc:
         problems += exc.problems
+    outbound: list[OutboundListener] = []
+    try:
+        outbound = build_outbound(config)
+    except ConfigError as exc:
+        problems += exc.problems
     if problems:
         # Listener, registry and key problems together: `check` lists them in one pass.
         raise ConfigError(problems)
     assert keys is not None
     TokenService(config, keys, gateway.registry).install(gateway)
+    for listener in outbound:
+        gateway.outbound.append(listener)
+        gateway.reloaders.append(listener.reload_if_changed)
+        gateway.reload_parts.append((f"outbound[{listener.index}].tls", listener.tls))
     return gateway

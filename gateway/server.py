@@ -17,6 +17,7 @@ from gateway.admin import create_admin_app
 from gateway.app import Gateway
 from gateway.config import BindAddress, ConfigError
 from gateway.deadlines import DeadlineSite
+from gateway.proxy_listener import ProxyProtocolSite
 
 log = logging.getLogger("gateway")
 
@@ -26,6 +27,7 @@ class RunningGateway:
     gateway: Gateway
     runners: list[web.AppRunner] = field(default_factory=list)
     listener_addresses: list[tuple[str, int]] = field(default_factory=list)
+    outbound_addresses: list[tuple[str, int]] = field(default_factory=list)
     admin_address: tuple[str, int] | None = None
 
     @property
@@ -80,20 +82,53 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
             await runner.setup()
             running.runners.append(runner)
             bind = listener.config.bind
-            site = DeadlineSite(
-                runner,
-                bind.host,
-                bind.port,
-                header_timeout=config.limits.header_read_timeout,
-                ssl_context=listener.tls.listening_context,
-                reuse_port=reuse_port or None,
-                backlog=1024,
+            site_options: dict[str, Any] = {
+                "header_timeout": config.limits.header_read_timeout,
+                "max_connections": config.limits.max_connections,
+                "ssl_context": listener.tls.listening_context,
+                "reuse_port": reuse_port or None,
+                "backlog": 1024,
+            }
+            # PROXY protocol needs plain TCP first (proxy_listener.py); every
+            # other listener keeps asyncio's own TLS accept path.
+            site = (
+                ProxyProtocolSite(
+                    runner,
+                    bind.host,
+                    bind.port,
+                    proxy_protocol=listener.config.proxy_protocol,
+                    **site_options,
+                )
+                if listener.config.proxy_protocol is not None
+                else DeadlineSite(runner, bind.host, bind.port, **site_options)
             )
             await _start_site(site, f"{config.source}:listeners[{listener.index}].bind", bind)
             host, port = _bound(site)
             running.listener_addresses.append((host, port))
             if not listener.public_url:
                 listener.public_url = f"https://{_url_host(bind.host)}:{port}"
+        for outbound in gateway.outbound:
+            # Plain HTTP on loopback (config refuses other addresses unless
+            # allowed): the local app's way out, mTLS from here on.
+            runner = web.AppRunner(
+                outbound.app(),
+                **handler_args,
+                keepalive_timeout=config.limits.keepalive_timeout,
+                access_log=None,
+            )
+            await runner.setup()
+            running.runners.append(runner)
+            bind = outbound.config.bind
+            site = DeadlineSite(
+                runner,
+                bind.host,
+                bind.port,
+                header_timeout=config.limits.header_read_timeout,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+            )
+            await _start_site(site, f"{config.source}:outbound[{outbound.index}].bind", bind)
+            running.outbound_addresses.append(_bound(site))
         if config.admin.bind is not None:
             running.admin_address = await _start_admin(running, config.admin.bind, reuse_port)
     except BaseException:
@@ -151,6 +186,8 @@ async def serve_forever(
     loop.add_signal_handler(signal.SIGINT, stop.set)
     for (host, port), listener in zip(running.listener_addresses, gateway.listeners, strict=True):
         log.info("listening on https://%s:%d (public %s)", host, port, listener.public_url)
+    for host, port in running.outbound_addresses:
+        log.info("outbound on http://%s:%d", host, port)
     if running.admin_address:
         log.info("admin on http://%s:%d", *running.admin_address)
     try:

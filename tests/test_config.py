@@ -188,10 +188,10 @@ limits:
     f = str(path)
     assert sorted(problems) == sorted(
         [
-            f"{f}:colour: unknown key (expected one of: admin, headers, issuer, limits, listeners, logging, registry, routes, tokens)",
+            f"{f}:colour: unknown key (expected one of: admin, headers, issuer, limits, listeners, logging, outbound, registry, routes, tokens)",
             f"{f}:issuer: expected a https URL, got 'http://localhost:8443'",
             f"{f}:listeners[0].bind: expected host:port, got '127.0.0.1'",
-            f"{f}:listeners[0].tls.verify: unknown key (expected one of: cert, client_ca, client_certs, crl, key, min_version, pinned_certs)",
+            f"{f}:listeners[0].tls.verify: unknown key (expected one of: cert, client_ca, client_certs, crl, key, min_version, pinned_certs, spiffe_bundles)",
             f"{f}:listeners[0].tls.cert: file not found: {spec_config.parent.resolve()}/pki/missing.pem",
             f"{f}:listeners[0].tls.client_certs: expected one of optional, required, got 'sometimes'",
             f"{f}:listeners[0].tls: no trust anchors: set client_ca or pinned_certs",

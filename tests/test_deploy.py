@@ -9,9 +9,10 @@ No container engine or cluster is needed:
 - every overlay in deploy/k8s/overlays, alone and with the cert-manager
   component, is rendered with ``kubectl kustomize`` when kubectl is on PATH,
   otherwise with ``render_fallback`` below: a small renderer for the subset of
-  kustomize the tree uses (resources, components, configMapGenerator,
-  generatorOptions, namespace, images; no patches, no name hashes).  When
-  kubectl is present, the fallback is checked against it;
+  kustomize the tree uses (resources, components, configMapGenerator with
+  ``behavior``, generatorOptions, namespace, images, strategic-merge patches
+  given by ``path``; no name hashes).  When kubectl is present, the fallback
+  is checked against it;
 - each rendered object is validated offline against the Kubernetes 1.30
   schemas with ``kubernetes-validate`` (strict: unknown fields fail);
   cert-manager's CRDs have no schema there and are checked structurally;
@@ -83,8 +84,18 @@ _KUSTOMIZATION_KEYS = {
     "generatorOptions",
     "namespace",
     "images",
+    "patches",
 }
-_GENERATOR_KEYS = {"name", "files", "literals", "options"}
+_GENERATOR_KEYS = {"name", "files", "literals", "options", "behavior"}
+# Strategic merge: the list fields the tree's patches touch, by merge key
+# (the Kubernetes API's patchMergeKey for each).
+_MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "volumes": "name",
+    "env": "name",
+    "volumeMounts": "mountPath",
+}
 _OPTION_KEYS = {"labels", "annotations", "disableNameSuffixHash"}
 _CLUSTER_SCOPED = {
     "Namespace",
@@ -137,9 +148,11 @@ def _build(directory: Path, inherited: list[Obj], *, component: bool) -> list[Ob
             objs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     options = k.get("generatorOptions", {})
     for generator in k.get("configMapGenerator", []):
-        objs.append(_config_map(directory, generator, options))
+        _add_config_map(objs, _config_map(directory, generator, options), generator)
     for entry in k.get("components", []):
         objs = _build((directory / entry).resolve(), objs, component=True)
+    for entry in k.get("patches", []):
+        _patch(objs, directory, entry)
     if "namespace" in k:
         for obj in objs:
             if obj["kind"] not in _CLUSTER_SCOPED:
@@ -149,6 +162,67 @@ def _build(directory: Path, inherited: list[Obj], *, component: bool) -> list[Ob
             for container in _all_containers(obj):
                 container["image"] = _new_image(container["image"], image)
     return objs
+
+
+def _add_config_map(objs: list[Obj], config_map: Obj, generator: Obj) -> None:
+    behavior = generator.get("behavior", "create")
+    if behavior == "create":
+        objs.append(config_map)
+        return
+    if behavior not in ("replace", "merge"):
+        raise KustomizeSubsetError(f"configMapGenerator {generator['name']}: behavior {behavior}")
+    name = config_map["metadata"]["name"]
+    existing = next((o for o in objs if o["kind"] == "ConfigMap" and _name(o) == name), None)
+    if existing is None:
+        raise KustomizeSubsetError(f"configMapGenerator {name}: nothing to {behavior}")
+    # kustomize keeps the existing metadata and adds the generator's options.
+    for field in ("labels", "annotations"):
+        if field in config_map["metadata"]:
+            existing["metadata"].setdefault(field, {}).update(config_map["metadata"][field])
+    if behavior == "replace":
+        existing["data"] = config_map["data"]
+    else:
+        existing.setdefault("data", {}).update(config_map["data"])
+
+
+def _patch(objs: list[Obj], directory: Path, entry: Obj) -> None:
+    """A strategic-merge patch file (``patches: [{path: ...}]``) applied to its target."""
+    if set(entry) != {"path"}:
+        raise KustomizeSubsetError(f"patches: only {{path: FILE}} entries, got {sorted(entry)}")
+    for patch in yaml.safe_load_all((directory / entry["path"]).read_text()):
+        if not patch:
+            continue
+        targets = [
+            i
+            for i, o in enumerate(objs)
+            if o["kind"] == patch["kind"] and _name(o) == patch["metadata"]["name"]
+        ]
+        if len(targets) != 1:
+            raise KustomizeSubsetError(f"{entry['path']}: {len(targets)} targets")
+        objs[targets[0]] = _strategic_merge(objs[targets[0]], patch, None)
+
+
+def _strategic_merge(base: Any, patch: Any, field: str | None) -> Any:
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = _strategic_merge(merged[key], value, key) if key in merged else value
+        return merged
+    if isinstance(base, list) and isinstance(patch, list) and field in _MERGE_KEYS:
+        key = _MERGE_KEYS[field]
+        merged_list = list(base)
+        added = []
+        for item in patch:
+            at = next((i for i, b in enumerate(merged_list) if b.get(key) == item.get(key)), None)
+            if at is None:
+                added.append(item)
+            else:
+                merged_list[at] = _strategic_merge(merged_list[at], item, None)
+        return added + merged_list  # kustomize puts new list items first
+    return patch
 
 
 def _config_map(directory: Path, generator: Obj, defaults: Obj) -> Obj:
@@ -583,7 +657,9 @@ def test_fallback_renderer_matches_kubectl() -> None:
 
 
 def test_fallback_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: []\npatches:\n  - path: p.yaml\n")
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: []\npatches:\n  - target: {kind: Deployment}\n    path: p.yaml\n"
+    )
     with pytest.raises(KustomizeSubsetError, match="patches"):
         render_fallback(tmp_path)
 
@@ -760,6 +836,60 @@ def test_sidecar_gateway_is_a_native_sidecar_in_front_of_a_loopback_app() -> Non
     assert allowed == {TLS_PORT, ADMIN_PORT}
 
 
+# ------------------------------------------------------------------ outbound
+
+OUTBOUND_BIND = ("127.0.0.1", 15001)
+WORKLOAD_SECRET = "mtls-gateway-workload-tls"
+
+
+def test_outbound_app_reaches_the_partner_only_through_the_gateway() -> None:
+    objs = rendered("outbound")
+    workload, spec, gateway = _gateway_workload(objs)
+    config = yaml.safe_load(_config_maps(objs)[_config_volume(spec)]["data"]["gateway.yaml"])
+    (outbound,) = config["outbound"]
+    host, port = OUTBOUND_BIND
+    assert outbound["bind"] == f"{host}:{port}", "loopback: only this pod's containers reach it"
+    assert "allow_non_loopback" not in outbound
+    assert outbound["destination"].startswith("https://")
+    # The app is configured with the outbound URL ...
+    (app,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in app.get("env", [])}
+    assert f"http://{host}:{port}" in env.values()
+    # ... and never holds the workload's key: only the gateway mounts it.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    workload_volume = next(
+        n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == WORKLOAD_SECRET
+    )
+    assert volumes[workload_volume]["secret"]["defaultMode"] & 0o077 == 0
+    for container in _all_containers(workload):
+        mounted = {m["name"] for m in container.get("volumeMounts", [])}
+        assert (workload_volume in mounted) is (container is gateway), container["name"]
+    workload_mount = next(m for m in gateway["volumeMounts"] if m["name"] == workload_volume)
+    assert outbound["tls"]["cert"].startswith(workload_mount["mountPath"] + "/")
+    # Egress: only DNS and the partner's HTTPS endpoints, every rule naming its peers.
+    egress_policies = [
+        o for o in objs if o["kind"] == "NetworkPolicy" and "Egress" in o["spec"]["policyTypes"]
+    ]
+    (policy,) = egress_policies
+    assert _selects(policy["spec"]["podSelector"]["matchLabels"], _pod_labels(workload))
+    rules = policy["spec"]["egress"]
+    assert all(r.get("to") for r in rules)
+    ports = {(p["port"], p.get("protocol", "TCP")) for r in rules for p in r["ports"]}
+    assert ports == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
+    assert all("ipBlock" in peer for r in rules if r["ports"][0]["port"] == 443 for peer in r["to"])
+    # The sidecar's ingress policy still applies.
+    ingress = [o for o in objs if o["kind"] == "NetworkPolicy" and o is not policy]
+    assert [p["spec"]["policyTypes"] for p in ingress] == [["Ingress"]]
+
+
+def test_outbound_config_is_the_base_config_plus_outbound() -> None:
+    """The overlay replaces gateway.yaml whole: everything but `outbound` must stay the base's."""
+    base = yaml.safe_load((DEPLOY / "base" / "gateway.yaml").read_text())
+    overlay = yaml.safe_load((DEPLOY / "overlays" / "outbound" / "gateway.yaml").read_text())
+    overlay.pop("outbound")
+    assert overlay == base
+
+
 def _config_volume(spec: Obj) -> str:
     gateway = next(
         c for c in [*spec.get("initContainers", []), *spec["containers"]] if _is_gateway(c)
@@ -923,6 +1053,12 @@ def _mount_gateway(
         "mtls-gateway-client-ca": {"ca.crt": pki.ca_cert.read_bytes()},
         SIGNING_KEY_SECRET: {"signing-1.pem": (tmp_path / "signing.pem").read_bytes()},
         "mtls-gateway-redis": {"url": b"redis://127.0.0.1:6379/0"},
+        # outbound overlay: the workload's client certificate, the partner's CA
+        "mtls-gateway-workload-tls": {
+            "tls.crt": pki.client.cert.read_bytes(),
+            "tls.key": pki.client.key.read_bytes(),
+        },
+        "mtls-gateway-partner-ca": {"ca.crt": pki.ca_cert.read_bytes()},
     }
     root = tmp_path / "root"
     chroot = "" if relative else f"{root}{CONFIG_DIR}"
