@@ -8,14 +8,19 @@ worker that dies and passes SIGHUP/SIGTERM on to all of them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 
 from gateway.config import GatewayConfig
 from gateway.logs import configure_logging
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client itself
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -39,14 +44,30 @@ def _run_worker(config: GatewayConfig, reuse_port: bool) -> int:
     return uvloop.run(main())
 
 
+def _multiprocess_metrics_dir() -> str:
+    """A fresh directory for the workers' metric files, removed at exit."""
+    existing = os.environ.get(MULTIPROC_ENV)
+    if existing:
+        return existing
+    directory = tempfile.mkdtemp(prefix="mtls-gateway-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    atexit.register(shutil.rmtree, directory, True)
+    return directory
+
+
 def serve(config: GatewayConfig, *, workers: int = 1) -> int:
     configure_logging(config.logging)
     if workers == 1:
         return _run_worker(config, reuse_port=False)
+    # prometheus-client picks its multiprocess value store when it is first
+    # imported, so the directory must be in the environment before that.
+    _multiprocess_metrics_dir()
     # Validate everything in the parent first, so a bad file fails once, clearly.
     from gateway.runtime import assemble
 
     assemble(config)
+    from prometheus_client import multiprocess
+
     children: dict[int, int] = {}
     stopping = False
 
@@ -57,6 +78,8 @@ def serve(config: GatewayConfig, *, workers: int = 1) -> int:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
+                # The parent's log-writer thread did not survive the fork.
+                configure_logging(config.logging)
                 code = _run_worker(config, reuse_port=True)
             finally:
                 os._exit(code)
@@ -85,6 +108,8 @@ def serve(config: GatewayConfig, *, workers: int = 1) -> int:
         if pid not in children:
             continue
         slot = children.pop(pid)
+        # Keep its counters in the sums, drop its live gauges.
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
         if not stopping:
             log.error("worker %d (pid %d) exited with status %d; restarting", slot, pid, status)
             time.sleep(RESTART_BACKOFF_SECONDS)
