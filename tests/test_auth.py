@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import yaml
 from cryptography.x509.oid import NameOID
 
 from gateway.config import ConfigError
+from gateway.identity import identity_from_der
 from gateway.registry.yaml_file import YamlRegistry
 from tests.conftest import (
     GatewayUnderTest,
@@ -467,3 +470,48 @@ async def test_certificate_expiring_during_a_keep_alive_connection_is_refused(
         await connection.close()
     assert second.status == 403, second.body
     assert "expired" in second.json()["error_description"]
+
+
+def _resumable_request(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[int, ssl.SSLSession | None, bool]:
+    """One blocking HTTP/1.1 request; returns (status, session for resumption, reused)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+    ):
+        tls.sendall(b"GET /resume HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+        # TLS 1.3 tickets arrive after the handshake: read them before asking.
+        return int(data.split(b" ", 2)[1]), tls.session, tls.session_reused
+
+
+async def test_resumed_session_does_not_outlive_a_removed_pin(
+    make_gateway: MakeGateway, pki: Pki, tmp_path: Path
+) -> None:
+    """TLS-NOTES: a resumed session skips the current trust store; the gateway re-checks."""
+    self_signed = pki.certificate(dn("pinned", ou=None), self_signed=True)
+    pin_file = tmp_path / "pins.pem"
+    pin_file.write_bytes(self_signed.pem)
+    gw = await make_gateway(
+        clients=[registry_client("pinned", thumbprint_secret(self_signed.thumbprint))],
+        tls={"pinned_certs": [str(pin_file)]},
+    )
+    context = pki.client_context(self_signed)
+    status, session, _ = await asyncio.to_thread(_resumable_request, gw.port, context, None)
+    assert status == 200 and session is not None
+    status, session, reused = await asyncio.to_thread(_resumable_request, gw.port, context, session)
+    assert status == 200 and reused, "the control: a resumed session is accepted while pinned"
+
+    other = pki.certificate(dn("other-pin", ou=None), self_signed=True)
+    pin_file.write_bytes(other.pem)  # the pin is removed (replaced by another)
+    tls = gw.gateway.listeners[0].tls
+    for _ in range(50):
+        if not tls.trust.is_pinned(identity_from_der(self_signed.der)):
+            break
+        await asyncio.sleep(0.1)
+    status, _, reused = await asyncio.to_thread(_resumable_request, gw.port, context, session)
+    assert reused, "the client resumed its old session"
+    assert status == 403
