@@ -5,6 +5,13 @@ result is cached per connection and recomputed only when the registry or the
 trust material has changed since: a client removed from the registry, or a
 pin removed from the trust store, is refused on its next request even on a
 keep-alive connection.
+
+Behind a TLS-terminating load balancer (``forwarded_client_cert``), a
+connection from a trusted proxy carries many clients: the identity then comes
+from the forwarded certificate header alone (never from the proxy's own TLS
+certificate), is verified like a handshake certificate (chain.py), and is
+cached per (connection, header value).  From any other source the header is
+ignored (and stripped before forwarding, headers.py).
 """
 
 from __future__ import annotations
@@ -14,24 +21,31 @@ import logging
 import ssl
 import time
 import weakref
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from cryptography import x509
 
-from gateway.config import HeaderNames
+from gateway.chain import CertificateTrust
+from gateway.config import ForwardedCertConfig, HeaderNames
 from gateway.errors import (
     GatewayError,
     access_denied,
     client_certificate_required,
     registry_unavailable,
 )
+from gateway.forwarded import HEADERS, ForwardedCertError, header_values, parse_forwarded
 from gateway.headers import identity_headers
 from gateway.identity import CertificateError, CertificateIdentity, cached_identity_from_der
 from gateway.metrics import Metrics
+from gateway.proxy_listener import TrustedSources
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
 from gateway.registry.model import Client
-from gateway.tls import ListenerTls
+from gateway.throttle import ThrottledWarning
+from gateway.tls import ListenerTls, TrustState
 
 log = logging.getLogger("gateway.auth")
 
@@ -64,6 +78,19 @@ class ConnectionAuth:
 
 
 _NO_MATCH = MatchResult((), "no client certificate presented")
+_NOT_FROM_PROXY = MatchResult(
+    (), "forwarded_client_cert.required: the request did not come through a trusted proxy"
+)
+_NOT_FORWARDED = MatchResult((), "the trusted proxy forwarded no client certificate")
+FORWARDED_PER_CONNECTION = 64  # distinct forwarded certificates cached per proxy connection
+
+
+@dataclass(slots=True)
+class _ProxyConnection:
+    """What is known about one connection on a forwarded_client_cert listener."""
+
+    trusted: bool
+    by_header: OrderedDict[str, ConnectionAuth] = field(default_factory=OrderedDict)
 
 
 class Authenticator:
@@ -75,18 +102,78 @@ class Authenticator:
         tls: ListenerTls,
         header_names: HeaderNames,
         metrics: Metrics | None = None,
+        *,
+        forwarded: ForwardedCertConfig | None = None,
     ) -> None:
         self._metrics = metrics
         self._registry = registry
         self._tls = tls
         self._names = header_names
         self._cache: weakref.WeakKeyDictionary[object, ConnectionAuth] = weakref.WeakKeyDictionary()
+        self._forwarded: ForwardedCertConfig | None = None
+        self._proxies = TrustedSources(())
+        self._proxy_connections: weakref.WeakKeyDictionary[object, _ProxyConnection] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._untrusted_header = ThrottledWarning(log)
+        self.accept_forwarded_certificates(forwarded)
+
+    def accept_forwarded_certificates(self, config: ForwardedCertConfig | None) -> None:
+        """Take client certificates from ``config.format`` headers sent by trusted proxies."""
+        self._forwarded = config
+        self._proxies = TrustedSources(config.trusted_proxies if config else ())
+
+    def from_trusted_proxy(self, request: web.Request) -> bool:
+        """Is this request's peer one of the trusted proxies (after PROXY protocol)?"""
+        return self._forwarded is not None and request.remote in self._proxies
+
+    def forwarded_header_watch(self) -> Middleware | None:
+        """A middleware logging forwarded-certificate headers from untrusted sources.
+
+        The header is ignored by ``authenticate`` and stripped before
+        forwarding on every route; this says so in the log (rate-limited: a
+        caller sending it on every request must not flood the log).  None when
+        the listener takes no forwarded certificates.
+        """
+        config = self._forwarded
+        if config is None:
+            return None
+        names = HEADERS[config.format]
+        warn = self._untrusted_header
+        proxies = self._proxies
+
+        @web.middleware
+        async def watch(request: web.Request, handler: Handler) -> web.StreamResponse:
+            headers = request.headers
+            if any(name in headers for name in names) and request.remote not in proxies:
+                warn.warning(
+                    "forwarded client certificate header from an untrusted source ignored",
+                    event="forwarded_cert_untrusted",
+                    header=next(name for name in names if name in headers),
+                    peer=request.remote,
+                    path=request.path,
+                )
+            return await handler(request)
+
+        return watch
 
     async def authenticate(self, request: web.Request) -> ConnectionAuth:
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if ssl_object is None:  # connection already closing
             raise client_certificate_required()
+        if self._forwarded is not None:
+            proxied = self._proxy_connections.get(ssl_object)
+            if proxied is None:
+                proxied = _ProxyConnection(request.remote in self._proxies)
+                self._proxy_connections[ssl_object] = proxied
+            if proxied.trusted:
+                return await self._authenticate_forwarded(request, proxied, self._forwarded)
+            if self._forwarded.required:
+                trust = self._tls.trust
+                return ConnectionAuth(
+                    None, _NOT_FROM_PROXY, (), self._registry.generation, trust.generation
+                )
         cached = self._cache.get(ssl_object)
         trust = self._tls.trust
         if (
@@ -124,6 +211,19 @@ class Authenticator:
                 "resumed_untrusted",
             )
             raise access_denied()
+        pinned = trust.is_pinned(identity)
+        chains = trust.chain_facts(der, handshake_verified=True)
+        return await self._match(request, identity, trust, registry_generation, pinned, chains)
+
+    async def _match(
+        self,
+        request: web.Request,
+        identity: CertificateIdentity,
+        trust: TrustState,
+        registry_generation: int,
+        pinned: bool,
+        chains: CertificateTrust,
+    ) -> ConnectionAuth:
         if not identity.valid_at(dt.datetime.now(dt.UTC)):
             # Checked at the handshake; seen here when a connection outlives it.
             self._refuse(request, identity, "certificate expired", "expired")
@@ -132,7 +232,7 @@ class Authenticator:
             self._refuse(request, identity, "certificate revoked (CRL)", "revoked")
             raise access_denied("the client certificate has been revoked")
         try:
-            result = await self._registry.match(identity, pinned=trust.is_pinned(identity))
+            result = await self._registry.match(identity, pinned=pinned, chains=chains)
         except RegistryUnavailable:
             self._count_lookup("unavailable")
             self._refuse(request, identity, "registry unavailable", "registry_unavailable")
@@ -154,6 +254,71 @@ class Authenticator:
             trust.generation,
             identity.not_after.timestamp(),
         )
+
+    async def _authenticate_forwarded(
+        self, request: web.Request, proxied: _ProxyConnection, config: ForwardedCertConfig
+    ) -> ConnectionAuth:
+        """A request from a trusted proxy: the client is whoever its header names."""
+        trust = self._tls.trust
+        registry_generation = self._registry.generation
+        headers = request.headers
+        try:
+            raw = header_values(
+                config.format, {name: headers.getall(name, []) for name in HEADERS[config.format]}
+            )
+        except ForwardedCertError as exc:
+            self._refuse(request, None, f"forwarded certificate: {exc}", "forwarded_malformed")
+            raise access_denied("the forwarded client certificate could not be used") from None
+        if raw is None:
+            return ConnectionAuth(None, _NOT_FORWARDED, (), registry_generation, trust.generation)
+        cached = proxied.by_header.get(raw)
+        if (
+            cached is not None
+            and cached.registry_generation == registry_generation
+            and cached.trust_generation == trust.generation
+            and time.time() < cached.valid_until
+        ):
+            proxied.by_header.move_to_end(raw)
+            return cached
+        auth = await self._resolve_forwarded(request, config, raw, trust, registry_generation)
+        proxied.by_header[raw] = auth
+        if len(proxied.by_header) > FORWARDED_PER_CONNECTION:
+            proxied.by_header.popitem(last=False)
+        return auth
+
+    async def _resolve_forwarded(
+        self,
+        request: web.Request,
+        config: ForwardedCertConfig,
+        raw: str,
+        trust: TrustState,
+        registry_generation: int,
+    ) -> ConnectionAuth:
+        try:
+            forwarded = parse_forwarded(config.format, raw)
+            if forwarded is None:
+                return ConnectionAuth(
+                    None, _NOT_FORWARDED, (), registry_generation, trust.generation
+                )
+            identity = cached_identity_from_der(forwarded.leaf)
+            intermediates = [x509.load_der_x509_certificate(der) for der in forwarded.chain]
+        except (ForwardedCertError, CertificateError, ValueError) as exc:
+            self._refuse(request, None, f"forwarded certificate: {exc}", "forwarded_malformed")
+            raise access_denied("the forwarded client certificate could not be used") from None
+        if identity.is_ca:
+            self._refuse(request, identity, "certificate can issue certificates", "ca_certificate")
+            raise access_denied()
+        pinned = trust.is_pinned(identity)
+        chains = trust.chain_facts(
+            forwarded.leaf, intermediates=intermediates, handshake_verified=False
+        )
+        # No handshake vouched for this certificate: verify it as OpenSSL would
+        # have (a pin, or a chain to client_ca or a SPIFFE bundle).
+        problem = None if pinned else chains.accepted()
+        if problem is not None:
+            self._refuse(request, identity, f"forwarded certificate: {problem}", "untrusted_ca")
+            raise access_denied("the forwarded client certificate is not trusted")
+        return await self._match(request, identity, trust, registry_generation, pinned, chains)
 
     def _count_lookup(self, result: str) -> None:
         if self._metrics is not None:

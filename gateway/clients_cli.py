@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,9 +59,18 @@ def add_clients_parser(
     p.add_argument("--disabled", action="store_true")
     p.add_argument("--replace", action="store_true", help="replace an existing client")
     command("remove", "remove a client").add_argument("client_id")
-    p = command("import", "add clients from a registry YAML file")
+    p = command("import", "add clients from a registry YAML file or an IdentityServer export")
     p.add_argument("file", help="registry YAML (clients: [...]); - for stdin")
     p.add_argument("--replace-all", action="store_true", help="drop clients not in the file")
+    p.add_argument(
+        "--format",
+        choices=("registry", "identityserver"),
+        default="registry",
+        help="registry: this gateway's YAML; identityserver: a JSON export of "
+        "IdentityServer Client objects (what cannot carry over is listed)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the result; write nothing")
+    p.add_argument("--report", help="write the not-carried-over list here instead of stderr")
     p = command("export", "write the registry as YAML")
     p.add_argument("file", nargs="?", help="output file (default stdout)")
 
@@ -146,7 +156,13 @@ async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int
         print(f"removed {args.client_id} from {registry.description}")
         return 0
     if command == "import":
-        incoming = parse_registry_document(_read_document(args.file), args.file)
+        if args.format == "identityserver":
+            incoming = _identityserver_clients(args)
+        else:
+            incoming = parse_registry_document(_read_document(args.file), args.file)
+        if args.dry_run:
+            sys.stdout.write(dump_registry_document(incoming))
+            return 0
         if args.replace_all:
             merged = incoming
         else:
@@ -166,6 +182,36 @@ async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int
             sys.stdout.write(text)
         return 0
     raise ConfigError([f"clients: unknown command {command!r}"])
+
+
+def _identityserver_clients(args: argparse.Namespace) -> list[Client]:
+    """Convert an IdentityServer export; list what did not carry over (never silently)."""
+    from gateway.registry.identityserver import IdentityServerFormatError, import_identityserver
+
+    source = args.file
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}: cannot read: {exc}"]) from None
+    try:
+        result = import_identityserver(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"{source}:line {exc.lineno}: invalid JSON: {exc.msg}"]) from None
+    except IdentityServerFormatError as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
+    lines = [f"{source}: {line}" for line in result.report]
+    summary = (
+        f"{source}: {len(result.clients)} client(s) converted, {len(result.skipped)} skipped"
+        f"{' (' + ', '.join(result.skipped) + ')' if result.skipped else ''}, "
+        f"{len(result.report)} item(s) not carried over as they were"
+    )
+    if args.report:
+        _write_text(Path(args.report), "".join(f"{line}\n" for line in [*lines, summary]))
+    else:
+        for line in lines:
+            print(line, file=sys.stderr)
+    print(summary, file=sys.stderr)
+    return result.clients
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -11,6 +11,7 @@ scalars, so ``true``, ``3600`` and ``[a, b]`` work.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -343,16 +344,33 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None (bool, non-number, nan, inf, or too large).
+
+    A timer armed with nan or inf (``.nan`` and ``.inf`` are YAML) raises in
+    uvloop on every connection, and float() of a 400-digit integer overflows.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    number = _finite(value)
+    if number is None or number <= 0:
         raise ValueError(f"expected a positive number, got {value!r}")
-    return float(value)
+    return number
 
 
 def _non_negative_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    number = _finite(value)
+    if number is None or number < 0:
         raise ValueError(f"expected a number >= 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def _positive_int(value: Any) -> int:
@@ -440,7 +458,7 @@ def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> list[st
             continue
         try:
             value = yaml.safe_load(env[name])
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = env[name]
         node: Any = data
         for i, part in enumerate(parts):
@@ -489,6 +507,9 @@ def read_yaml_file(path: Path) -> Any:
         line = f"line {mark.line + 1}" if mark is not None else "<top>"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{path}:{line}: invalid YAML: {problem}"]) from None
+    except RecursionError:
+        # PyYAML's parser recurses per nesting level: "[[[[..." exhausts the stack.
+        raise ConfigError([f"{path}:<top>: invalid YAML: nested too deeply"]) from None
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -759,9 +780,10 @@ def _registry(r: _Reader, data: Any) -> RegistryConfig:
     }
 
     def non_negative(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        number = _finite(value)
+        if number is None or number < 0:
             raise ValueError(f"expected a number of seconds >= 0, got {value!r}")
-        return float(value)
+        return number
 
     def has_hash_tag(prefix: str) -> bool:
         # Redis Cluster hashes only the part between the first "{" and the next "}".

@@ -6,49 +6,128 @@ connects and sends nothing, holds a connection (and a TLS session) forever.
 Each connection's protocol is wrapped: a timer runs from the connection's
 start, and from the first byte after each response, until the request's
 handler starts; if it fires first, the connection is closed.
+
+The same wrapper caps the number of open connections per listener
+(``limits.max_connections``): each idle keep-alive TLS connection costs
+memory (TLS buffers, parser, handler) until its timeout, so without a cap a
+caller that opens connections faster than they time out exhausts memory.
+A connection over the cap gets a 503 and is closed right after its handshake.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from typing import Any
 
 from aiohttp import web
 
+from gateway.throttle import ThrottledWarning
+
+log = logging.getLogger("gateway")
+
 _WAITING, _IN_REQUEST, _IDLE = 0, 1, 2
+
+_OVER_CAPACITY_BODY = json.dumps(
+    {"error": "temporarily_unavailable", "error_description": "too many open connections"}
+).encode()
+_OVER_CAPACITY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n"
+    b"Content-Length: " + str(len(_OVER_CAPACITY_BODY)).encode() + b"\r\n\r\n"
+) + _OVER_CAPACITY_BODY
+
+
+class ConnectionLimit:
+    """Open connections of one listener, against ``limits.max_connections``."""
+
+    __slots__ = ("_warn", "limit", "open", "refused")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self._warn = ThrottledWarning(log)
+
+    def admit(self) -> bool:
+        if self.open >= self.limit:
+            self.refused += 1
+            self._warn.warning(
+                "connection refused: limits.max_connections reached",
+                event="connection_refused",
+                limit=self.limit,
+            )
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
 
 
 class HeaderDeadlineProtocol(asyncio.Protocol):
     """Wraps aiohttp's RequestHandler; forwards every protocol event to it."""
 
-    __slots__ = ("_inner", "_loop", "_state", "_timeout", "_timer", "_transport")
+    __slots__ = (
+        "_admitted",
+        "_inner",
+        "_loop",
+        "_state",
+        "_timeout",
+        "_timer",
+        "_transport",
+        "gate",
+    )
 
-    def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
+    def __init__(
+        self, inner: asyncio.Protocol, timeout: float, *, gate: ConnectionLimit | None = None
+    ) -> None:
         self._inner = inner
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.BaseTransport | None = None
         self._state = _WAITING
+        self._admitted = False
+        self.gate = gate  # counted from connection_made: after the TLS handshake
 
     # -- lifecycle ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.gate is not None:
+            if not self.gate.admit():
+                # aiohttp never sees this connection: no handler, no parser.
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(_OVER_CAPACITY)
+                transport.close()
+                return
+            self._admitted = True
         self._transport = transport
         self._arm()
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is None:
+            return  # refused in connection_made: the handler never started
+        if self._admitted:
+            self._admitted = False
+            assert self.gate is not None
+            self.gate.release()
         self._disarm()
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._transport is None:
+            return
         if self._state == _IDLE:
             self._state = _WAITING
             self._arm()
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._transport is None:
+            return None
         return self._inner.eof_received()
 
     def pause_writing(self) -> None:
@@ -101,10 +180,16 @@ class DeadlineSite(web.TCPSite):
     """A TCPSite whose connections carry a header-read deadline."""
 
     def __init__(
-        self, runner: web.BaseRunner, *args: Any, header_timeout: float, **kwargs: Any
+        self,
+        runner: web.BaseRunner,
+        *args: Any,
+        header_timeout: float,
+        max_connections: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(runner, *args, **kwargs)
         self._header_timeout = header_timeout
+        self.connection_limit = ConnectionLimit(max_connections) if max_connections else None
 
     async def start(self) -> None:
         # BaseSite.start registers the site; TCPSite.start would bind with the
@@ -114,9 +199,10 @@ class DeadlineSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         timeout = self._header_timeout
+        gate = self.connection_limit
 
         def factory() -> asyncio.Protocol:
-            return HeaderDeadlineProtocol(server(), timeout)
+            return HeaderDeadlineProtocol(server(), timeout, gate=gate)
 
         self._server = await loop.create_server(
             factory,

@@ -49,6 +49,13 @@ _ALWAYS_MANAGED = (
     "x-ssl-client-cert",
     "x-forwarded-tls-client-cert",
     "x-forwarded-tls-client-cert-info",
+    # AWS ALB mutual TLS (passthrough and verify modes).
+    "x-amzn-mtls-clientcert",
+    "x-amzn-mtls-clientcert-leaf",
+    "x-amzn-mtls-clientcert-issuer",
+    "x-amzn-mtls-clientcert-subject",
+    "x-amzn-mtls-clientcert-validity",
+    "x-amzn-mtls-clientcert-serial-number",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
@@ -164,3 +171,50 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[
             continue
         out.add(name, value)
     return out
+
+
+_HOP_BY_HOP_BYTES = frozenset(key.encode() for key in HOP_BY_HOP)
+
+
+def downstream_response_fields(
+    raw: Iterable[tuple[bytes, bytes]],
+) -> tuple[list[tuple[str, str]], bytes | None, bool]:
+    """``downstream_response_headers`` for the raw fields of gateway/upstream.py.
+
+    The same rule, on bytes, in one pass: hop-by-hop names (in key form) and
+    names listed in Connection are dropped.  Also returns the first
+    Content-Length value and whether Transfer-Encoding was present, which
+    decide the downstream framing.
+    """
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    listed: list[bytes] = []
+    length: bytes | None = None
+    transfer_encoding = False
+    for name, value in raw:
+        lowered = name.lower()
+        key = lowered.replace(b"_", b"-") if b"_" in lowered else lowered
+        if key in _HOP_BY_HOP_BYTES:
+            if lowered == b"connection":
+                listed.append(value)
+            elif lowered == b"content-length":
+                if length is None:
+                    length = value
+            elif lowered == b"transfer-encoding":
+                transfer_encoding = True
+            continue
+        kept.append((key, name, value))
+    tokens: frozenset[bytes] = frozenset(
+        header_key(t.strip().decode("latin-1")).encode("latin-1")
+        for v in listed
+        for t in v.split(b",")
+        if t.strip()
+    )
+    return (
+        [
+            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+            for key, name, value in kept
+            if key not in tokens
+        ],
+        length,
+        transfer_encoding,
+    )

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.deadlines import HeaderDeadlineProtocol
 from gateway.metrics import Metrics, method_class
 
 
@@ -92,7 +93,20 @@ class AccessLog:
             self.dropped_lines += len(lines)
 
 
-def create_observer(metrics: Metrics, listener: str, *, access_log: AccessLog | None) -> Middleware:
+def create_observer(
+    metrics: Metrics,
+    listener: str,
+    *,
+    access_log: AccessLog | None,
+    request_boundaries: bool = False,
+) -> Middleware:
+    """The accounting middleware; with ``request_boundaries``, also the header deadline's.
+
+    The listener apps ran deadlines.request_boundaries and this observer as
+    two middlewares: one coroutine layer each per request.  With the flag
+    this one does both (the watchdog is told first and last, as when it was
+    the outer layer).
+    """
     in_flight = metrics.in_flight
     requests = metrics.requests
     tokens = metrics.tokens
@@ -101,10 +115,19 @@ def create_observer(metrics: Metrics, listener: str, *, access_log: AccessLog | 
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        watchdog: HeaderDeadlineProtocol | None = None
+        if request_boundaries:
+            transport = request.transport
+            protocol = transport.get_protocol() if transport is not None else None
+            if isinstance(protocol, HeaderDeadlineProtocol):
+                watchdog = protocol
+                watchdog.request_started()
         started = time.perf_counter()
         in_flight.inc()
         status = 500
         response: web.StreamResponse | None = None
+        # Created here, so handlers find it (facts()) without a failed lookup.
+        info = request[FACTS_KEY] = RequestFacts()
         try:
             response = await handler(request)
             status = response.status
@@ -113,8 +136,9 @@ def create_observer(metrics: Metrics, listener: str, *, access_log: AccessLog | 
             status = exc.status
             raise
         finally:
+            if watchdog is not None:
+                watchdog.request_finished()
             in_flight.dec()
-            info = facts(request)
             route = info.route
             if route == "-" and request.match_info.route.resource is not None:
                 route = request.match_info.route.resource.canonical

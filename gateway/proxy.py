@@ -7,7 +7,7 @@ import logging
 import posixpath
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -15,22 +15,51 @@ import aiohttp
 import yarl
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
+from prometheus_client import Histogram
 
 from gateway.auth import Authenticator, ConnectionAuth
 from gateway.config import RouteConfig
 from gateway.errors import GatewayError, access_denied, bad_gateway, gateway_timeout
 from gateway.headers import (
-    downstream_response_headers,
+    downstream_response_fields,
     header_key,
     upstream_request_headers,
 )
 from gateway.metrics import Metrics
-from gateway.observability import facts
+from gateway.observability import RequestFacts, facts
+from gateway.upstream import (
+    Origin,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    parse_origin,
+)
 
 log = logging.getLogger("gateway.proxy")
 
 STREAM_CHUNK = 64 * 1024
+# Routing results kept per decoded path (Proxy._handle): bounded in count and
+# in key length, so at most ~1 MiB of keys.
+_CACHED_PATHS = 4096
+_CACHED_PATH_LENGTH = 256
 _REFUSED_PATH_CHARACTERS = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
+def ambiguous_dot_segment(path: str) -> bool:
+    """A segment other than "." or ".." that some upstream would read as one.
+
+    Tomcat and Spring drop path parameters before resolving dot segments, so
+    "/public/..;/private" is "/private" to them; Windows strips trailing dots
+    and spaces, so "..." and ".. " become "..".  normpath sees ordinary
+    names in all of these, and the policy of the wrong route would apply.
+    """
+    for segment in path.split("/"):
+        bare = segment.split(";", 1)[0]
+        if "." in bare and not bare.strip(". ") and segment not in (".", ".."):
+            return True
+    return False
 
 
 def normalise_path(path: str) -> str:
@@ -107,6 +136,7 @@ class Proxy:
         routes: Sequence[RouteConfig],
         authenticator: Authenticator,
         session: aiohttp.ClientSession,
+        upstreams: UpstreamPool,
         managed_headers: frozenset[str],
         token_checker: TokenChecker | None = None,
         metrics: Metrics | None = None,
@@ -114,7 +144,13 @@ class Proxy:
         self._metrics = metrics
         self._table = RouteTable(routes)
         self._auth = authenticator
-        self._session = session
+        self._session = session  # WebSocket upgrades only
+        self._upstreams = upstreams  # every other request (gateway/upstream.py)
+        self._loop = upstreams.loop
+        # Parsed once per route, not per request.
+        self._origins: dict[str, Origin] = {r.upstream: parse_origin(r.upstream) for r in routes}
+        self._paths: dict[str, tuple[Route, str]] = {}
+        self._latency: dict[str, Histogram] = {}
         self._managed = managed_headers
         self._tokens = token_checker or TokenChecker()
 
@@ -124,16 +160,35 @@ class Proxy:
         except GatewayError as exc:
             return exc.response()
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if _REFUSED_PATH_CHARACTERS.search(request.path):
+    def _route(self, raw: str) -> tuple[Route, str]:
+        """The route for a decoded request path, and the encoded upstream path."""
+        if _REFUSED_PATH_CHARACTERS.search(raw):
             # Windows/IIS-style upstreams read "\\" as "/", so "/public/..%5Cprivate"
             # would reach /private past the /public policy; control characters
             # have no business in a path either.  Refuse, as Envoy can.
             raise GatewayError(400, "invalid_request", "backslash or control character in path")
-        path = normalise_path(request.path)
+        if "." in raw and ambiguous_dot_segment(raw):
+            raise GatewayError(400, "invalid_request", "ambiguous dot segment in path")
+        path = normalise_path(raw)
         route = self._table.find(path)
         if route is None:
             raise GatewayError(404, "not_found", "no route for this path")
+        # Forward the path that was routed on, encoded once, not the caller's bytes.
+        return route, encode_path(route.upstream_path(path))
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = request.path
+        found = self._paths.get(raw)
+        if found is None:
+            # The checks, normpath, the route search and quote() cost ~6 µs;
+            # they depend on the path alone and the route table never changes,
+            # so results are kept for short paths (refusals are not cached).
+            found = self._route(raw)
+            if len(raw) <= _CACHED_PATH_LENGTH:
+                if len(self._paths) >= _CACHED_PATHS:
+                    self._paths.clear()
+                self._paths[raw] = found
+        route, target = found
         policy = route.config
         info = facts(request)
         info.route = route.prefix
@@ -152,8 +207,6 @@ class Proxy:
                 if policy.clients and client.client_id not in policy.clients:
                     raise access_denied("this client is not allowed on this route")
                 injected = auth.headers
-        # Forward the path that was routed on, encoded once, not the caller's bytes.
-        target = policy.upstream + encode_path(route.upstream_path(path))
         if request.query_string:
             target += "?" + request.raw_path.partition("?")[2]
         headers = upstream_request_headers(
@@ -161,82 +214,107 @@ class Proxy:
             managed=self._managed,
             injected=injected,
             host=request.host if policy.preserve_host else _authority(policy.upstream),
-            keep=_forwarded(request),
+            keep=_forwarded(request, via_proxy=self._auth.from_trusted_proxy(request)),
         )
         if _is_websocket(request):
-            return await self._websocket(request, target, headers, policy)
-        return await self._forward(request, target, headers, policy)
+            return await self._websocket(request, policy.upstream + target, headers, policy)
+        return await self._forward(request, target, headers, policy, info)
 
     async def _forward(
-        self, request: web.Request, target: str, headers: CIMultiDict[str], policy: RouteConfig
+        self,
+        request: web.Request,
+        target: str,
+        headers: CIMultiDict[str],
+        policy: RouteConfig,
+        info: RequestFacts,
     ) -> web.StreamResponse:
-        wait = _IdleTimer(policy.timeout)
-        body = _body(request, wait)
+        origin = self._origins[policy.upstream]
+        method = request.method
+        has_body = request.body_exists
+        head = _request_head(method, origin.base_path + target, headers, has_body)
+        # The route timeout bounds the wait for the response head (504), as the
+        # asyncio.timeout around aiohttp's request did, connecting included;
+        # while the request body streams, every chunk restarts it (_send_body).
+        # One TimerHandle on the connection does it: asyncio.timeout() per
+        # request cost a Timeout object, a handle and get_running_loop()
+        # (a getpid() call in 3.11) each time.
+        deadline = self._loop.time() + policy.timeout
+        sent = time.perf_counter()
         try:
-            # The route timeout bounds the wait for the response head (504);
-            # afterwards sock_read bounds each idle gap while streaming.  While
-            # the request body streams, it is re-armed by every chunk (_body).
-            async with asyncio.timeout(policy.timeout) as scope:
-                wait.scope = scope
-                try:
-                    sent = time.perf_counter()
-                    upstream = await self._session.request(
-                        request.method,
-                        yarl.URL(target, encoded=True),
-                        headers=headers,
-                        data=body,
-                        allow_redirects=False,
-                        timeout=aiohttp.ClientTimeout(
-                            total=None,
-                            sock_connect=policy.connect_timeout,
-                            sock_read=policy.timeout,
-                        ),
-                        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-                    )
-                finally:
-                    # The head is in (or the request failed): a body still
-                    # streaming after an early answer no longer moves the clock.
-                    wait.scope = None
-        except TimeoutError:
-            if wait.waiting_on_caller:
+            conn = await self._upstreams.acquire(
+                origin, min(policy.connect_timeout, policy.timeout)
+            )
+        except UpstreamTimeout:
+            raise gateway_timeout("the upstream did not answer in time") from None
+        except UpstreamUnreachable:
+            raise bad_gateway("the upstream is unreachable") from None
+        conn.start(head, head_only=method == "HEAD", timeout=policy.timeout, deadline=deadline)
+        sender: asyncio.Task[None] | None = None
+        if has_body:
+            conn.body_sent = False
+            sender = self._loop.create_task(_send_body(request, conn, "Content-Length" in headers))
+        try:
+            await conn.response_head()
+        except UpstreamTimeout as exc:
+            _abandon(conn, sender)
+            if exc.waiting_on_caller:
                 raise GatewayError(
                     408, "request_timeout", "the request body stopped arriving"
                 ) from None
             raise gateway_timeout("the upstream did not answer in time") from None
-        except aiohttp.ClientConnectorError:
-            raise bad_gateway("the upstream is unreachable") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise bad_gateway(f"the upstream failed: {type(exc).__name__}") from None
-        try:
-            if self._metrics is not None:
-                self._metrics.upstream_latency.labels(policy.prefix).observe(
-                    time.perf_counter() - sent
-                )
-            facts(request).upstream_status = upstream.status
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            response.headers.extend(downstream_response_headers(upstream.headers))
-            length = upstream.headers.get("Content-Length")
-            if (
-                length is not None
-                and length.isdigit()
-                and "Transfer-Encoding" not in upstream.headers
-            ):
-                response.content_length = int(length)
+        except UpstreamError as exc:
+            _abandon(conn, sender)
+            raise bad_gateway(f"the upstream failed: {exc.label}") from None
+        except BaseException:
+            _abandon(conn, sender)
+            raise
+        if self._metrics is not None:
+            latency = self._latency.get(policy.prefix)
+            if latency is None:
+                # labels() takes a lock and builds a key per call: keep the children.
+                latency = self._metrics.upstream_latency.labels(policy.prefix)
+                self._latency[policy.prefix] = latency
+            latency.observe(time.perf_counter() - sent)
+        info.upstream_status = conn.status
+        fields, length, transfer_encoding = downstream_response_fields(conn.headers())
+        response = _RelayResponse(status=conn.status, reason=conn.reason, headers=fields)
+        if length is not None and length.isdigit() and not transfer_encoding:
+            response.content_length = int(length)
+        if conn.complete and sender is None:
+            # The whole answer is in (the common small response): hand the
+            # connection back first, then send head and body in one write.
+            body = conn.take_body()
+            conn.finish()
             await response.prepare(request)
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                # Headers are gone already: the only honest signal left is to
-                # cut the connection, so the client sees a truncated response.
-                log.warning("upstream failed mid-response: %s", type(exc).__name__)
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            await response.write_eof()
+            await response.write_eof(body)
             return response
-        finally:
-            upstream.release()
+        try:
+            await response.prepare(request)
+            # The head goes out with the first body chunk, or alone at once
+            # when none is buffered yet (a slow stream must see its head).
+            await response.write(conn.take_body())
+            while chunk := await conn.read():
+                await response.write(chunk)
+        except (UpstreamError, aiohttp.ClientError, OSError) as exc:
+            # Headers are gone already: the only honest signal left is to
+            # cut the connection, so the client sees a truncated response.
+            name = exc.label if isinstance(exc, UpstreamError) else type(exc).__name__
+            log.warning("upstream failed mid-response: %s", name)
+            _abandon(conn, sender)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        except BaseException:
+            _abandon(conn, sender)
+            raise
+        if sender is not None and not sender.done():
+            # An early answer while the body still streams: the connection
+            # cannot be reused, and the rest of the body is not needed.
+            _abandon(conn, sender)
+        else:
+            conn.finish()
+        await response.write_eof()
+        return response
 
     async def _websocket(
         self, request: web.Request, target: str, headers: CIMultiDict[str], policy: RouteConfig
@@ -318,51 +396,101 @@ def _is_websocket(request: web.Request) -> bool:
     )
 
 
-@dataclass(slots=True)
-class _IdleTimer:
-    """The route timeout while a request body streams: an idle timer, not a total.
+class _RelayResponse(web.StreamResponse):
+    """A StreamResponse whose head waits for the first body bytes.
 
-    Counting the whole upload against it turned every upload slower than the
-    timeout into a 504 although the upstream kept up; pausing it while the
+    aiohttp's StreamResponse writes its head at once, so every relayed
+    response cost two writes (two TLS records, two syscalls); web.Response
+    buffers its head the same way, and so does this.
+    """
+
+    _send_headers_immediately = False
+
+
+_NO_DEFAULT_LENGTH = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def _request_head(method: str, target: str, headers: CIMultiDict[str], has_body: bool) -> bytes:
+    """The request line and header block, as aiohttp's client sent them.
+
+    aiohttp added ``Accept: */*`` when the caller sent none, ``Content-Length:
+    0`` for a body-less request whose method implies a body, and
+    ``Transfer-Encoding: chunked`` for a body of unknown length.
+    """
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if "Accept" not in headers:
+        lines.append("Accept: */*")
+    if has_body:
+        if "Content-Length" not in headers:
+            lines.append("Transfer-Encoding: chunked")
+    elif method not in _NO_DEFAULT_LENGTH and "Content-Length" not in headers:
+        lines.append("Content-Length: 0")
+    lines.append("\r\n")
+    head = "\r\n".join(lines)
+    # Values come from llhttp (which refuses CR and LF in them) or from the
+    # gateway's own escaped identity values; one count keeps that promise here.
+    if head.count("\n") != len(lines) or head.count("\r") != len(lines):
+        raise GatewayError(400, "invalid_request", "line break in a forwarded header")
+    return head.encode("utf-8", "surrogateescape")
+
+
+async def _send_body(request: web.Request, conn: UpstreamConnection, has_length: bool) -> None:
+    """Stream the caller's body upstream, one chunk in flight (backpressure both ways).
+
+    The route timeout is an idle timer while the body streams, not a total:
+    counting the whole upload against it turned every upload slower than the
+    timeout into a 504 although the upstream kept up, and pausing it while the
     caller is silent would let a stalled caller hold an upstream connection
     for ever.  So every chunk that moves re-arms it, and when it fires the
     side we were waiting on is the one blamed (408 caller, 504 upstream).
     """
-
-    timeout: float
-    scope: asyncio.Timeout | None = None
-    waiting_on_caller: bool = False
-
-    def progress(self, *, waiting_on_caller: bool) -> None:
-        self.waiting_on_caller = waiting_on_caller
-        if self.scope is not None:
-            self.scope.reschedule(asyncio.get_running_loop().time() + self.timeout)
-
-
-def _body(request: web.Request, wait: _IdleTimer) -> AsyncIterator[bytes] | None:
-    if not request.body_exists:
-        return None
-
-    async def chunks() -> AsyncIterator[bytes]:
-        wait.progress(waiting_on_caller=True)
-        async for chunk in request.content.iter_chunked(STREAM_CHUNK):
-            wait.progress(waiting_on_caller=False)
-            yield chunk  # returns once the upstream connection took the chunk
-            wait.progress(waiting_on_caller=True)
+    content = request.content
+    try:
+        while True:
+            conn.progress(waiting_on_caller=True)
+            chunk = await content.read(STREAM_CHUNK)
+            if not chunk:
+                break
+            conn.progress(waiting_on_caller=False)
+            if has_length:
+                conn.write(chunk)
+            else:
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            await conn.drain()  # returns once the upstream connection took the chunk
+        if not has_length:
+            conn.write(b"0\r\n\r\n")
         # All sent: from now on only the upstream's answer is awaited.
-        wait.progress(waiting_on_caller=False)
+        conn.progress(waiting_on_caller=False)
+        conn.body_sent = True
+    except UpstreamError:
+        pass  # the connection failed: the response side reports it
+    except Exception:
+        # The caller's side failed (reset, malformed chunk): the upstream got
+        # a partial body, so the exchange is abandoned (502, as before).
+        conn.close()
 
-    return chunks()
+
+def _abandon(conn: UpstreamConnection, sender: asyncio.Task[None] | None) -> None:
+    conn.close()
+    if sender is not None and not sender.done():
+        sender.cancel()
 
 
 def _authority(url: str) -> str:
     return url.split("://", 1)[1].split("/", 1)[0]
 
 
-def _forwarded(request: web.Request) -> tuple[tuple[str, str], ...]:
+def _forwarded(request: web.Request, *, via_proxy: bool = False) -> tuple[tuple[str, str], ...]:
     # The caller's copies were stripped: these are the gateway's own observations.
+    # (request.remote is the PROXY protocol's client address where one was sent.)
+    remote = request.remote or ""
+    if via_proxy and "X-Forwarded-For" in request.headers:
+        # A trusted TLS-terminating proxy (forwarded_client_cert) names the
+        # client it served: keep its list and append the proxy, as proxies do.
+        remote = ", ".join([*request.headers.getall("X-Forwarded-For"), remote])
     return (
-        ("X-Forwarded-For", request.remote or ""),
+        ("X-Forwarded-For", remote),
         ("X-Forwarded-Proto", request.scheme),
         ("X-Forwarded-Host", request.host),
     )

@@ -13,21 +13,28 @@ The stdlib ``ssl`` module has no verify callback (TLS-NOTES), which shapes this:
   those of the listening context: they are fixed at start.
 * A resumed session skips the current trust store, so resumed connections are
   re-checked against the current material in Python (``TrustState.accepts``).
+* SPIFFE bundles (``spiffe_bundles``) join the handshake's trust store; which
+  pool vouches for a certificate is decided per registry secret in Python
+  (gateway/chain.py, ``TrustState.chain_facts``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import json
 import logging
 import ssl
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from gateway.chain import CertificateTrust, TrustPool
 from gateway.config import TlsConfig
 from gateway.dn import format_name, name_key
 from gateway.identity import CertificateIdentity, can_sign_certificates, sha1_thumbprint
@@ -59,6 +66,27 @@ def load_pem_certificates(path: Path) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(data)]
 
 
+def load_spiffe_bundle(path: Path) -> list[x509.Certificate]:
+    """A trust domain's CA certificates: PEM, or a SPIFFE bundle (JWK Set, ``x509-svid`` keys).
+
+    SPIFFE Trust Domain and Bundle §4: each X.509 authority is a JWK with
+    ``use: x509-svid`` and its certificate in ``x5c``.
+    """
+    data = path.read_bytes()
+    if not data.lstrip().startswith(b"{"):
+        return load_pem_certificates(path)
+    try:
+        document = json.loads(data)
+        keys = document["keys"]
+        return [
+            x509.load_der_x509_certificate(base64.b64decode(key["x5c"][0], validate=True))
+            for key in keys
+            if isinstance(key, dict) and key.get("use") == "x509-svid"
+        ]
+    except (ValueError, KeyError, TypeError, IndexError, binascii.Error) as exc:
+        raise ValueError(f"not a SPIFFE bundle (JWK Set with x509-svid keys): {exc}") from None
+
+
 def load_crls(path: Path) -> list[x509.CertificateRevocationList]:
     """All CRLs in a file: PEM (one or several) or a single DER CRL."""
     data = path.read_bytes()
@@ -82,6 +110,24 @@ class TrustState:
     # Revocation is checked here, not by OpenSSL: its CRL check fails every
     # certificate whose issuer has no CRL, which would lock out pinned clients.
     crls: tuple[x509.CertificateRevocationList, ...] = ()
+    # The same anchors, ready for path verification (chain.py).
+    client_ca_pool: TrustPool = field(default_factory=lambda: TrustPool.of("client_ca", ()))
+    bundle_pools: Mapping[str, TrustPool] = field(default_factory=dict)
+
+    def chain_facts(
+        self,
+        leaf: bytes | x509.Certificate,
+        *,
+        intermediates: Sequence[x509.Certificate] = (),
+        handshake_verified: bool,
+    ) -> CertificateTrust:
+        return CertificateTrust(
+            leaf,
+            client_ca=self.client_ca_pool,
+            bundles=self.bundle_pools,
+            intermediates=intermediates,
+            handshake_verified=handshake_verified,
+        )
 
     def is_revoked(self, identity: CertificateIdentity) -> bool:
         leaf_issuer = identity.issuer_key
@@ -109,7 +155,8 @@ class TrustState:
         if identity.thumbprint in self.pinned_thumbprints:
             return True
         leaf = x509.load_der_x509_certificate(identity.der)
-        for ca in self.ca_certificates:
+        bundled = (ca for pool in self.bundle_pools.values() for ca in pool.anchors)
+        for ca in (*self.ca_certificates, *bundled):
             if ca.subject != leaf.issuer:
                 continue
             try:
@@ -203,7 +250,24 @@ def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMateria
                     f"{where}.crl: CRL of '{format_name(crl.issuer)}' is not signed by a CA in client_ca"
                 )
 
-    anchors = [*ca_certs, *pinned.values()]
+    bundles: dict[str, list[x509.Certificate]] = {}
+    for domain, path in tls.spiffe_bundles:
+        try:
+            certs = load_spiffe_bundle(path)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{where}.spiffe_bundles.{domain}: cannot read {path}: {exc}")
+            continue
+        if not certs:
+            problems.append(f"{where}.spiffe_bundles.{domain}: no certificates in {path}")
+        for cert in certs:
+            if not can_sign_certificates(cert):
+                problems.append(
+                    f"{where}.spiffe_bundles.{domain}: {path}: '{format_name(cert.subject)}' "
+                    "is not a CA certificate"
+                )
+        bundles[domain] = certs
+
+    anchors = [*ca_certs, *pinned.values(), *(c for certs in bundles.values() for c in certs)]
     if anchors:
         pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in anchors)
         try:
@@ -214,7 +278,17 @@ def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMateria
         raise TlsMaterialError(problems)
     return TlsMaterial(
         context=ctx,
-        trust=TrustState(tuple(ca_certs), frozenset(pinned), generation, tuple(crls)),
+        trust=TrustState(
+            tuple(ca_certs),
+            frozenset(pinned),
+            generation,
+            tuple(crls),
+            client_ca_pool=TrustPool.of("client_ca", ca_certs),
+            bundle_pools={
+                domain: TrustPool.of(f"spiffe_bundles.{domain}", certs)
+                for domain, certs in bundles.items()
+            },
+        ),
         server_not_after=server_not_after,
     )
 
@@ -246,6 +320,7 @@ class ListenerTls:
             self._config.client_ca,
             self._config.crl,
             *self._config.pinned_certs,
+            *(path for _, path in self._config.spiffe_bundles),
         )
 
     @property

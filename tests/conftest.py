@@ -122,6 +122,7 @@ def write_config(
     routes: list[dict[str, Any]],
     tls: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    listener: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write clients.yaml, a signing key and gateway.yaml; return their paths."""
     from gateway.oauth.keys import generate_signing_key
@@ -140,7 +141,7 @@ def write_config(
     tls_config.update(tls or {})
     config: dict[str, Any] = {
         "issuer": "https://gateway.test",
-        "listeners": [{"bind": "127.0.0.1:0", "tls": tls_config}],
+        "listeners": [{"bind": "127.0.0.1:0", "tls": tls_config, **(listener or {})}],
         "admin": {"bind": "127.0.0.1:0"},
         "registry": {"kind": "yaml", "path": str(registry_path)},
         "tokens": {"signing_keys": [str(key_path)], "lifetime": 300},
@@ -162,7 +163,7 @@ async def make_gateway(
 
     Keyword arguments: clients (registry entries), routes (default: "/" with
     auth: client to the echo upstream), tls (listener tls overrides), extra
-    (top-level config keys).
+    (top-level config keys), listener (more listener keys: proxy_protocol, ...).
     """
     started: list[RunningGateway] = []
 
@@ -172,6 +173,7 @@ async def make_gateway(
         routes: list[dict[str, Any]] | None = None,
         tls: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        listener: dict[str, Any] | None = None,
     ) -> GatewayUnderTest:
         directory = tmp_path / f"gw{len(started)}"
         directory.mkdir()
@@ -182,6 +184,7 @@ async def make_gateway(
             routes=routes or [{"prefix": "/", "upstream": echo_upstream.url, "auth": "client"}],
             tls=tls,
             extra=extra,
+            listener=listener,
         )
         gateway = assemble(load_config(config_path, env={}))
         running = await start_gateway(gateway)

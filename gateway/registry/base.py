@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.identity import CertificateIdentity
-from gateway.registry.matching import MatchResult
+from gateway.registry.matching import ChainFacts, MatchResult
 from gateway.registry.model import Client
 
 
@@ -37,8 +37,14 @@ class Registry(Protocol):
 
     async def close(self) -> None: ...
 
-    async def match(self, identity: CertificateIdentity, *, pinned: bool) -> MatchResult:
-        """Clients the certificate authenticates; raises RegistryUnavailable."""
+    async def match(
+        self, identity: CertificateIdentity, *, pinned: bool, chains: ChainFacts | None = None
+    ) -> MatchResult:
+        """Clients the certificate authenticates; raises RegistryUnavailable.
+
+        ``chains`` says which trust material vouches for the certificate
+        (SPIFFE bundles, issuer pins); see gateway.registry.matching.
+        """
         ...
 
     async def get(self, client_id: str) -> Client | None: ...

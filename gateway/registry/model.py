@@ -3,7 +3,8 @@
 Registries written for IdentityServer carry over: ``client_id``,
 ``allowed_grant_types``, ``allowed_scopes``, ``secrets`` (``type``, ``value``,
 ``description``, ``expiration``), ``enabled``, ``access_token_lifetime`` and
-``claims``; plus an optional ``issuer`` DN that pins the issuing CA.
+``claims``; plus an optional ``issuer`` DN (and ``issuer_sha256`` fingerprint)
+that pins the issuing CA (RFC 8705 §7.4).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Final, Literal
 
 from gateway.dn import DnSyntaxError, ParsedDn, parse_dn
 from gateway.identity import normalise_thumbprint
+from gateway.spiffe import SpiffeIdError, SpiffePattern, is_spiffe, parse_spiffe_pattern
 
 SecretType = Literal[
     "X509CertificateName",
@@ -43,6 +45,7 @@ CLIENT_KEYS: Final = frozenset(
         "allowed_scopes",
         "secrets",
         "issuer",
+        "issuer_sha256",
         "access_token_lifetime",
         "claims",
     }
@@ -71,6 +74,8 @@ class Secret:
     description: str | None = None
     expiration: dt.datetime | None = None
     dn: ParsedDn | None = None  # X509CertificateName only
+    # X509SanUri whose value is a SPIFFE ID or ID pattern: X.509-SVID rules apply.
+    spiffe: SpiffePattern | None = None
 
     def expired(self, now: dt.datetime) -> bool:
         return self.expiration is not None and now >= self.expiration
@@ -84,6 +89,9 @@ class Client:
     allowed_scopes: tuple[str, ...] = ()
     enabled: bool = True
     issuer: ParsedDn | None = None
+    # RFC 8705 §7.4: SHA-256 (hex) of the issuing CA certificate; tells apart
+    # two CAs that share a DN (a re-keyed CA, or another party's).
+    issuer_sha256: str | None = None
     access_token_lifetime: int | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
     client_name: str | None = None
@@ -102,6 +110,8 @@ class Client:
         data["allowed_scopes"] = list(self.allowed_scopes)
         if self.issuer is not None:
             data["issuer"] = self.issuer.text
+        if self.issuer_sha256 is not None:
+            data["issuer_sha256"] = self.issuer_sha256
         if self.access_token_lifetime is not None:
             data["access_token_lifetime"] = self.access_token_lifetime
         if self.claims:
@@ -140,6 +150,11 @@ def normalise_secret_value(kind: str, value: str) -> tuple[str, ParsedDn | None]
         return name, None
     if kind == "X509SanUri":
         uri = value.strip()
+        if is_spiffe(uri):
+            try:
+                return str(parse_spiffe_pattern(uri)), None
+            except SpiffeIdError as exc:
+                raise ValueError(f"invalid SPIFFE ID: {exc}") from None
         if ":" not in uri or " " in uri:
             raise ValueError("expected an absolute URI, e.g. spiffe://example.org/ns/prod/sa/api")
         return uri, None
@@ -215,6 +230,14 @@ def parse_client(data: Any) -> Client:
         except DnSyntaxError as exc:
             problems.append(f"issuer: {exc}")
 
+    issuer_sha256 = None
+    if data.get("issuer_sha256") is not None:
+        fingerprint = normalise_thumbprint(str(data["issuer_sha256"]))
+        if len(fingerprint) != 64 or any(ch not in "0123456789abcdef" for ch in fingerprint):
+            problems.append("issuer_sha256: expected the CA certificate's SHA-256: 64 hex digits")
+        else:
+            issuer_sha256 = fingerprint
+
     lifetime = data.get("access_token_lifetime")
     if lifetime is not None and (
         isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0
@@ -273,6 +296,9 @@ def parse_client(data: Any) -> Client:
                 description=str(description) if description is not None else None,
                 expiration=expiration,
                 dn=dn,
+                spiffe=parse_spiffe_pattern(match_value)
+                if kind == "X509SanUri" and is_spiffe(match_value)
+                else None,
             )
         )
     if problems:
@@ -284,6 +310,7 @@ def parse_client(data: Any) -> Client:
         allowed_scopes=scopes,
         enabled=enabled,
         issuer=issuer,
+        issuer_sha256=issuer_sha256,
         access_token_lifetime=lifetime,
         claims=claims,
         client_name=str(data["client_name"]) if data.get("client_name") else None,

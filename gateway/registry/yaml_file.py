@@ -17,7 +17,7 @@ import yaml
 from gateway.config import ConfigError, read_yaml_file
 from gateway.identity import CertificateIdentity
 from gateway.registry.base import RegistryWriteError
-from gateway.registry.matching import ClientIndex, MatchResult
+from gateway.registry.matching import ChainFacts, ClientIndex, MatchResult
 from gateway.registry.model import Client, ClientError, parse_client
 from gateway.watch import ChangeDetector
 
@@ -115,8 +115,14 @@ class YamlRegistry:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._poll_interval)
-            if self._changes.changed():
-                await self.reload()
+            try:
+                if self._changes.changed():
+                    await self.reload()
+            except Exception:
+                # reload() keeps the running index on the errors it knows; anything
+                # else must not end the watcher, or no later change is ever seen.
+                self.reload_failures += 1
+                log.exception("registry reload failed, keeping %d clients", len(self._index))
 
     async def reload(self) -> bool:
         try:
@@ -135,8 +141,12 @@ class YamlRegistry:
         log.info("registry reloaded: %d clients from %s", len(index), self._path)
         return True
 
-    async def match(self, identity: CertificateIdentity, *, pinned: bool) -> MatchResult:
-        return self._index.match(identity, pinned=pinned, now=dt.datetime.now(dt.UTC))
+    async def match(
+        self, identity: CertificateIdentity, *, pinned: bool, chains: ChainFacts | None = None
+    ) -> MatchResult:
+        return self._index.match(
+            identity, pinned=pinned, now=dt.datetime.now(dt.UTC), chains=chains
+        )
 
     async def get(self, client_id: str) -> Client | None:
         return self._index.get(client_id)

@@ -34,6 +34,7 @@ _FIELD_PREFIX = {
     "X509SanUri": "uri",
     "X509SanIp": "ip",
     "X509SanEmail": "email",
+    "SpiffePrefix": "spiffe-prefix",  # wildcard SPIFFE secrets: spiffe://td/ns/prod/
 }
 
 

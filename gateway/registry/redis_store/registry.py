@@ -44,6 +44,7 @@ from gateway.config import RegistryConfig
 from gateway.identity import CertificateIdentity
 from gateway.registry.base import RegistryUnavailable, RegistryWriteError
 from gateway.registry.matching import (
+    ChainFacts,
     MatchResult,
     evaluate,
     identity_lookup_keys,
@@ -188,15 +189,17 @@ class RedisRegistry:
 
     # ------------------------------------------------------------------- reads
 
-    async def match(self, identity: CertificateIdentity, *, pinned: bool) -> MatchResult:
+    async def match(
+        self, identity: CertificateIdentity, *, pinned: bool, chains: ChainFacts | None = None
+    ) -> MatchResult:
         fields = identity_fields(identity)
         if self._synced:
             cached = self._cache.candidates(fields)
             if cached is not None:
                 self.cache_hits += 1
-                return self._evaluate(cached, identity, pinned)
+                return self._evaluate(cached, identity, pinned, chains)
         elif not self._reachable:
-            return self._stale_match(fields, identity, pinned)
+            return self._stale_match(fields, identity, pinned, chains)
         self.cache_misses += 1
         try:
             clients = await self._fetch(fields)
@@ -205,8 +208,8 @@ class RedisRegistry:
                 log.error("registry: lookup refused by Redis: %s", exc)
                 raise RegistryUnavailable(f"{self._description}: {exc}") from None
             self._lost(f"lookup failed: {exc}")
-            return self._stale_match(fields, identity, pinned)
-        return self._evaluate(clients, identity, pinned)
+            return self._stale_match(fields, identity, pinned, chains)
+        return self._evaluate(clients, identity, pinned, chains)
 
     async def get(self, client_id: str) -> Client | None:
         if self._synced:
@@ -240,7 +243,11 @@ class RedisRegistry:
         return clients
 
     def _evaluate(
-        self, clients: Iterable[Client], identity: CertificateIdentity, pinned: bool
+        self,
+        clients: Iterable[Client],
+        identity: CertificateIdentity,
+        pinned: bool,
+        chains: ChainFacts | None = None,
     ) -> MatchResult:
         wanted = set(identity_lookup_keys(identity))
         candidates = [
@@ -249,7 +256,9 @@ class RedisRegistry:
             for secret in client.secrets
             if secret_lookup_key(secret) in wanted
         ]
-        return evaluate(candidates, identity, pinned=pinned, now=dt.datetime.now(dt.UTC))
+        return evaluate(
+            candidates, identity, pinned=pinned, now=dt.datetime.now(dt.UTC), chains=chains
+        )
 
     async def _fetch(self, fields: Sequence[str]) -> list[Client]:
         before = self._invalidations
@@ -280,14 +289,18 @@ class RedisRegistry:
         return time.monotonic() - self._synced_at <= self._max_stale
 
     def _stale_match(
-        self, fields: Sequence[str], identity: CertificateIdentity, pinned: bool
+        self,
+        fields: Sequence[str],
+        identity: CertificateIdentity,
+        pinned: bool,
+        chains: ChainFacts | None = None,
     ) -> MatchResult:
         # Only a positive answer is served stale: a certificate that matched
         # nobody may have been registered since, so it waits for Redis (503).
         if self._within_max_stale():
             cached = self._cache.candidates(fields)
             if cached is not None:
-                result = self._evaluate(cached, identity, pinned)
+                result = self._evaluate(cached, identity, pinned, chains)
                 if result.matches:
                     return result
         raise RegistryUnavailable(f"{self._description} is unreachable")
