@@ -22,7 +22,11 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
 
+from gateway.errors import GatewayError
 from gateway.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway")
@@ -64,6 +68,52 @@ class ConnectionLimit:
 
     def release(self) -> None:
         self.open -= 1
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering malformed requests in JSON.
+
+    The parser refuses bad framing, oversized heads and garbage before any
+    handler runs, and aiohttp answers those in text/plain; callers of this
+    gateway get every error in one shape: ``{"error", "error_description"}``.
+    """
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # a response is under way: aiohttp cuts it
+            return super().handle_error(request, status, exc, message)
+        if status >= 500:
+            error, description = "server_error", "internal error"
+        else:
+            error = "invalid_request"
+            detail = _printable(getattr(exc, "message", None) or message or "")
+            description = f"malformed request: {detail}" if detail else "malformed request"
+        response = GatewayError(status, error, description).response()
+        response.force_close()
+        return response
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    cleaned = "".join(ch if " " <= ch <= "~" else " " for ch in str(text))
+    return " ".join(cleaned.split())[:limit]
+
+
+def make_request_handler(server: Server) -> RequestHandler:
+    """What ``server()`` builds, with JSON error answers.
+
+    aiohttp builds its handler inside ``Server.__call__`` with the keyword
+    arguments it was configured with; reuse them (fall back to the stock
+    handler if a future aiohttp stores them elsewhere).
+    """
+    kwargs = getattr(server, "_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return server()
+    return JsonErrorRequestHandler(server, loop=asyncio.get_running_loop(), **kwargs)
 
 
 class HeaderDeadlineProtocol(asyncio.Protocol):
@@ -202,7 +252,7 @@ class DeadlineSite(web.TCPSite):
         gate = self.connection_limit
 
         def factory() -> asyncio.Protocol:
-            return HeaderDeadlineProtocol(server(), timeout, gate=gate)
+            return HeaderDeadlineProtocol(make_request_handler(server), timeout, gate=gate)
 
         self._server = await loop.create_server(
             factory,

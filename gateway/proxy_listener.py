@@ -36,7 +36,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from gateway.config import ProxyProtocolConfig
-from gateway.deadlines import DeadlineSite, HeaderDeadlineProtocol
+from gateway.deadlines import DeadlineSite, HeaderDeadlineProtocol, make_request_handler
 from gateway.proxy_protocol import (
     V1_MAX_LENGTH,
     V2_HEADER_LENGTH,
@@ -378,9 +378,9 @@ class ProxyProtocolSite(DeadlineSite):
 
         def factory(info: ProxyInfo | None) -> asyncio.Protocol:
             protocol = (
-                HeaderDeadlineProtocol(server(), timeout)
+                HeaderDeadlineProtocol(make_request_handler(server), timeout)
                 if info is None
-                else ProxiedDeadlineProtocol(server(), timeout, info)
+                else ProxiedDeadlineProtocol(make_request_handler(server), timeout, info)
             )
             protocol.gate = self.connection_limit  # limits.max_connections
             return protocol

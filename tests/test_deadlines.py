@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from tests.conftest import GatewayUnderTest, MakeGateway, name_secret, registry_client
@@ -83,3 +84,24 @@ async def test_keep_alive_survives_slow_think_time(
         await reader.readexactly(length)
         await asyncio.sleep(1.0)  # longer than the header deadline
     writer.close()
+
+
+async def test_malformed_requests_get_a_json_error(
+    make_gateway: MakeGateway, client_cert: Issued
+) -> None:
+    """The parser's refusals answer in the gateway's one error shape, then close."""
+    gw = await _gateway(make_gateway)
+    for raw in (
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ):
+        reader, writer = await _open(gw, client_cert)
+        writer.write(raw)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout=5)
+        writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.split(b" ", 2)[1] == b"400", head
+        assert b"application/json" in head
+        assert json.loads(body)["error"] == "invalid_request"
