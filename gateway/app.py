@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, GatewayConfig, ListenerConfig
+from gateway.deadlines import ConnectionLimit
 from gateway.framing import refuse_unsafe_framing
 from gateway.headers import managed_header_keys
 from gateway.metrics import Metrics, create_metrics
@@ -49,6 +50,7 @@ class ListenerContext:
     tls: ListenerTls
     authenticator: Authenticator
     public_url: str = ""  # resolved once bound
+    connections: ConnectionLimit | None = None  # the bound site's counters, for /metrics
 
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")

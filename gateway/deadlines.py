@@ -46,12 +46,13 @@ _OVER_CAPACITY = (
 class ConnectionLimit:
     """Open connections of one listener, against ``limits.max_connections``."""
 
-    __slots__ = ("_warn", "limit", "open", "refused")
+    __slots__ = ("_warn", "admitted", "limit", "open", "refused")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
         self.refused = 0
+        self.admitted = 0  # completed handshakes let in, for /metrics
         self._warn = ThrottledWarning(log)
 
     def admit(self) -> bool:
@@ -64,6 +65,7 @@ class ConnectionLimit:
             )
             return False
         self.open += 1
+        self.admitted += 1
         return True
 
     def release(self) -> None:

@@ -104,6 +104,7 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
             )
             await _start_site(site, f"{config.source}:listeners[{listener.index}].bind", bind)
             host, port = _bound(site)
+            listener.connections = getattr(site, "connection_limit", None)
             running.listener_addresses.append((host, port))
             if not listener.public_url:
                 listener.public_url = f"https://{_url_host(bind.host)}:{port}"

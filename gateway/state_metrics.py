@@ -59,6 +59,33 @@ class GatewayStateCollector(Collector):
                 reloads.add_metric([name, "failed"], float(getattr(part, "reload_failures", 0)))
         yield reloads
 
+        handshakes = CounterMetricFamily(
+            "mtls_gateway_tls_handshakes",
+            "TLS handshakes started (ClientHello seen) and completed (connection admitted). "
+            "started - completed: failed or in progress; Python's ssl module does not "
+            "expose why a handshake failed.",
+            labels=["listener", "outcome"],
+        )
+        open_connections = GaugeMetricFamily(
+            "mtls_gateway_connections_open", "Open client connections.", labels=["listener"]
+        )
+        refused = CounterMetricFamily(
+            "mtls_gateway_connections_refused",
+            "Connections closed at once because limits.max_connections was reached.",
+            labels=["listener"],
+        )
+        for listener in gateway.listeners:
+            label = str(listener.index)
+            handshakes.add_metric([label, "started"], float(listener.tls.handshakes_started))
+            limit = listener.connections
+            if limit is not None:
+                handshakes.add_metric([label, "completed"], float(limit.admitted + limit.refused))
+                open_connections.add_metric([label], float(limit.open))
+                refused.add_metric([label], float(limit.refused))
+        yield handshakes
+        yield open_connections
+        yield refused
+
         expiry = GaugeMetricFamily(
             "mtls_gateway_certificate_expiry_timestamp_seconds",
             "notAfter of the server certificate and of each client CA, as a Unix time.",

@@ -309,6 +309,7 @@ class ListenerTls:
         self._changes = ChangeDetector(self.watched_files())
         self.reload_failures = 0
         self.reloads_ok = 0
+        self.handshakes_started = 0
         self.listening_context = _base_context(tls)
         self.listening_context.load_cert_chain(tls.cert, tls.key)
         self.listening_context.sni_callback = self._select_context
@@ -334,6 +335,7 @@ class ListenerTls:
     def _select_context(
         self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> None:
+        self.handshakes_started += 1  # /metrics: started - completed = failed or in progress
         ssl_object.context = self._material.context
 
     def reload(self) -> bool:

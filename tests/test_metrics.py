@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,7 +35,11 @@ def value(found: list[tuple[str, dict[str, str], float]], name: str, **labels: s
 
 
 async def test_metrics_after_traffic(
-    make_gateway: MakeGateway, client_cert: Issued, pki: Pki, caplog: pytest.LogCaptureFixture
+    make_gateway: MakeGateway,
+    client_cert: Issued,
+    pki: Pki,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     stranger = pki.client("stranger")
     gw = await make_gateway(clients=[registry_client("mtls.client", name_secret(CLIENT_DN))])
@@ -64,6 +70,12 @@ async def test_metrics_after_traffic(
         assert r.status == 401
     async with gw.session(stranger) as session, session.get(gw.url + "/hello") as r:
         assert r.status == 403
+
+    # A handshake refused by the TLS layer (unknown CA) is started, never completed.
+    rogue = Pki(tmp_path / "rogue", ca_name="Rogue CA").client("client")
+    with contextlib.suppress(aiohttp.ClientError, OSError):
+        async with gw.session(rogue) as session, session.get(gw.url + "/hello") as r:
+            pass
 
     # A registry reload is counted too.
     data: dict[str, Any] = yaml.safe_load(gw.registry_path.read_text())
@@ -107,6 +119,10 @@ async def test_metrics_after_traffic(
     assert server_expiry == pytest.approx(pki.server.cert.not_valid_after_utc.timestamp())
     assert value(found, "mtls_gateway_certificate_expiry_timestamp_seconds", kind="client_ca") > 0
     assert value(found, "mtls_gateway_requests_in_flight") == 0
+    started = value(found, "mtls_gateway_tls_handshakes_total", listener="0", outcome="started")
+    completed = value(found, "mtls_gateway_tls_handshakes_total", listener="0", outcome="completed")
+    assert completed >= 3 and started >= completed + 1
+    assert value(found, "mtls_gateway_connections_refused_total", listener="0") == 0
 
     # One access-log line per request, with identity but never the token.
     gw.gateway.access_log.flush()
