@@ -229,6 +229,8 @@ class Proxy:
         info: RequestFacts,
     ) -> web.StreamResponse:
         origin = self._origins[policy.upstream]
+        if origin.authorization is not None:
+            headers["Authorization"] = origin.authorization
         method = request.method
         has_body = request.body_exists
         head = _request_head(method, origin.base_path + target, headers, has_body)

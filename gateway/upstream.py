@@ -26,10 +26,12 @@ WebSocket upgrades keep using aiohttp's client (proxy.py).
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from collections import deque
 from dataclasses import dataclass
 from typing import cast
+from urllib.parse import unquote
 
 import httptools
 
@@ -84,6 +86,8 @@ class Origin:
     host: str
     port: int
     base_path: str  # the URL's path ("" or "/base"), prefixed to every target
+    # Basic credentials from the URL's userinfo, as aiohttp's client sent them.
+    authorization: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -93,14 +97,19 @@ class Origin:
 def parse_origin(url: str) -> Origin:
     scheme, _, rest = url.partition("://")
     authority, slash, path = rest.partition("/")
-    hostport = authority.rpartition("@")[2]
+    userinfo, at, hostport = authority.rpartition("@")
+    authorization = None
+    if at:
+        user, _, password = userinfo.partition(":")
+        credentials = f"{unquote(user)}:{unquote(password)}".encode("latin-1")
+        authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
     if hostport.startswith("["):
         host, _, tail = hostport[1:].partition("]")
         port_text = tail[1:] if tail.startswith(":") else ""
     else:
         host, _, port_text = hostport.partition(":")
     port = int(port_text) if port_text else (443 if scheme == "https" else 80)
-    return Origin(scheme, host, port, (slash + path).rstrip("/") if path else "")
+    return Origin(scheme, host, port, (slash + path).rstrip("/") if path else "", authorization)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -337,9 +346,11 @@ class UpstreamConnection(asyncio.Protocol):
         return self._phase == _DONE and self._error is None
 
     def take_body(self) -> bytes:
-        """All buffered body bytes at once (for a complete response)."""
+        """All body bytes buffered so far, at once (b"" if none)."""
         chunks = self._chunks
         self._buffered = 0
+        if self._paused_reading:
+            self._resume_reading()
         if not chunks:
             return b""
         if len(chunks) == 1:
@@ -364,11 +375,14 @@ class UpstreamConnection(asyncio.Protocol):
         chunk = chunks.popleft()
         self._buffered -= len(chunk)
         if self._paused_reading and self._buffered <= LOW_WATER:
-            self._paused_reading = False
-            self._deadline = self._loop.time() + self._timeout
-            if self.transport is not None:
-                self.transport.resume_reading()
+            self._resume_reading()
         return chunk
+
+    def _resume_reading(self) -> None:
+        self._paused_reading = False
+        self._deadline = self._loop.time() + self._timeout
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():

@@ -1,0 +1,291 @@
+"""The proxy's own upstream client (gateway/upstream.py) through a real gateway.
+
+test_proxy.py covers what callers see with an aiohttp upstream; these tests
+use hand-written upstreams for the framings and connection rules an aiohttp
+server never produces: close-delimited bodies, interim 1xx answers, bodiless
+statuses, connection reuse, and a verified HTTPS upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.conftest import MakeGateway
+from tests.pki import Issued, Pki
+from tests.test_proxy import MTLS_CLIENT, RawConnection, get, route
+
+Answer = Callable[[bytes], bytes]
+
+
+@dataclass
+class ScriptedUpstream:
+    """Answers each request head with bytes from ``answer``; counts connections."""
+
+    answer: Answer
+    connections: int = 0
+    heads: list[bytes] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                reply = self.answer(head)
+                writer.write(reply)
+                await writer.drain()
+                if b"Connection: close" in reply or b"HTTP/1.0" in reply[:9]:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+StartScripted = Callable[[Answer], Awaitable[ScriptedUpstream]]
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[StartScripted]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answer: Answer) -> ScriptedUpstream:
+        upstream = ScriptedUpstream(answer)
+        server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+        servers.append(server)
+        upstream.port = server.sockets[0].getsockname()[1]
+        return upstream
+
+    yield start
+    for server in servers:
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+
+
+async def test_keep_alive_upstream_connection_is_reused(
+    make_gateway: MakeGateway, client_cert: Issued, scripted: StartScripted
+) -> None:
+    upstream = await scripted(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    gw = await make_gateway(clients=[MTLS_CLIENT], routes=[route("/", upstream.url)])
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        for i in range(5):
+            response = await conn.request(get(f"/r{i}"))
+            assert (response.status, response.body) == (200, b"ok")
+    finally:
+        await conn.close()
+    assert upstream.connections == 1
+    # One request head per request, nothing the caller did not ask for.
+    assert [h.split(b" ")[1] for h in upstream.heads] == [f"/r{i}".encode() for i in range(5)]
+    assert all(b"Accept: */*\r\n" in h and b"Expect" not in h for h in upstream.heads)
+
+
+async def test_connection_close_from_upstream_is_not_reused(
+    make_gateway: MakeGateway, client_cert: Issued, scripted: StartScripted
+) -> None:
+    upstream = await scripted(
+        lambda _: b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    )
+    gw = await make_gateway(clients=[MTLS_CLIENT], routes=[route("/", upstream.url)])
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        for _ in range(3):
+            response = await conn.request(get("/c"))
+            assert (response.status, response.body) == (200, b"ok")
+            # The caller's connection is the caller's: it stays open.
+            assert response.headers.get("Connection", "").lower() != "close"
+    finally:
+        await conn.close()
+    assert upstream.connections == 3
+
+
+async def test_close_delimited_body_is_relayed_whole(
+    make_gateway: MakeGateway, client_cert: Issued, scripted: StartScripted
+) -> None:
+    body = bytes(range(256)) * 1000
+    upstream = await scripted(lambda _: b"HTTP/1.0 200 OK\r\nX-Kind: eof\r\n\r\n" + body)
+    gw = await make_gateway(clients=[MTLS_CLIENT], routes=[route("/", upstream.url)])
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        first = await conn.request(get("/eof"))
+        assert first.status == 200
+        assert first.headers["X-Kind"] == "eof"
+        assert first.body == body  # chunked downstream (HTTP/1.1), complete
+        second = await conn.request(get("/eof"))
+        assert second.body == body
+    finally:
+        await conn.close()
+    assert upstream.connections == 2
+
+
+async def test_interim_1xx_answers_are_skipped(
+    make_gateway: MakeGateway, client_cert: Issued, scripted: StartScripted
+) -> None:
+    upstream = await scripted(
+        lambda _: (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+            b"HTTP/1.1 201 Made It\r\nContent-Length: 4\r\nX-Final: yes\r\n\r\ndone"
+        )
+    )
+    gw = await make_gateway(clients=[MTLS_CLIENT], routes=[route("/", upstream.url)])
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        await conn.send(get("/hints"))
+        async with asyncio.timeout(5):
+            status_line = await conn.reader.readuntil(b"\r\n")
+        assert status_line == b"HTTP/1.1 201 Made It\r\n"  # the upstream's own reason
+        rest = await conn.reader.readuntil(b"\r\n\r\n")
+        assert b"X-Final: yes" in rest and b"Link" not in rest
+        assert await conn.reader.readexactly(4) == b"done"
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_bodiless_statuses_keep_both_connections_in_step(
+    make_gateway: MakeGateway,
+    client_cert: Issued,
+    scripted: StartScripted,
+    status: int,
+) -> None:
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"GET /empty "):
+            return f'HTTP/1.1 {status} Nothing\r\nETag: "x"\r\n\r\n'.encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter"
+
+    upstream = await scripted(answer)
+    gw = await make_gateway(clients=[MTLS_CLIENT], routes=[route("/", upstream.url)])
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        await conn.send(get("/empty"))
+        async with asyncio.timeout(5):
+            head = await conn.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status}".encode())
+        assert b"Transfer-Encoding" not in head
+        after = await conn.request(get("/next"))
+        assert (after.status, after.body) == (200, b"after")
+    finally:
+        await conn.close()
+    assert upstream.connections == 1
+
+
+async def test_head_with_length_reuses_the_upstream_connection(
+    make_gateway: MakeGateway, client_cert: Issued, scripted: StartScripted
+) -> None:
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"HEAD "):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget"
+
+    upstream = await scripted(answer)
+    gw = await make_gateway(clients=[MTLS_CLIENT], routes=[route("/", upstream.url)])
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        await conn.send("HEAD /h HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        async with asyncio.timeout(5):
+            head = await conn.reader.readuntil(b"\r\n\r\n")
+        assert b"Content-Length: 1000" in head
+        again = await conn.request(get("/g"))
+        assert (again.status, again.body) == (200, b"get")
+    finally:
+        await conn.close()
+    assert upstream.connections == 1
+
+
+async def test_oversized_upstream_header_is_502(
+    make_gateway: MakeGateway, client_cert: Issued, scripted: StartScripted
+) -> None:
+    upstream = await scripted(
+        lambda _: b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 10_000 + b"\r\nContent-Length: 0\r\n\r\n"
+    )
+    gw = await make_gateway(clients=[MTLS_CLIENT], routes=[route("/", upstream.url)])
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        response = await conn.request(get("/big"))
+    finally:
+        await conn.close()
+    assert response.status == 502
+    assert response.json()["error"] == "bad_gateway"
+
+
+@pytest.fixture
+async def tls_upstream(pki: Pki) -> AsyncIterator[int]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server.cert_path, pki.server.key_path)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntls")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+async def test_https_upstream_is_verified(
+    make_gateway: MakeGateway,
+    client_cert: Issued,
+    pki: Pki,
+    tls_upstream: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not in the system trust store: refused as unreachable, never relayed.
+    untrusted = await make_gateway(
+        clients=[MTLS_CLIENT], routes=[route("/", f"https://localhost:{tls_upstream}")]
+    )
+    conn = await RawConnection.open(untrusted, client_cert)
+    try:
+        refused = await conn.request(get("/"))
+    finally:
+        await conn.close()
+    assert refused.status == 502
+    assert refused.json()["error_description"] == "the upstream is unreachable"
+    # OpenSSL's default verify paths honour SSL_CERT_FILE: trust the test CA.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.cert_path))
+    trusted = await make_gateway(
+        clients=[MTLS_CLIENT], routes=[route("/", f"https://localhost:{tls_upstream}")]
+    )
+    conn = await RawConnection.open(trusted, client_cert)
+    try:
+        for _ in range(2):
+            ok = await conn.request(get("/"))
+            assert (ok.status, ok.body) == (200, b"tls")
+    finally:
+        await conn.close()
+
+
+async def test_a_burst_larger_than_the_read_buffer_is_relayed_whole(
+    make_gateway: MakeGateway, client_cert: Issued, scripted: StartScripted
+) -> None:
+    # Head and 4 MiB in one write: upstream reading pauses before the handler
+    # first looks, and must resume once the buffer is handed downstream.
+    body = bytes(range(256)) * (4 * 4096)
+    upstream = await scripted(
+        lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    gw = await make_gateway(clients=[MTLS_CLIENT], routes=[route("/", upstream.url)])
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        for _ in range(2):
+            response = await conn.request(get("/burst"))
+            assert response.status == 200
+            assert response.body == body
+    finally:
+        await conn.close()
+    assert upstream.connections == 1
