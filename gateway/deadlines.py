@@ -150,8 +150,10 @@ class HeaderDeadlineProtocol(asyncio.Protocol):
         if self.gate is not None:
             if not self.gate.admit():
                 # aiohttp never sees this connection: no handler, no parser.
-                if isinstance(transport, asyncio.WriteTransport):
-                    transport.write(_OVER_CAPACITY)
+                # Duck-typed: uvloop's TLS transport is not an asyncio.WriteTransport.
+                write = getattr(transport, "write", None)
+                if write is not None:
+                    write(_OVER_CAPACITY)
                 transport.close()
                 return
             self._admitted = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -220,3 +221,17 @@ def echoed_headers(body: dict[str, Any]) -> dict[str, list[str]]:
     for key, value in body["headers"]:
         result.setdefault(key.lower(), []).append(value)
     return result
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run the tests on uvloop, the loop `mtls-gateway serve` runs on.
+
+    uvloop differs from asyncio where it matters here (its TLS transports are
+    not asyncio.Transport subclasses, its SSL shutdown differs): a bug that
+    only shows on uvloop is a production bug.
+    """
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}

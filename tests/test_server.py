@@ -124,3 +124,8 @@ async def test_drain_delay_fails_readiness_while_still_serving(
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def test_the_suite_runs_on_uvloop_like_serve() -> None:
+    """tests/conftest.py picks uvloop: uvloop-only bugs must show up here."""
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
