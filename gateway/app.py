@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, GatewayConfig, ListenerConfig
+from gateway.config_reload import ConfigReloader
 from gateway.deadlines import ConnectionLimit
 from gateway.framing import refuse_unsafe_framing
 from gateway.headers import managed_header_keys
@@ -74,6 +75,8 @@ class Gateway:
     # Plain-HTTP listeners for the local app's outgoing calls (gateway/outbound/);
     # server.py binds them, close() releases their pools.
     outbound: list[OutboundListener] = field(default_factory=list)
+    proxies: list[Proxy] = field(default_factory=list)
+    config_reloader: ConfigReloader | None = None
     shutting_down: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -112,6 +115,8 @@ class Gateway:
 
     async def _watch_files(self) -> None:
         checks: list[Callable[[], bool]] = [ls.tls.reload_if_changed for ls in self.listeners]
+        if self.config_reloader is not None:
+            checks.append(self.config_reloader.reload_if_changed)
         while True:
             await asyncio.sleep(RELOAD_POLL_SECONDS)
             for reload_if_changed in (*checks, *self.reloaders):
@@ -124,7 +129,8 @@ class Gateway:
 
     async def reload(self) -> bool:
         """SIGHUP: re-read every file now; each part keeps its state if it fails."""
-        ok = all([listener.tls.reload() for listener in self.listeners])
+        ok = self.config_reloader.reload() if self.config_reloader is not None else True
+        ok = all([listener.tls.reload() for listener in self.listeners]) and ok
         ok = await self.registry.reload() and ok
         for reload_now in self.reloaders:
             ok = reload_now() and ok
@@ -166,6 +172,7 @@ class Gateway:
             token_checker=self.token_checker,
             metrics=self.metrics,
         )
+        self.proxies.append(proxy)
         app.router.add_route("*", "/{tail:.*}", proxy.handle)
         return app
 
@@ -213,5 +220,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         metrics=metrics,
         access_log=access_log,
     )
+    gateway.config_reloader = ConfigReloader(gateway)
+    gateway.reload_parts.append(("config", gateway.config_reloader))
     metrics.add_state(GatewayStateCollector(gateway))
     return gateway

@@ -154,6 +154,12 @@ class Proxy:
         self._managed = managed_headers
         self._tokens = token_checker or TokenChecker()
 
+    def reconfigure(self, routes: Sequence[RouteConfig]) -> None:
+        """Swap the route table (config reload); no await, so no request sees half of it."""
+        self._table = RouteTable(routes)
+        self._origins = {r.upstream: parse_origin(r.upstream) for r in routes}
+        self._paths = {}
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._handle(request)

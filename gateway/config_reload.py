@@ -1,0 +1,71 @@
+"""Re-reading gateway.yaml itself, on SIGHUP and when the file changes.
+
+Routes change live: each listener's proxy swaps its route table between two
+requests.  Every file the config names (certificates, keys, CRLs, registry)
+already reloads on its own.  Other keys (listeners, admin, registry kind,
+tokens, headers, limits, logging, outbound) shape sockets and objects built
+at start: a change to them is logged as needing a restart, never half
+applied.  A config that fails validation keeps everything as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+from gateway.config import ConfigError, load_config
+from gateway.watch import ChangeDetector
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("gateway.config")
+
+RESTART_KEYS = (
+    "issuer",
+    "listeners",
+    "admin",
+    "registry",
+    "tokens",
+    "headers",
+    "limits",
+    "logging",
+    "outbound",
+)
+
+
+class ConfigReloader:
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._changes = ChangeDetector([gateway.config.source])
+        self.reloads_ok = 0
+        self.reload_failures = 0
+
+    def reload_if_changed(self) -> bool:
+        return self._changes.changed() and self.reload()
+
+    def reload(self) -> bool:
+        running = self._gateway.config
+        try:
+            loaded = load_config(running.source)
+        except ConfigError as exc:
+            self.reload_failures += 1
+            log.error(
+                "config reload failed, keeping the running config: %s", "; ".join(exc.problems)
+            )
+            return False
+        if loaded.routes != running.routes:
+            for proxy in self._gateway.proxies:
+                proxy.reconfigure(loaded.routes)
+            log.info("routes reloaded: %d routes", len(loaded.routes))
+        needs_restart = [
+            key for key in RESTART_KEYS if getattr(loaded, key) != getattr(running, key)
+        ]
+        if needs_restart:
+            log.warning(
+                "config changes to %s take effect after a restart", ", ".join(needs_restart)
+            )
+        self._gateway.config = dataclasses.replace(running, routes=loaded.routes)
+        self.reloads_ok += 1
+        return True
