@@ -13,13 +13,16 @@ import base64
 import binascii
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from aiohttp import web
 
 from gateway.auth import Authenticator, ConnectionAuth
+from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
-from gateway.oauth.errors import InvalidClientError, InvalidRequestError
+from gateway.oauth.errors import InvalidClientError, InvalidRequestError, MethodNotAllowedError
+from gateway.oauth.forms import read_form
 from gateway.registry.matching import ClientMatch
 
 log = logging.getLogger("gateway.oauth")
@@ -138,3 +141,33 @@ def _refuse(request: web.Request, auth: ConnectionAuth, client_id: str | None, r
             "path": request.path,
         },
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedForm:
+    form: Mapping[str, str]
+    auth: ConnectionAuth
+    match: ClientMatch
+
+
+async def authenticated_form(
+    request: web.Request,
+    authenticator: Authenticator,
+    limits: LimitsConfig,
+    *,
+    client_id_required: bool,
+) -> AuthenticatedForm:
+    """The common start of the token and introspection endpoints (RFC 8705 §2):
+    POST only, a bounded form, no other credential, and the client this
+    certificate authenticates."""
+    if request.method != "POST":
+        raise MethodNotAllowedError(["POST"])
+    form = await read_form(
+        request,
+        max_bytes=limits.max_token_request_bytes,
+        read_within=limits.header_read_timeout,
+    )
+    client_id = client_id_of(request, form)
+    auth = await connection_auth(request, authenticator)
+    match = authenticated_client(request, auth, client_id, client_id_required=client_id_required)
+    return AuthenticatedForm(form, auth, match)

@@ -19,13 +19,8 @@ from aiohttp import web
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.errors import NO_STORE, registry_unavailable
-from gateway.oauth.client_auth import (
-    authenticated_client,
-    client_id_of,
-    connection_auth,
-)
-from gateway.oauth.errors import InvalidRequestError, MethodNotAllowedError
-from gateway.oauth.forms import read_form
+from gateway.oauth.client_auth import authenticated_form
+from gateway.oauth.errors import InvalidRequestError
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.tokens import InvalidToken, verify_access_token
 from gateway.registry.base import Registry, RegistryUnavailable
@@ -56,17 +51,11 @@ class IntrospectionEndpoint:
     registry: Registry
 
     async def handle(self, request: web.Request) -> web.Response:
-        if request.method != "POST":
-            raise MethodNotAllowedError(["POST"])
-        limits = self.config.limits
-        form = await read_form(
-            request,
-            max_bytes=limits.max_token_request_bytes,
-            read_within=limits.header_read_timeout,
-        )
-        client_id = client_id_of(request, form)
-        auth = await connection_auth(request, self.authenticator)
-        authenticated_client(request, auth, client_id, client_id_required=False)
+        form = (
+            await authenticated_form(
+                request, self.authenticator, self.config.limits, client_id_required=False
+            )
+        ).form
         token = form.get("token")
         if token is None:
             raise InvalidRequestError("token is required")

@@ -18,20 +18,14 @@ from aiohttp import web
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.errors import NO_STORE
-from gateway.oauth.client_auth import (
-    authenticated_client,
-    client_id_of,
-    connection_auth,
-)
+from gateway.oauth.client_auth import authenticated_form
 from gateway.oauth.errors import (
     InvalidRequestError,
     InvalidScopeError,
-    MethodNotAllowedError,
     ServerError,
     UnauthorizedClientError,
     UnsupportedGrantTypeError,
 )
-from gateway.oauth.forms import read_form
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.tokens import mint_access_token
 from gateway.observability import facts
@@ -71,17 +65,10 @@ class TokenEndpoint:
     authenticator: Authenticator
 
     async def handle(self, request: web.Request) -> web.Response:
-        if request.method != "POST":
-            raise MethodNotAllowedError(["POST"])
-        limits = self.config.limits
-        form = await read_form(
-            request,
-            max_bytes=limits.max_token_request_bytes,
-            read_within=limits.header_read_timeout,
+        authenticated = await authenticated_form(
+            request, self.authenticator, self.config.limits, client_id_required=True
         )
-        client_id = client_id_of(request, form)
-        auth = await connection_auth(request, self.authenticator)
-        match = authenticated_client(request, auth, client_id, client_id_required=True)
+        form, auth, match = authenticated.form, authenticated.auth, authenticated.match
         assert auth.identity is not None  # authenticated_client refuses anonymous callers
         client = match.client
 
