@@ -17,6 +17,7 @@ from gateway.admin import create_admin_app
 from gateway.app import Gateway
 from gateway.config import BindAddress, ConfigError
 from gateway.deadlines import DeadlineSite
+from gateway.observability import create_observer
 from gateway.proxy_listener import ProxyProtocolSite
 
 log = logging.getLogger("gateway")
@@ -112,7 +113,16 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
             # Plain HTTP on loopback (config refuses other addresses unless
             # allowed): the local app's way out, mTLS from here on.
             runner = web.AppRunner(
-                outbound.app(),
+                # Outbound calls are counted and logged like inbound ones.
+                outbound.app(
+                    [
+                        create_observer(
+                            gateway.metrics,
+                            f"outbound[{outbound.index}]",
+                            access_log=gateway.access_log,
+                        )
+                    ]
+                ),
                 **handler_args,
                 keepalive_timeout=config.limits.keepalive_timeout,
                 access_log=None,

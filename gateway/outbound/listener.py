@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.config import ConfigError, GatewayConfig, OutboundConfig, OutboundTokenConfig
 from gateway.outbound.client_tls import ClientTls, Trust
@@ -71,8 +73,8 @@ class OutboundListener:
             timeout=config.timeout,
         )
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def app(self, middlewares: Sequence[Middleware] = ()) -> web.Application:
+        app = web.Application(middlewares=list(middlewares))
         app.router.add_route("*", "/{tail:.*}", self.forwarder.handle)
         return app
 

@@ -128,6 +128,18 @@ async def test_app_reaches_a_token_route_through_the_outbound_listener(
     (source,) = caller.gateway.outbound[0].token_sources.values()
     assert source.requests_made == 1, "one token for both requests"
 
+    # The outbound calls are counted like inbound ones.
+    async with aiohttp.ClientSession() as admin, admin.get(caller.admin_url + "/metrics") as r:
+        text = await r.text()
+    counted = [
+        line
+        for line in text.splitlines()
+        if line.startswith("mtls_gateway_requests_total{")
+        and 'listener="outbound[0]"' in line
+        and 'status="200"' in line
+    ]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) == 2
+
 
 async def test_an_unregistered_workload_gets_502_naming_the_token_error(
     make_gateway: MakeGateway, pki: Pki, echo_upstream: Upstream
