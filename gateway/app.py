@@ -143,8 +143,7 @@ class Gateway:
         listener = self.listeners[index]
         assert self.session is not None and self.upstreams is not None, "start() the gateway first"
         # One middleware for the request metrics, the access log and the header
-        # deadline's request boundaries (deadlines.request_boundaries was a
-        # layer of its own): a coroutine frame less per request.
+        # deadline's request boundaries: a coroutine frame less per request.
         observe = create_observer(
             self.metrics, str(index), access_log=self.access_log, request_boundaries=True
         )

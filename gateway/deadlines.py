@@ -215,21 +215,6 @@ class HeaderDeadlineProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-@web.middleware
-async def request_boundaries(request: web.Request, handler: Any) -> web.StreamResponse:
-    transport = request.transport
-    watchdog = transport.get_protocol() if transport is not None else None
-    if isinstance(watchdog, HeaderDeadlineProtocol):
-        watchdog.request_started()
-        try:
-            response: web.StreamResponse = await handler(request)
-            return response
-        finally:
-            watchdog.request_finished()
-    result: web.StreamResponse = await handler(request)
-    return result
-
-
 class DeadlineSite(web.TCPSite):
     """A TCPSite whose connections carry a header-read deadline."""
 
