@@ -34,7 +34,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio.client import PubSub
@@ -475,11 +475,10 @@ class RedisRegistry:
                 self._lost(f"{type(exc).__name__}: {exc}")
             finally:
                 if pubsub is not None:
+                    # A typed alias: PubSub.aclose is annotated only from redis-py 8.2 on.
+                    close_pubsub: Callable[[], Awaitable[None]] = pubsub.aclose
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(
-                            pubsub.aclose(),  # type: ignore[no-untyped-call]
-                            self._config.connect_timeout,
-                        )
+                        await asyncio.wait_for(close_pubsub(), self._config.connect_timeout)
             if self._closing:
                 return
             if self._seen is not None and self._synced_at > time.monotonic() - BACKOFF_MAX:
