@@ -22,6 +22,7 @@ from gateway.config_reload import ConfigReloader
 from gateway.deadlines import ConnectionLimit
 from gateway.framing import refuse_unsafe_framing
 from gateway.headers import managed_header_keys
+from gateway.listener.proxy_header import ProxyRefusals
 from gateway.metrics import Metrics, create_metrics
 from gateway.observability import AccessLog, create_observer
 from gateway.proxy import Proxy, TokenChecker
@@ -51,7 +52,8 @@ class ListenerContext:
     tls: ListenerTls
     authenticator: Authenticator
     public_url: str = ""  # resolved once bound
-    connections: ConnectionLimit | None = None  # the bound site's counters, for /metrics
+    connections: ConnectionLimit | None = None  # the bound listener's counters, for /metrics
+    proxy_refusals: ProxyRefusals | None = None  # connections refused before TLS (PROXY protocol)
 
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
@@ -195,6 +197,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         raise ConfigError(problems)
     assert registry is not None
     metrics = create_metrics()
+    for tls in tls_list:
+        tls.handshakes.count_failures_in(metrics.tls_handshake_failures)
     for i, (listener, tls) in enumerate(zip(config.listeners, tls_list, strict=True)):
         listeners.append(
             ListenerContext(

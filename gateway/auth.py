@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import ssl
 import time
 import weakref
 from collections import OrderedDict
@@ -39,8 +38,10 @@ from gateway.errors import (
 from gateway.forwarded import HEADERS, ForwardedCertError, header_values, parse_forwarded
 from gateway.headers import identity_headers
 from gateway.identity import CertificateError, CertificateIdentity, cached_identity_from_der
+from gateway.listener.proxy_header import TrustedSources
+from gateway.listener.session import TlsSession
+from gateway.listener.verdict import VerifyFailure
 from gateway.metrics import Metrics
-from gateway.proxy_listener import TrustedSources
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
 from gateway.registry.model import Client
@@ -73,7 +74,9 @@ class ConnectionAuth:
             raise client_certificate_required()
         client = self.result.client
         if client is None:
-            raise access_denied()
+            raise access_denied(
+                f"certificate refused: {self.result.reason}", self.identity.thumbprint
+            )
         return client
 
 
@@ -160,7 +163,7 @@ class Authenticator:
     async def authenticate(self, request: web.Request) -> ConnectionAuth:
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        if ssl_object is None:  # connection already closing
+        if not isinstance(ssl_object, TlsSession):  # connection already closing
             raise client_certificate_required()
         if self._forwarded is not None:
             proxied = self._proxy_connections.get(ssl_object)
@@ -187,10 +190,10 @@ class Authenticator:
         self._cache[ssl_object] = auth
         return auth
 
-    async def _resolve(self, request: web.Request, ssl_object: ssl.SSLObject) -> ConnectionAuth:
+    async def _resolve(self, request: web.Request, session: TlsSession) -> ConnectionAuth:
         registry_generation = self._registry.generation
         trust = self._tls.trust
-        der = ssl_object.getpeercert(binary_form=True)
+        der = session.peer_der
         if not der:
             return ConnectionAuth(None, _NO_MATCH, (), registry_generation, trust.generation)
         try:
@@ -198,22 +201,24 @@ class Authenticator:
         except CertificateError as exc:
             self._refuse(request, None, str(exc), "unparseable")
             raise access_denied("the client certificate could not be parsed") from None
-        if identity.is_ca:
-            # A CA certificate presented as a client identity: never a client (RFC 5280 §4.2.1.9).
-            self._refuse(request, identity, "certificate can issue certificates", "ca_certificate")
-            raise access_denied()
-        if ssl_object.session_reused and not trust.accepts(identity):
-            # Resumed sessions skip the current trust store (TLS-NOTES).
-            self._refuse(
-                request,
-                identity,
-                "resumed session no longer trusted by current trust material",
-                "resumed_untrusted",
-            )
-            raise access_denied()
-        pinned = trust.is_pinned(identity)
-        chains = trust.chain_facts(der, handshake_verified=True)
-        return await self._match(request, identity, trust, registry_generation, pinned, chains)
+        failure = session.failure
+        # OpenSSL does not verify a resumed session: re-check it against the
+        # trust material in force now, which may have dropped its CA.
+        verified = trust.accepts(identity) if session.resumed else session.chain_verified
+        # A certificate OpenSSL did not verify, or one that can issue
+        # certificates (RFC 5280 §4.2.1.9: never a PKI client), can only be the
+        # exact certificate a thumbprint secret names.
+        exact_only = not verified or identity.is_ca
+        chains = trust.chain_facts(der, handshake_verified=verified)
+        return await self._match(
+            request,
+            identity,
+            trust,
+            registry_generation,
+            exact_only,
+            chains,
+            unverified=_unverified_reason(identity, failure, verified),
+        )
 
     async def _match(
         self,
@@ -223,14 +228,18 @@ class Authenticator:
         registry_generation: int,
         pinned: bool,
         chains: CertificateTrust,
+        unverified: tuple[str, str] | None = None,
     ) -> ConnectionAuth:
-        if not identity.valid_at(dt.datetime.now(dt.UTC)):
-            # Checked at the handshake; seen here when a connection outlives it.
-            self._refuse(request, identity, "certificate expired", "expired")
-            raise access_denied("the client certificate has expired")
+        now = dt.datetime.now(dt.UTC)
+        if not identity.valid_at(now):
+            # Also seen when a keep-alive connection outlives its certificate.
+            expired = identity.not_after < now
+            reason = "certificate has expired" if expired else "certificate is not yet valid"
+            self._refuse(request, identity, reason, "expired" if expired else "not_yet_valid")
+            raise access_denied(f"certificate refused: {reason}", identity.thumbprint)
         if trust.is_revoked(identity):
             self._refuse(request, identity, "certificate revoked (CRL)", "revoked")
-            raise access_denied("the client certificate has been revoked")
+            raise access_denied("certificate refused: revoked (CRL)", identity.thumbprint)
         try:
             result = await self._registry.match(identity, pinned=pinned, chains=chains)
         except RegistryUnavailable:
@@ -243,6 +252,11 @@ class Authenticator:
             if result.matches:
                 ids = sorted({m.client.client_id for m in result.matches})
                 reason, kind = f"certificate matches several clients: {', '.join(ids)}", "ambiguous"
+            elif unverified is not None:
+                # Say first what is wrong with the certificate itself.
+                kind, why = unverified
+                reason = f"{why}, and no X509CertificateThumbprint secret names it ({reason})"
+            result = MatchResult(result.matches, reason)
             self._refuse(request, identity, reason, kind)
         client_id = result.client.client_id if result.client is not None else None
         headers = identity_headers(self._names, client_id, identity)
@@ -305,20 +319,18 @@ class Authenticator:
         except (ForwardedCertError, CertificateError, ValueError) as exc:
             self._refuse(request, None, f"forwarded certificate: {exc}", "forwarded_malformed")
             raise access_denied("the forwarded client certificate could not be used") from None
-        if identity.is_ca:
-            self._refuse(request, identity, "certificate can issue certificates", "ca_certificate")
-            raise access_denied()
-        pinned = trust.is_pinned(identity)
         chains = trust.chain_facts(
             forwarded.leaf, intermediates=intermediates, handshake_verified=False
         )
         # No handshake vouched for this certificate: verify it as OpenSSL would
-        # have (a pin, or a chain to client_ca or a SPIFFE bundle).
-        problem = None if pinned else chains.accepted()
-        if problem is not None:
-            self._refuse(request, identity, f"forwarded certificate: {problem}", "untrusted_ca")
-            raise access_denied("the forwarded client certificate is not trusted")
-        return await self._match(request, identity, trust, registry_generation, pinned, chains)
+        # have.  One that does not verify can still be the exact certificate of
+        # a thumbprint secret (the proxy did the proof of possession).
+        problem = chains.accepted()
+        exact_only = problem is not None or identity.is_ca
+        unverified = ("untrusted_ca", f"forwarded certificate: {problem}") if problem else None
+        return await self._match(
+            request, identity, trust, registry_generation, exact_only, chains, unverified
+        )
 
     def _count_lookup(self, result: str) -> None:
         if self._metrics is not None:
@@ -346,6 +358,19 @@ class Authenticator:
                 "path": request.path,
             },
         )
+
+
+def _unverified_reason(
+    identity: CertificateIdentity, failure: VerifyFailure | None, verified: bool
+) -> tuple[str, str] | None:
+    """(kind, reason) when only a thumbprint secret could admit this certificate."""
+    if not verified:
+        if failure is not None:
+            return failure.kind, failure.reason
+        return "untrusted_ca", "not issued by a CA the gateway trusts now"
+    if identity.is_ca:
+        return "ca_certificate", "certificate can issue certificates (CA:TRUE or keyCertSign)"
+    return None
 
 
 __all__ = ["Authenticator", "ConnectionAuth", "GatewayError"]

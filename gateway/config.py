@@ -52,14 +52,20 @@ class TlsConfig:
     client_ca: Path | None
     client_certs: ClientCertMode
     crl: Path | None
-    # Self-issued client certificates (X509CertificateThumbprint secrets) must be
-    # in the trust store for the stdlib ssl module to accept them (TLS-NOTES).
+    # Deprecated: a self-issued client's X509CertificateThumbprint secret alone
+    # admits it (the TLS layer's verify callback lets Python decide); the files
+    # are still read, never trusted, and a warning names the replacement.
     pinned_certs: tuple[Path, ...]
     min_version: Literal["1.2", "1.3"]
     # SPIFFE trust domain -> CA bundle: an X.509-SVID of that domain must chain
     # to its own bundle (X.509-SVID §5.1).  The bundles join the handshake's
     # trust store; which one vouches is checked per registry secret (chain.py).
     spiffe_bundles: tuple[tuple[str, Path], ...] = ()
+    # respond: every certificate completes the handshake and an untrusted one
+    # gets a 403 (or invalid_client) naming the reason; alert: a chain that does
+    # not verify against client_ca ends the handshake with OpenSSL's alert
+    # (unknown_ca, certificate_expired, ...), so thumbprint-only clients cannot connect.
+    untrusted_certificates: Literal["respond", "alert"] = "respond"
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -69,7 +75,7 @@ FORWARDED_CERT_FORMATS: tuple[str, ...] = ("rfc9440", "envoy_xfcc", "nginx", "tr
 
 @dataclass(frozen=True, slots=True)
 class ProxyProtocolConfig:
-    """PROXY protocol v1/v2 before TLS, from L4 load balancers (gateway/proxy_listener.py)."""
+    """PROXY protocol v1/v2 before TLS, from L4 load balancers (gateway/listener/proxy_header.py)."""
 
     trusted_sources: tuple[Network, ...]
     required: bool = True  # every connection must come from a trusted source with a header
@@ -643,6 +649,7 @@ def _listeners(r: _Reader, data: Any) -> tuple[ListenerConfig, ...]:
                             "pinned_certs",
                             "min_version",
                             "spiffe_bundles",
+                            "untrusted_certificates",
                         },
                     )
                     if "tls" not in ls:
@@ -666,15 +673,12 @@ def _listeners(r: _Reader, data: Any) -> tuple[ListenerConfig, ...]:
                         pinned_certs=tuple(p for p in pinned if p is not None),
                         min_version=r.get(t, "min_version", _choice("1.2", "1.3"), "1.2"),
                         spiffe_bundles=_spiffe_bundles(r, t.get("spiffe_bundles")),
+                        untrusted_certificates=r.get(
+                            t, "untrusted_certificates", _choice("respond", "alert"), "respond"
+                        ),
                     )
-                    if (
-                        tls.client_ca is None
-                        and not tls.pinned_certs
-                        and not tls.spiffe_bundles
-                        and "tls" in ls
-                    ):
-                        # ghostunnel's rule: a listener that can authenticate nobody is a mistake.
-                        r.problem("no trust anchors: set client_ca or pinned_certs")
+                    # No client_ca is fine: self-issued clients registered by
+                    # thumbprint need no trust anchor on the gateway at all.
                 result.append(
                     ListenerConfig(
                         bind=bind,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -105,17 +106,18 @@ def _printable(text: str, limit: int = 200) -> str:
     return " ".join(cleaned.split())[:limit]
 
 
-def make_request_handler(server: Server) -> RequestHandler:
-    """What ``server()`` builds, with JSON error answers.
+def json_error_handlers(server: Server, options: dict[str, Any]) -> Callable[[], RequestHandler]:
+    """A factory of aiohttp connection handlers that answer malformed requests in JSON.
 
-    aiohttp builds its handler inside ``Server.__call__`` with the keyword
-    arguments it was configured with; reuse them (fall back to the stock
-    handler if a future aiohttp stores them elsewhere).
+    ``options`` are the keyword arguments the runner was given (header limits,
+    keep-alive timeout): the handler takes the same ones.
     """
-    kwargs = getattr(server, "_kwargs", None)
-    if not isinstance(kwargs, dict):
-        return server()
-    return JsonErrorRequestHandler(server, loop=asyncio.get_running_loop(), **kwargs)
+    loop = asyncio.get_running_loop()
+
+    def handler() -> RequestHandler:
+        return JsonErrorRequestHandler(server, loop=loop, **options)
+
+    return handler
 
 
 class HeaderDeadlineProtocol(asyncio.Protocol):
@@ -213,44 +215,3 @@ class HeaderDeadlineProtocol(asyncio.Protocol):
         if self._state == _WAITING and self._transport is not None:
             # No response is possible before the head is parsed: just close.
             self._transport.close()
-
-
-class DeadlineSite(web.TCPSite):
-    """A TCPSite whose connections carry a header-read deadline."""
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        *args: Any,
-        header_timeout: float,
-        max_connections: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(runner, *args, **kwargs)
-        self._header_timeout = header_timeout
-        self.connection_limit = ConnectionLimit(max_connections) if max_connections else None
-
-    async def start(self) -> None:
-        # BaseSite.start registers the site; TCPSite.start would bind with the
-        # bare handler factory, so bind here with the wrapped one instead.
-        await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None
-        timeout = self._header_timeout
-        gate = self.connection_limit
-
-        def factory() -> asyncio.Protocol:
-            return HeaderDeadlineProtocol(make_request_handler(server), timeout, gate=gate)
-
-        self._server = await loop.create_server(
-            factory,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            # The handshake counts against the same budget as the request head.
-            ssl_handshake_timeout=timeout if self._ssl_context is not None else None,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-        )

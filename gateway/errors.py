@@ -23,21 +23,29 @@ class GatewayError(Exception):
         error: str,
         description: str,
         headers: Mapping[str, str] | None = None,
+        details: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(description)
         self.status = status
         self.error = error
         self.description = description
         self.headers = dict(headers or {})
+        # Extra members of the JSON body (RFC 6749 §5.2 allows them), e.g. the
+        # thumbprint of a refused certificate.
+        self.details = dict(details or {})
 
     def response(self) -> web.Response:
-        return json_error(self.status, self.error, self.description, self.headers)
+        return json_error(self.status, self.error, self.description, self.headers, self.details)
 
 
 def json_error(
-    status: int, error: str, description: str, headers: Mapping[str, str] | None = None
+    status: int,
+    error: str,
+    description: str,
+    headers: Mapping[str, str] | None = None,
+    details: Mapping[str, str] | None = None,
 ) -> web.Response:
-    body = json.dumps({"error": error, "error_description": description})
+    body = json.dumps({"error": error, "error_description": description, **(details or {})})
     merged = {**NO_STORE, **(headers or {})}
     return web.Response(status=status, text=body, content_type="application/json", headers=merged)
 
@@ -51,8 +59,10 @@ def client_certificate_required() -> GatewayError:
 
 def access_denied(
     description: str = "the client certificate is not registered or not enabled",
+    thumbprint: str | None = None,
 ) -> GatewayError:
-    return GatewayError(403, "access_denied", description)
+    details = {"thumbprint": thumbprint} if thumbprint else None
+    return GatewayError(403, "access_denied", description, details=details)
 
 
 def registry_unavailable() -> GatewayError:

@@ -35,7 +35,6 @@ listeners:
       cert: pki/server.pem
       key: pki/server.key
       client_ca: pki/ca.pem
-      pinned_certs: [pki/self-signed-client.pem]
       client_certs: optional
 admin:
   bind: 127.0.0.1:{admin_port}

@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +16,13 @@ from aiohttp import web
 
 from gateway.admin import create_admin_app
 from gateway.app import Gateway
-from gateway.config import BindAddress, ConfigError
-from gateway.deadlines import DeadlineSite
-from gateway.observability import create_observer
-from gateway.proxy_listener import ProxyProtocolSite
+from gateway.config import BindAddress, ConfigError, LimitsConfig
+from gateway.deadlines import ConnectionLimit, HeaderDeadlineProtocol, json_error_handlers
+from gateway.listener.proxy_header import ProxyRefusals
+from gateway.listener.stack import ProtocolFactory, bound_address, describe, listen, tls_stack
+from gateway.metrics import Metrics
+from gateway.observability import AccessLog, create_observer
+from gateway.outbound.listener import OutboundListener
 
 log = logging.getLogger("gateway")
 
@@ -27,6 +31,7 @@ log = logging.getLogger("gateway")
 class RunningGateway:
     gateway: Gateway
     runners: list[web.AppRunner] = field(default_factory=list)
+    servers: list[asyncio.Server] = field(default_factory=list)
     listener_addresses: list[tuple[str, int]] = field(default_factory=list)
     outbound_addresses: list[tuple[str, int]] = field(default_factory=list)
     admin_address: tuple[str, int] | None = None
@@ -37,19 +42,17 @@ class RunningGateway:
 
     async def stop(self, grace: float = 10.0) -> None:
         self.gateway.shutting_down = True
+        for server in self.servers:
+            server.close()  # stop accepting; open connections stay
+        # Graceful: let in-flight requests finish, up to `grace` in all.
+        await asyncio.gather(
+            *(runner.server.shutdown(grace) for runner in self.runners if runner.server)
+        )
         for runner in self.runners:
-            # Graceful: stop accepting, let in-flight requests finish up to `grace`.
-            runner._shutdown_timeout = grace  # aiohttp takes it only at construction
             await runner.cleanup()
         self.runners.clear()
+        self.servers.clear()
         await self.gateway.close()
-
-
-def _bound(site: web.TCPSite) -> tuple[str, int]:
-    server = site._server  # aiohttp exposes no public accessor for the bound port
-    assert server is not None
-    sockname = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-    return sockname[0], sockname[1]
 
 
 def _url_host(host: str) -> str:
@@ -58,113 +61,157 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def http_options(limits: LimitsConfig) -> dict[str, Any]:
+    """What every HTTP/1.1 connection handler is built with."""
+    return {
+        "max_line_size": limits.max_header_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
+        "keepalive_timeout": limits.keepalive_timeout,
+        # Bodies are relayed as sent: decoding Content-Encoding here would
+        # forward a decoded body under an encoded label.
+        "auto_decompress": False,
+        # The access log is the gateway's own (observability.py), never aiohttp's.
+        "access_log": None,
+    }
+
+
+async def _http_runner(
+    running: RunningGateway, app: web.Application, options: dict[str, Any]
+) -> web.Server:
+    runner = web.AppRunner(app, handle_signals=False, **{**http_options(LimitsConfig()), **options})
+    await runner.setup()
+    running.runners.append(runner)
+    assert runner.server is not None
+    return runner.server
+
+
+@dataclass
+class BoundOutbound:
+    runner: web.AppRunner
+    server: asyncio.Server
+    address: tuple[str, int]
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.runner.cleanup()
+
+
+async def bind_outbound(
+    outbound: OutboundListener,
+    *,
+    limits: LimitsConfig,
+    metrics: Metrics,
+    access_log: AccessLog | None,
+    where: str,
+    reuse_port: bool = False,
+) -> BoundOutbound:
+    """One outbound listener: plain HTTP on loopback in, mTLS out (gateway/outbound/).
+
+    The observer marks request boundaries, so the header-read deadline covers
+    only the wait for each request head, as on inbound listeners (without them
+    a long response was cut at ``header_read_timeout``).
+    """
+    observer = create_observer(
+        metrics, f"outbound[{outbound.index}]", access_log=access_log, request_boundaries=True
+    )
+    options = http_options(limits)
+    runner = web.AppRunner(outbound.app([observer]), handle_signals=False, **options)
+    await runner.setup()
+    assert runner.server is not None
+    handlers = json_error_handlers(runner.server, options)
+
+    def plain_http() -> asyncio.Protocol:
+        return HeaderDeadlineProtocol(handlers(), limits.header_read_timeout)
+
+    try:
+        server = await listen(plain_http, outbound.config.bind, reuse_port=reuse_port)
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            [f"{where}: cannot listen on {outbound.config.bind}: {exc.strerror or exc}"]
+        ) from None
+    return BoundOutbound(runner, server, bound_address(server))
+
+
 async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> RunningGateway:
     """Bind everything the config names (port 0 picks a free port)."""
     config = gateway.config
+    limits = config.limits
     await gateway.start()
     running = RunningGateway(gateway)
     try:
-        handler_args: dict[str, Any] = {
-            "max_line_size": config.limits.max_header_bytes,
-            "max_field_size": config.limits.max_header_bytes,
-            "max_headers": config.limits.max_headers,
-            # Bodies are relayed as sent: decoding Content-Encoding here would
-            # forward a decoded body under an encoded label.
-            "auto_decompress": False,
-        }
+        options = http_options(limits)
         for listener in gateway.listeners:
-            app = gateway.listener_app(listener.index)
-            runner = web.AppRunner(
-                app,
-                **handler_args,
-                keepalive_timeout=config.limits.keepalive_timeout,
-                access_log=None,
+            server = await _http_runner(running, gateway.listener_app(listener.index), options)
+            gate = ConnectionLimit(limits.max_connections) if limits.max_connections else None
+            listener.connections = gate
+            handlers = json_error_handlers(server, options)
+            timeout = limits.header_read_timeout
+
+            def http(
+                handlers: Callable[[], asyncio.Protocol] = handlers,
+                gate: ConnectionLimit | None = gate,
+                timeout: float = timeout,
+            ) -> asyncio.Protocol:
+                return HeaderDeadlineProtocol(handlers(), timeout, gate=gate)
+
+            listener.proxy_refusals = ProxyRefusals()
+            factory = tls_stack(
+                listener.tls,
+                http,
+                handshake_timeout=timeout,
+                proxy_protocol=listener.config.proxy_protocol,
+                proxy_refusals=listener.proxy_refusals,
             )
-            await runner.setup()
-            running.runners.append(runner)
-            bind = listener.config.bind
-            site_options: dict[str, Any] = {
-                "header_timeout": config.limits.header_read_timeout,
-                "max_connections": config.limits.max_connections,
-                "ssl_context": listener.tls.listening_context,
-                "reuse_port": reuse_port or None,
-                "backlog": 1024,
-            }
-            # PROXY protocol needs plain TCP first (proxy_listener.py); every
-            # other listener keeps asyncio's own TLS accept path.
-            site = (
-                ProxyProtocolSite(
-                    runner,
-                    bind.host,
-                    bind.port,
-                    proxy_protocol=listener.config.proxy_protocol,
-                    **site_options,
-                )
-                if listener.config.proxy_protocol is not None
-                else DeadlineSite(runner, bind.host, bind.port, **site_options)
+            where = f"{config.source}:listeners[{listener.index}].bind"
+            bound = await _listen(running, factory, where, listener.config.bind, reuse_port)
+            running.listener_addresses.append(bound)
+            log.info(
+                "listener %d: %s",
+                listener.index,
+                describe(listener.config.proxy_protocol, "http/1.1 (aiohttp)"),
             )
-            await _start_site(site, f"{config.source}:listeners[{listener.index}].bind", bind)
-            host, port = _bound(site)
-            listener.connections = getattr(site, "connection_limit", None)
-            running.listener_addresses.append((host, port))
             if not listener.public_url:
-                listener.public_url = f"https://{_url_host(bind.host)}:{port}"
+                listener.public_url = f"https://{_url_host(listener.config.bind.host)}:{bound[1]}"
         for outbound in gateway.outbound:
-            # Plain HTTP on loopback (config refuses other addresses unless
-            # allowed): the local app's way out, mTLS from here on.
-            runner = web.AppRunner(
-                # Outbound calls are counted and logged like inbound ones.
-                outbound.app(
-                    [
-                        create_observer(
-                            gateway.metrics,
-                            f"outbound[{outbound.index}]",
-                            access_log=gateway.access_log,
-                        )
-                    ]
-                ),
-                **handler_args,
-                keepalive_timeout=config.limits.keepalive_timeout,
-                access_log=None,
+            bound_outbound = await bind_outbound(
+                outbound,
+                limits=limits,
+                metrics=gateway.metrics,
+                access_log=gateway.access_log,
+                where=f"{config.source}:outbound[{outbound.index}].bind",
+                reuse_port=reuse_port,
             )
-            await runner.setup()
-            running.runners.append(runner)
-            bind = outbound.config.bind
-            site = DeadlineSite(
-                runner,
-                bind.host,
-                bind.port,
-                header_timeout=config.limits.header_read_timeout,
-                reuse_port=reuse_port or None,
-                backlog=1024,
-            )
-            await _start_site(site, f"{config.source}:outbound[{outbound.index}].bind", bind)
-            running.outbound_addresses.append(_bound(site))
+            running.runners.append(bound_outbound.runner)
+            running.servers.append(bound_outbound.server)
+            running.outbound_addresses.append(bound_outbound.address)
         if config.admin.bind is not None:
-            running.admin_address = await _start_admin(running, config.admin.bind, reuse_port)
+            admin = create_admin_app(gateway.readiness, gateway.metrics)
+            server = await _http_runner(running, admin, {})
+            where = f"{config.source}:admin.bind"
+            running.admin_address = await _listen(
+                running, server, where, config.admin.bind, reuse_port
+            )
     except BaseException:
         await running.stop(grace=0)
         raise
     return running
 
 
-async def _start_admin(
-    running: RunningGateway, bind: BindAddress, reuse_port: bool
+async def _listen(
+    running: RunningGateway,
+    factory: ProtocolFactory,
+    where: str,
+    bind: BindAddress,
+    reuse_port: bool,
 ) -> tuple[str, int]:
-    gateway = running.gateway
-    runner = web.AppRunner(create_admin_app(gateway.readiness, gateway.metrics), access_log=None)
-    await runner.setup()
-    running.runners.append(runner)
-    site = web.TCPSite(runner, bind.host, bind.port, reuse_port=reuse_port or None)
-    await _start_site(site, f"{running.gateway.config.source}:admin.bind", bind)
-    return _bound(site)
-
-
-async def _start_site(site: web.TCPSite, where: str, bind: BindAddress) -> None:
     try:
-        await site.start()
+        server = await listen(factory, bind, reuse_port=reuse_port)
     except OSError as exc:
         raise ConfigError([f"{where}: cannot listen on {bind}: {exc.strerror or exc}"]) from None
+    running.servers.append(server)
+    return bound_address(server)
 
 
 async def serve_forever(

@@ -61,9 +61,9 @@ class GatewayStateCollector(Collector):
 
         handshakes = CounterMetricFamily(
             "mtls_gateway_tls_handshakes",
-            "TLS handshakes started (ClientHello seen) and completed (connection admitted). "
-            "started - completed: failed or in progress; Python's ssl module does not "
-            "expose why a handshake failed.",
+            "TLS handshakes started (connection accepted) and completed. "
+            "started - completed: failed or in progress; "
+            "mtls_gateway_tls_handshake_failures_total says why.",
             labels=["listener", "outcome"],
         )
         open_connections = GaugeMetricFamily(
@@ -76,10 +76,10 @@ class GatewayStateCollector(Collector):
         )
         for listener in gateway.listeners:
             label = str(listener.index)
-            handshakes.add_metric([label, "started"], float(listener.tls.handshakes_started))
+            handshakes.add_metric([label, "started"], float(listener.tls.handshakes.started))
+            handshakes.add_metric([label, "completed"], float(listener.tls.handshakes.completed))
             limit = listener.connections
             if limit is not None:
-                handshakes.add_metric([label, "completed"], float(limit.admitted + limit.refused))
                 open_connections.add_metric([label], float(limit.open))
                 refused.add_metric([label], float(limit.refused))
         yield handshakes

@@ -1,21 +1,20 @@
-"""TLS listeners: server contexts, trust material, and swapping both without restart.
+"""TLS listeners: trust material, server contexts, and swapping both without restart.
 
-The stdlib ``ssl`` module has no verify callback (TLS-NOTES), which shapes this:
+The handshake itself runs in ``gateway.listener`` (pyOpenSSL over memory
+BIOs, with a verify callback that lets every presented certificate complete
+the handshake and records OpenSSL's verdict).  This module loads what the
+contexts are built from:
 
-* Trust anchors are ``client_ca`` plus each pinned self-issued client
-  certificate (X509CertificateThumbprint secrets need their certificate in the
-  trust store to pass the handshake).  A pin that could issue certificates
-  (CA:TRUE, keyCertSign, or X.509 v1) would let its key mint more accepted
-  certificates, so it is refused at load.
-* ``sni_callback`` runs on every handshake, with or without SNI; it points the
-  connection at the current context, so a reload only has to build a new
-  context and swap one reference.  ``verify_mode`` and ``verify_flags`` stay
-  those of the listening context: they are fixed at start.
-* A resumed session skips the current trust store, so resumed connections are
+* Trust anchors are the CA certificates of ``client_ca`` and of the SPIFFE
+  bundles, nothing else.  A leaf is never an anchor: a self-issued client is
+  admitted by its registry thumbprint alone (exact certificate, proof of
+  possession by the handshake), so no registered certificate can issue more.
+* Each new connection takes the context of the material in force; a reload
+  builds new material and swaps one reference.  A failed reload keeps the old.
+* A resumed session skips chain verification, so resumed connections are
   re-checked against the current material in Python (``TrustState.accepts``).
-* SPIFFE bundles (``spiffe_bundles``) join the handshake's trust store; which
-  pool vouches for a certificate is decided per registry secret in Python
-  (gateway/chain.py, ``TrustState.chain_facts``).
+* Which pool vouches for a certificate is decided per registry secret in
+  Python (gateway/chain.py, ``TrustState.chain_facts``).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import binascii
 import datetime as dt
 import json
 import logging
-import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,22 +31,17 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 
 from gateway.chain import CertificateTrust, TrustPool
 from gateway.config import TlsConfig
 from gateway.dn import format_name, name_key
 from gateway.identity import CertificateIdentity, can_sign_certificates, sha1_thumbprint
+from gateway.listener.handshakes import HandshakeStats
+from gateway.listener.tls_context import build_server_context, openssl_reason
 from gateway.watch import ChangeDetector
 
 log = logging.getLogger("gateway.tls")
-
-# TLS 1.2 suites: forward secrecy and AEAD only (Mozilla "intermediate").
-# TLS 1.3 suites are all fine and are not affected by set_ciphers.
-TLS12_CIPHERS = (
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
-)
 
 
 class TlsMaterialError(Exception):
@@ -62,6 +55,9 @@ class TlsMaterialError(Exception):
 def load_pem_certificates(path: Path) -> list[x509.Certificate]:
     data = path.read_bytes()
     if b"-----BEGIN" in data:
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            kind = "a private key" if b"PRIVATE KEY-----" in data else "PEM without a certificate"
+            raise ValueError(f"this is {kind}, not a certificate")
         return x509.load_pem_x509_certificates(data)
     return [x509.load_der_x509_certificate(data)]
 
@@ -105,7 +101,6 @@ class TrustState:
     """The trust material in force: what a resumed session is re-checked against."""
 
     ca_certificates: tuple[x509.Certificate, ...]
-    pinned_thumbprints: frozenset[str]
     generation: int
     # Revocation is checked here, not by OpenSSL: its CRL check fails every
     # certificate whose issuer has no CRL, which would lock out pinned clients.
@@ -138,22 +133,16 @@ class TrustState:
                 return True
         return False
 
-    def is_pinned(self, identity: CertificateIdentity) -> bool:
-        return identity.thumbprint in self.pinned_thumbprints
-
     def accepts(self, identity: CertificateIdentity) -> bool:
-        """Would the current trust store accept this leaf as directly trusted or issued?
+        """Would the current trust anchors vouch for this leaf (issued directly by one)?
 
         Used only for resumed sessions, where OpenSSL did not verify against the
-        current store.  Intermediates must then be in ``client_ca``.
+        current store.  Intermediates must then be in ``client_ca``.  A leaf it
+        does not vouch for is treated like any unverified certificate: only an
+        exact thumbprint secret can match it.
         """
-        # Validity first: OpenSSL checks the dates of a pinned (trust anchor)
-        # leaf too, so an expired pin fails a full handshake and must not be
-        # let in by resuming a session made while it was valid.
         if not identity.valid_at(dt.datetime.now(dt.UTC)):
             return False
-        if identity.thumbprint in self.pinned_thumbprints:
-            return True
         leaf = x509.load_der_x509_certificate(identity.der)
         bundled = (ca for pool in self.bundle_pools.values() for ca in pool.anchors)
         for ca in (*self.ca_certificates, *bundled):
@@ -169,80 +158,66 @@ class TrustState:
 
 @dataclass(frozen=True, slots=True)
 class TlsMaterial:
-    context: ssl.SSLContext
+    context: SSL.Context
     trust: TrustState
     server_not_after: dt.datetime
-
-
-def _base_context(tls: TlsConfig) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    )
-    ctx.set_ciphers(TLS12_CIPHERS)
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    ctx.verify_mode = ssl.CERT_REQUIRED if tls.client_certs == "required" else ssl.CERT_OPTIONAL
-    # Partial chains let an operator trust an intermediate, or pin a CA-issued
-    # leaf, without trusting the whole root (RFC 8705 §2.2 pins).
-    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    ctx.set_alpn_protocols(["http/1.1"])
-    # TLS 1.3 sends 2 session tickets by default; a client resumes with one,
-    # and each costs the server a session serialisation (bench/RESULTS.md:
-    # ~12 % of a full handshake's CPU).  One keeps resumption working.
-    ctx.num_tickets = 1
-    return ctx
+    server_subject: str = ""
+    # Deprecated tls.pinned_certs and leaves found in client_ca: read, never trusted.
+    ignored_pins: tuple[str, ...] = ()
 
 
 def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMaterial:
     """Build a server context from files; every problem is reported at once."""
     problems: list[str] = []
-    ctx = _base_context(tls)
     server_not_after = dt.datetime.now(dt.UTC)
+    server_subject = ""
     try:
-        ctx.load_cert_chain(tls.cert, tls.key)
-        server_not_after = load_pem_certificates(tls.cert)[0].not_valid_after_utc
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        problems.append(
-            f"{where}.cert: cannot use {tls.cert} with key {tls.key}: {_ssl_reason(exc)}"
-        )
+        server_cert = load_pem_certificates(tls.cert)[0]
+        server_not_after = server_cert.not_valid_after_utc
+        server_subject = format_name(server_cert.subject)
+    except (OSError, ValueError, IndexError) as exc:
+        problems.append(f"{where}.cert: cannot read {tls.cert}: {exc or 'no certificate'}")
 
     ca_certs: list[x509.Certificate] = []
-    pinned: dict[str, x509.Certificate] = {}
+    ignored: list[str] = []
     if tls.client_ca is not None:
         try:
             for cert in load_pem_certificates(tls.client_ca):
                 if can_sign_certificates(cert):
                     ca_certs.append(cert)
                 else:
-                    # A leaf in the CA bundle is trusted as itself (partial chain):
-                    # treat it as a pin so it can only match thumbprint secrets.
-                    pinned[sha1_thumbprint(cert.public_bytes(serialization.Encoding.DER))] = cert
-            if not ca_certs and not pinned:
+                    # A leaf is never a trust anchor (it would be trusted as
+                    # itself under partial chains): register its thumbprint.
+                    ignored.append(
+                        f"{where}.client_ca: '{format_name(cert.subject)}' is not a CA "
+                        "certificate and is ignored; register its thumbprint "
+                        f"({sha1_thumbprint(cert.public_bytes(serialization.Encoding.DER))}) "
+                        "as an X509CertificateThumbprint secret instead"
+                    )
+            if not ca_certs and not ignored:
                 problems.append(f"{where}.client_ca: no certificates in {tls.client_ca}")
         except (OSError, ValueError) as exc:
-            problems.append(f"{where}.client_ca: cannot read {tls.client_ca}: {exc}")
+            problems.append(f"{where}.client_ca: cannot read {tls.client_ca}: {_one_line(exc)}")
     for i, path in enumerate(tls.pinned_certs):
         try:
             certs = load_pem_certificates(path)
         except (OSError, ValueError) as exc:
-            problems.append(f"{where}.pinned_certs[{i}]: cannot read {path}: {exc}")
+            problems.append(f"{where}.pinned_certs[{i}]: cannot read {path}: {_one_line(exc)}")
             continue
         for cert in certs:
-            if can_sign_certificates(cert):
-                problems.append(
-                    f"{where}.pinned_certs[{i}]: {path}: refusing to pin "
-                    f"'{format_name(cert.subject)}': it can issue certificates "
-                    "(CA:TRUE, keyCertSign or X.509 v1); pin a leaf or put the CA in client_ca"
-                )
-                continue
-            pinned[sha1_thumbprint(cert.public_bytes(serialization.Encoding.DER))] = cert
+            thumbprint = sha1_thumbprint(cert.public_bytes(serialization.Encoding.DER))
+            ignored.append(
+                f"{where}.pinned_certs[{i}]: deprecated and no longer needed: a client's "
+                f"X509CertificateThumbprint secret ({thumbprint}) alone admits "
+                f"'{format_name(cert.subject)}'; remove the key"
+            )
 
     crls: list[x509.CertificateRevocationList] = []
     if tls.crl is not None:
         try:
             crls = load_crls(tls.crl)
         except (OSError, ValueError) as exc:
-            problems.append(f"{where}.crl: cannot read {tls.crl}: {exc}")
+            problems.append(f"{where}.crl: cannot read {tls.crl}: {_one_line(exc)}")
         for crl in crls:
             issuers = [ca for ca in ca_certs if ca.subject == crl.issuer]
             if not any(crl.is_signature_valid(ca.public_key()) for ca in issuers):  # type: ignore[arg-type]
@@ -255,7 +230,9 @@ def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMateria
         try:
             certs = load_spiffe_bundle(path)
         except (OSError, ValueError) as exc:
-            problems.append(f"{where}.spiffe_bundles.{domain}: cannot read {path}: {exc}")
+            problems.append(
+                f"{where}.spiffe_bundles.{domain}: cannot read {path}: {_one_line(exc)}"
+            )
             continue
         if not certs:
             problems.append(f"{where}.spiffe_bundles.{domain}: no certificates in {path}")
@@ -267,20 +244,28 @@ def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMateria
                 )
         bundles[domain] = certs
 
-    anchors = [*ca_certs, *pinned.values(), *(c for certs in bundles.values() for c in certs)]
-    if anchors:
-        pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in anchors)
+    context: SSL.Context | None = None
+    if not any(p.startswith(f"{where}.cert:") for p in problems):
         try:
-            ctx.load_verify_locations(cadata=pem)
-        except ssl.SSLError as exc:
-            problems.append(f"{where}.client_ca: trust store rejected: {_ssl_reason(exc)}")
+            context = build_server_context(
+                cert=tls.cert,
+                key=tls.key,
+                anchors=[*ca_certs, *(c for certs in bundles.values() for c in certs)],
+                client_certs=tls.client_certs,
+                min_version=tls.min_version,
+                untrusted=tls.untrusted_certificates,
+            )
+        except (OSError, SSL.Error, ValueError) as exc:
+            problems.append(
+                f"{where}.cert: cannot use {tls.cert} with key {tls.key}: {openssl_reason(exc)}"
+            )
     if problems:
         raise TlsMaterialError(problems)
+    assert context is not None
     return TlsMaterial(
-        context=ctx,
+        context=context,
         trust=TrustState(
             tuple(ca_certs),
-            frozenset(pinned),
             generation,
             tuple(crls),
             client_ca_pool=TrustPool.of("client_ca", ca_certs),
@@ -290,13 +275,17 @@ def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMateria
             },
         ),
         server_not_after=server_not_after,
+        server_subject=server_subject,
+        ignored_pins=tuple(ignored),
     )
 
 
-def _ssl_reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return exc.reason.lower().replace("_", " ")
-    return str(exc) or type(exc).__name__
+def _one_line(exc: BaseException) -> str:
+    # cryptography's Rust parser errors are multi-line debug dumps.
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if any(m in text for m in ("ParseError", "UnexpectedTag", "InvalidData", "Unable to load PEM")):
+        return "not a PEM or DER certificate file"
+    return text
 
 
 class ListenerTls:
@@ -306,13 +295,20 @@ class ListenerTls:
         self._config = tls
         self._where = where
         self._material = load_material(tls, where)
+        for line in self._material.ignored_pins:
+            log.warning("%s", line)
         self._changes = ChangeDetector(self.watched_files())
         self.reload_failures = 0
         self.reloads_ok = 0
-        self.handshakes_started = 0
-        self.listening_context = _base_context(tls)
-        self.listening_context.load_cert_chain(tls.cert, tls.key)
-        self.listening_context.sni_callback = self._select_context
+        self.handshakes = HandshakeStats()
+
+    @property
+    def handshakes_started(self) -> int:
+        return self.handshakes.started
+
+    def context(self) -> SSL.Context:
+        """The context for a new connection: the material in force now."""
+        return self._material.context
 
     def watched_files(self) -> Iterable[Path | None]:
         return (
@@ -331,12 +327,6 @@ class ListenerTls:
     @property
     def trust(self) -> TrustState:
         return self._material.trust
-
-    def _select_context(
-        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
-    ) -> None:
-        self.handshakes_started += 1  # /metrics: started - completed = failed or in progress
-        ssl_object.context = self._material.context
 
     def reload(self) -> bool:
         """Rebuild from files; on failure keep serving the old material."""

@@ -19,10 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.config import ConfigError
-from gateway.identity import identity_from_der
 from gateway.registry.yaml_file import YamlRegistry
 from tests.conftest import (
     GatewayUnderTest,
@@ -62,6 +60,31 @@ async def assert_refused(
         body = await r.json()
     assert body["error"] == error
     assert "x-client-id" not in str(body).lower()  # an error body, not an echo
+
+
+async def assert_refused_naming(
+    gw: GatewayUnderTest,
+    cert: Issued,
+    reason: str,
+    kind: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """403 JSON naming the reason and the thumbprint; one log line and the metric say why."""
+    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+        async with gw.session(cert) as session, session.get(gw.url + "/") as r:
+            assert r.status == 403
+            assert r.content_type == "application/json"
+            body = await r.json()
+    assert body["error"] == "access_denied"
+    assert reason in body["error_description"], body
+    assert body["thumbprint"] == cert.thumbprint
+    lines = [r for r in caplog.records if getattr(r, "event", "") == "auth_refused"]
+    assert len(lines) == 1, [r.__dict__ for r in lines]
+    assert reason in str(getattr(lines[0], "reason", ""))
+    assert getattr(lines[0], "thumbprint", None) == cert.thumbprint
+    assert getattr(lines[0], "subject", None)
+    metrics = gw.gateway.metrics.render().decode()
+    assert f'mtls_gateway_auth_refusals_total{{reason="{kind}"}} 1.0' in metrics, metrics
 
 
 async def assert_handshake_refused(gw: GatewayUnderTest, cert: Issued | None) -> None:
@@ -163,16 +186,14 @@ async def test_thumbprint_secret_accepted_for_ca_issued_certificate(
     await assert_accepted_as(gw, cert, "tp")
 
 
-async def test_thumbprint_secret_accepted_for_pinned_self_signed_certificate(
+async def test_thumbprint_secret_alone_admits_a_self_signed_certificate(
     make_gateway: MakeGateway, pki: Pki
 ) -> None:
+    """IdentityServer's self-issued client: the registry entry is all it takes (no pin file)."""
     cert = pki.certificate(dn("self-issued"), self_signed=True)
     # As copied from a Windows certificate dialog or `openssl x509 -fingerprint`.
     pasted = ":".join(cert.thumbprint[i : i + 2] for i in range(0, len(cert.thumbprint), 2)).upper()
-    gw = await make_gateway(
-        clients=[registry_client("self", thumbprint_secret(pasted))],
-        tls={"pinned_certs": [str(cert.cert_path)]},
-    )
+    gw = await make_gateway(clients=[registry_client("self", thumbprint_secret(pasted))])
     await assert_accepted_as(gw, cert, "self")
 
 
@@ -190,7 +211,6 @@ async def test_client_with_two_secrets_accepts_old_and_new_certificate(
                 thumbprint_secret(new.thumbprint),
             )
         ],
-        tls={"pinned_certs": [str(new.cert_path)]},
     )
     await assert_accepted_as(gw, old, "rotating")
     await assert_accepted_as(gw, new, "rotating")
@@ -200,18 +220,20 @@ async def test_client_with_two_secrets_accepts_old_and_new_certificate(
 # --- refused, with the right outcome ------------------------------------------------
 
 
-async def test_unknown_ca_fails_the_handshake(
-    make_gateway: MakeGateway, client_cert: Issued, tmp_path: Path
+async def test_unknown_ca_is_403_naming_the_reason(
+    make_gateway: MakeGateway, client_cert: Issued, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     other = Pki(tmp_path / "other", ca_name="Other Root CA")
     # Same DN as the registered client: only the issuing CA differs.
     impostor = other.client("client")
     gw = await make_gateway(clients=[MTLS_CLIENT])
-    await assert_handshake_refused(gw, impostor)
+    await assert_refused_naming(gw, impostor, "not issued by a trusted CA", "untrusted_ca", caplog)
     await assert_accepted_as(gw, client_cert, "mtls.client")
 
 
-async def test_expired_certificate_fails_the_handshake(make_gateway: MakeGateway, pki: Pki) -> None:
+async def test_expired_certificate_is_403_naming_the_reason(
+    make_gateway: MakeGateway, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
     expired = pki.client(
         "client", not_before=NOW - dt.timedelta(days=10), not_after=NOW - dt.timedelta(days=1)
     )
@@ -220,17 +242,61 @@ async def test_expired_certificate_fails_the_handshake(make_gateway: MakeGateway
             registry_client("c", name_secret(CLIENT_DN), thumbprint_secret(expired.thumbprint))
         ]
     )
-    await assert_handshake_refused(gw, expired)
+    await assert_refused_naming(gw, expired, "expired", "expired", caplog)
 
 
-async def test_not_yet_valid_certificate_fails_the_handshake(
-    make_gateway: MakeGateway, pki: Pki
+async def test_not_yet_valid_certificate_is_403_naming_the_reason(
+    make_gateway: MakeGateway, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
     early = pki.client(
         "client", not_before=NOW + dt.timedelta(days=1), not_after=NOW + dt.timedelta(days=10)
     )
     gw = await make_gateway(clients=[MTLS_CLIENT])
-    await assert_handshake_refused(gw, early)
+    await assert_refused_naming(gw, early, "not yet valid", "not_yet_valid", caplog)
+
+
+async def test_server_auth_only_certificate_is_403_naming_the_reason(
+    make_gateway: MakeGateway, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    # CA-issued and named like the client, but its extendedKeyUsage is serverAuth only.
+    server_only = pki.client("client", eku=ExtendedKeyUsageOID.SERVER_AUTH)
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    await assert_refused_naming(gw, server_only, "client authentication", "wrong_purpose", caplog)
+
+
+def _handshake_then_read(port: int, context: ssl.SSLContext) -> str:
+    """Handshake, send a request, read: the alert the server sent, or what came back."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        try:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            return tls.recv(65536).decode("latin-1")
+        except ssl.SSLError as exc:
+            return f"alert: {exc.reason}"
+
+
+@pytest.mark.parametrize(
+    ("shape", "alert"),
+    [("untrusted_ca", "TLSV1_ALERT_UNKNOWN_CA"), ("expired", "SSLV3_ALERT_CERTIFICATE_EXPIRED")],
+)
+async def test_alert_mode_ends_untrusted_handshakes_with_an_alert_the_client_sees(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued, tmp_path: Path, shape: str, alert: str
+) -> None:
+    if shape == "untrusted_ca":
+        refused = Pki(tmp_path / "other", ca_name="Other Root CA").client("client")
+    else:
+        refused = pki.client(
+            "client", not_before=NOW - dt.timedelta(days=10), not_after=NOW - dt.timedelta(days=1)
+        )
+    gw = await make_gateway(clients=[MTLS_CLIENT], tls={"untrusted_certificates": "alert"})
+    answer = await asyncio.to_thread(_handshake_then_read, gw.port, pki.client_context(refused))
+    assert answer == f"alert: {alert}"
+    metrics = gw.gateway.metrics.render().decode()
+    assert f'mtls_gateway_tls_handshake_failures_total{{reason="{shape}"}} 1.0' in metrics
+    answer = await asyncio.to_thread(_handshake_then_read, gw.port, pki.client_context(client_cert))
+    assert answer.startswith("HTTP/1.1 200"), answer
 
 
 async def test_dn_injection_does_not_match(
@@ -285,13 +351,12 @@ async def test_no_certificate_is_401(make_gateway: MakeGateway) -> None:
     await assert_refused(gw, None, 401, "client_certificate_required")
 
 
-async def test_self_signed_not_pinned_fails_the_handshake(
-    make_gateway: MakeGateway, pki: Pki
+async def test_unregistered_self_signed_certificate_is_403_naming_the_reason(
+    make_gateway: MakeGateway, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cert = pki.certificate(dn("unpinned"), self_signed=True)
-    # Registered by thumbprint: only the missing pin stands in the way.
-    gw = await make_gateway(clients=[registry_client("self", thumbprint_secret(cert.thumbprint))])
-    await assert_handshake_refused(gw, cert)
+    cert = pki.certificate(dn("unregistered"), self_signed=True)
+    gw = await make_gateway(clients=[registry_client("self", thumbprint_secret("ab" * 20))])
+    await assert_refused_naming(gw, cert, "self-signed", "self_signed", caplog)
 
 
 async def test_pinned_self_signed_certificate_cannot_claim_a_registered_dn(
@@ -301,9 +366,11 @@ async def test_pinned_self_signed_certificate_cannot_claim_a_registered_dn(
     # only its own thumbprint, never a name (RFC 8705 §2.1 needs the PKI).
     forged = pki.certificate(dn("client"), self_signed=True)
     gw = await make_gateway(
-        clients=[MTLS_CLIENT, registry_client("other", thumbprint_secret("ab" * 20))],
-        tls={"pinned_certs": [str(forged.cert_path)]},
+        clients=[MTLS_CLIENT, registry_client("other", thumbprint_secret(forged.thumbprint))]
     )
+    await assert_accepted_as(gw, forged, "other")  # its own thumbprint: yes
+    # ... and never mtls.client's name, even with no thumbprint client for it.
+    gw = await make_gateway(clients=[MTLS_CLIENT])
     await assert_refused(gw, forged, 403, "access_denied")
     await assert_accepted_as(gw, client_cert, "mtls.client")
 
@@ -336,22 +403,35 @@ async def test_ambiguous_match_is_403(
 
 
 @pytest.mark.parametrize("shape", ["ca", "key_cert_sign"])
-async def test_pin_that_can_issue_certificates_is_refused_at_start(
-    make_gateway: MakeGateway, pki: Pki, shape: str
+async def test_self_signed_certificate_that_can_issue_is_admitted_by_thumbprint_and_mints_nothing(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued, shape: str
 ) -> None:
+    """`openssl req -x509` defaults (CA:TRUE): its key signs a leaf named like a PKI client."""
     if shape == "ca":
-        pin = pki.ca
+        own = pki.certificate(dn("self-ca"), ca=True)
     else:
-        pin = pki.certificate(dn("signing-leaf"), self_signed=True, key_cert_sign=True)
-    with pytest.raises(ConfigError) as exc:
-        await make_gateway(
-            clients=[registry_client("p", thumbprint_secret(pin.thumbprint))],
-            tls={"pinned_certs": [str(pin.cert_path)]},
-        )
-    problems = exc.value.problems
-    assert len(problems) == 1
-    assert "pinned_certs[0]" in problems[0]
-    assert str(pin.cert_path) in problems[0]
+        own = pki.certificate(dn("self-signer"), self_signed=True, key_cert_sign=True)
+    minted = pki.certificate(dn("client"), issuer=own)
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT, registry_client("self", thumbprint_secret(own.thumbprint))]
+    )
+    await assert_accepted_as(gw, own, "self")
+    status, body = await call(gw, minted)
+    assert status == 403, body
+    assert "not issued by a trusted CA" in body["error_description"]
+    await assert_accepted_as(gw, client_cert, "mtls.client")
+
+
+async def test_deprecated_pinned_certs_are_read_and_never_trusted(
+    make_gateway: MakeGateway, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    pin = pki.certificate(dn("pinned-ca"), ca=True)
+    minted = pki.certificate(dn("client"), issuer=pin)
+    with caplog.at_level(logging.WARNING, logger="gateway.tls"):
+        gw = await make_gateway(clients=[MTLS_CLIENT], tls={"pinned_certs": [str(pin.cert_path)]})
+    warnings = [r.getMessage() for r in caplog.records if "pinned_certs[0]" in r.getMessage()]
+    assert warnings and "deprecated" in warnings[0] and pin.thumbprint in warnings[0]
+    await assert_refused(gw, minted, 403, "access_denied")
 
 
 async def test_client_certs_required_fails_a_handshake_without_certificate(
@@ -488,30 +568,27 @@ def _resumable_request(
         return int(data.split(b" ", 2)[1]), tls.session, tls.session_reused
 
 
-async def test_resumed_session_does_not_outlive_a_removed_pin(
-    make_gateway: MakeGateway, pki: Pki, tmp_path: Path
+async def test_resumed_session_does_not_outlive_a_removed_ca(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued, tmp_path: Path
 ) -> None:
-    """TLS-NOTES: a resumed session skips the current trust store; the gateway re-checks."""
-    self_signed = pki.certificate(dn("pinned", ou=None), self_signed=True)
-    pin_file = tmp_path / "pins.pem"
-    pin_file.write_bytes(self_signed.pem)
-    gw = await make_gateway(
-        clients=[registry_client("pinned", thumbprint_secret(self_signed.thumbprint))],
-        tls={"pinned_certs": [str(pin_file)]},
-    )
-    context = pki.client_context(self_signed)
+    """OpenSSL skips chain verification on resumption; the gateway re-checks the trust in force."""
+    ca_file = tmp_path / "client-ca.pem"
+    ca_file.write_bytes(pki.ca.pem)
+    gw = await make_gateway(clients=[MTLS_CLIENT], tls={"client_ca": str(ca_file)})
+    context = pki.client_context(client_cert)
     status, session, _ = await asyncio.to_thread(_resumable_request, gw.port, context, None)
     assert status == 200 and session is not None
     status, session, reused = await asyncio.to_thread(_resumable_request, gw.port, context, session)
-    assert status == 200 and reused, "the control: a resumed session is accepted while pinned"
+    assert status == 200 and reused, "the control: a resumed session is accepted while trusted"
 
-    other = pki.certificate(dn("other-pin", ou=None), self_signed=True)
-    pin_file.write_bytes(other.pem)  # the pin is removed (replaced by another)
+    other = Pki(tmp_path / "other", ca_name="Other Root CA")
+    ca_file.write_bytes(other.ca.pem)  # the client's CA is removed (replaced by another)
     tls = gw.gateway.listeners[0].tls
     for _ in range(50):
-        if not tls.trust.is_pinned(identity_from_der(self_signed.der)):
+        if tls.trust.ca_certificates[0].subject != pki.ca.cert.subject:
             break
         await asyncio.sleep(0.1)
-    status, _, reused = await asyncio.to_thread(_resumable_request, gw.port, context, session)
-    assert reused, "the client resumed its old session"
+    # Each reload builds a new context with new ticket keys, so the old session
+    # no longer resumes; were it to, TrustState.accepts re-checks it.
+    status, _, _ = await asyncio.to_thread(_resumable_request, gw.port, context, session)
     assert status == 403

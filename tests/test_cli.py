@@ -225,7 +225,7 @@ def test_check_lists_registry_and_tls_problems(spec_dir: Path) -> None:
         )
     )
     data = yaml.safe_load(spec_dir.read_text())
-    data["listeners"][0]["tls"]["pinned_certs"] = ["pki/ca.pem"]  # a CA as a pin
+    data["listeners"][0]["tls"]["client_ca"] = "pki/server.key"  # not a certificate
     spec_dir.write_text(yaml.safe_dump(data))
 
     lines = error_lines(run_cli("check", "--config", spec_dir))
@@ -233,8 +233,7 @@ def test_check_lists_registry_and_tls_problems(spec_dir: Path) -> None:
     assert len(lines) == 3, lines
     assert lines[0].startswith(f"{registry}:clients[0].secrets[0].value: expected an IPv4")
     assert lines[1].startswith(f"{registry}:clients[1].secrets[0].value: unknown attribute")
-    assert lines[2].startswith(f"{spec_dir}:listeners[0].tls.pinned_certs[0]: ")
-    assert "refusing to pin" in lines[2]
+    assert lines[2].startswith(f"{spec_dir}:listeners[0].tls.client_ca: cannot read ")
 
 
 # --------------------------------------------------------------------------- clients

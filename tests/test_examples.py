@@ -26,7 +26,8 @@ def test_gateway_example_loads_verbatim_in_a_quickstart_layout(tmp_path: Path) -
 
     assert config.listeners[0].tls.client_ca == tmp_path / "pki" / "ca.pem"
     assert config.registry.kind == "yaml"
-    assert gateway.listeners[0].tls.trust.pinned_thumbprints  # the self-signed pin loaded
+    assert gateway.listeners[0].tls.trust.ca_certificates  # the dev CA is the one anchor
+    assert not gateway.listeners[0].tls.material.ignored_pins  # no deprecated keys in use
 
 
 def test_clients_example_parses() -> None:

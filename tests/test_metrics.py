@@ -71,11 +71,16 @@ async def test_metrics_after_traffic(
     async with gw.session(stranger) as session, session.get(gw.url + "/hello") as r:
         assert r.status == 403
 
-    # A handshake refused by the TLS layer (unknown CA) is started, never completed.
+    # An unknown CA completes the handshake and is refused by the policy.
     rogue = Pki(tmp_path / "rogue", ca_name="Rogue CA").client("client")
-    with contextlib.suppress(aiohttp.ClientError, OSError):
-        async with gw.session(rogue) as session, session.get(gw.url + "/hello") as r:
-            pass
+    async with gw.session(rogue) as session, session.get(gw.url + "/hello") as r:
+        assert r.status == 403
+    # A broken ClientHello: a handshake started, failed, never completed.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"\x16\x03\x01\x00\x05hello")
+    with contextlib.suppress(OSError):
+        await reader.read()
+    writer.close()
 
     # A registry reload is counted too.
     data: dict[str, Any] = yaml.safe_load(gw.registry_path.read_text())
@@ -101,15 +106,17 @@ async def test_metrics_after_traffic(
     req = "mtls_gateway_requests_total"
     assert value(found, req, listener="0", route="/", method="read", status="200") == 4
     assert value(found, req, route="/", status="401") == 1
-    assert value(found, req, route="/", status="403") == 1
+    assert value(found, req, route="/", status="403") == 2
     assert value(found, req, route="/connect/token", method="write", status="200") == 1
     assert value(found, "mtls_gateway_upstream_latency_seconds_count", route="/") == 4
     assert value(found, "mtls_gateway_auth_refusals_total", reason="no_match") == 1
+    assert value(found, "mtls_gateway_auth_refusals_total", reason="untrusted_ca") == 1
+    assert value(found, "mtls_gateway_tls_handshake_failures_total", reason="tls_error") == 1
     assert value(found, "mtls_gateway_tokens_total", client_id="mtls.client", outcome="issued") == 1
     assert value(found, "mtls_gateway_tokens_total", client_id="-", outcome="invalid_client") == 1
     assert value(found, "mtls_gateway_registry_up") == 1
     assert value(found, "mtls_gateway_registry_lookups_total", result="match") >= 1
-    assert value(found, "mtls_gateway_registry_lookups_total", result="no_match") == 1
+    assert value(found, "mtls_gateway_registry_lookups_total", result="no_match") == 2
     assert value(found, "mtls_gateway_reloads_total", component="registry", outcome="ok") >= 1
     assert (
         value(found, "mtls_gateway_reloads_total", component="tls:listeners[0]", outcome="failed")
@@ -121,7 +128,7 @@ async def test_metrics_after_traffic(
     assert value(found, "mtls_gateway_requests_in_flight") == 0
     started = value(found, "mtls_gateway_tls_handshakes_total", listener="0", outcome="started")
     completed = value(found, "mtls_gateway_tls_handshakes_total", listener="0", outcome="completed")
-    assert completed >= 3 and started >= completed + 1
+    assert completed >= 4 and started == completed + 1
     assert value(found, "mtls_gateway_connections_refused_total", listener="0") == 0
 
     # One access-log line per request, with identity but never the token.

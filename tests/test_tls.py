@@ -1,4 +1,9 @@
-"""gateway.tls: trust material, refused pins, and certificate swaps seen by real handshakes."""
+"""gateway.tls: trust material, the verdicts real handshakes record, and material swaps.
+
+Handshakes run through the production TLS layer (gateway.listener) in front of
+a tiny protocol that answers "OK" and remembers the connection's TlsSession,
+so each test sees both what the client got and what the policy would decide on.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import shutil
 import ssl
 import warnings
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,9 +24,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.config import TlsConfig
 from gateway.identity import identity_from_der
+from gateway.listener.session import TlsSession
+from gateway.listener.tls_protocol import TlsServerProtocol
 from gateway.tls import ListenerTls, TlsMaterialError, load_material
 from tests.pki import NOW, Issued, Pki, dn, name
-from tests.test_identity import v1_certificate
 
 WHERE = "gateway.yaml:listeners[0].tls"
 
@@ -50,14 +56,28 @@ def tls_config(
 class Outcome:
     server_der: bytes | None  # the certificate the server presented
     accepted: bool  # the server finished the handshake and answered
+    session: TlsSession | None = None  # what the server side recorded
+
+
+class _Answer(asyncio.Protocol):
+    def __init__(self, seen: list[TlsSession]) -> None:
+        self._seen = seen
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._seen.append(transport.get_extra_info("ssl_object"))
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"OK")
+        transport.close()
 
 
 @dataclass
 class Server:
     port: int
+    sessions: list[TlsSession] = field(default_factory=list)
 
     async def connect(self, ctx: ssl.SSLContext) -> Outcome:
         """One fresh TLS connection (new context: no session to resume)."""
+        before = len(self.sessions)
         try:
             reader, writer = await asyncio.open_connection(
                 "127.0.0.1", self.port, ssl=ctx, server_hostname="localhost"
@@ -67,27 +87,32 @@ class Server:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         try:
-            # Under TLS 1.3 a refused client certificate shows up on the first read.
+            # Under TLS 1.3 a refused handshake shows up on the first read.
             data = await asyncio.wait_for(reader.read(2), 5)
         except (ssl.SSLError, ConnectionError):
             data = b""
         writer.close()
         with contextlib.suppress(ssl.SSLError, ConnectionError):
             await writer.wait_closed()
-        return Outcome(der, data == b"OK")
+        session = self.sessions[before] if len(self.sessions) > before else None
+        return Outcome(der, data == b"OK", session)
 
 
 @contextlib.asynccontextmanager
-async def serving(context: ssl.SSLContext) -> AsyncIterator[Server]:
-    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"OK")
-        with contextlib.suppress(ConnectionError, ssl.SSLError):
-            await writer.drain()
-        writer.close()
+async def serving(listener: ListenerTls) -> AsyncIterator[Server]:
+    seen: list[TlsSession] = []
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    def factory() -> asyncio.Protocol:
+        return TlsServerProtocol(
+            listener.context,
+            lambda: _Answer(seen),
+            handshake_timeout=5,
+            observer=listener.handshakes,
+        )
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
     try:
-        yield Server(server.sockets[0].getsockname()[1])
+        yield Server(server.sockets[0].getsockname()[1], seen)
     finally:
         server.close()
         await server.wait_closed()
@@ -115,25 +140,6 @@ def self_signed(pki: Pki) -> Issued:
     return pki.certificate(dn("self", ou=None), self_signed=True)
 
 
-@pytest.mark.parametrize("kind", ["ca-true", "key-cert-sign", "x509-v1"])
-def test_pin_that_can_issue_certificates_is_refused(
-    pki: Pki, self_signed: Issued, tmp_path: Path, kind: str
-) -> None:
-    if kind == "ca-true":
-        bad = pki.ca.cert_path
-        subject = "CN=Test Root CA, O=Test"
-    elif kind == "key-cert-sign":
-        bad = pki.certificate(dn("signer"), self_signed=True, key_cert_sign=True).cert_path
-        subject = "CN=signer, OU=production, O=company"
-    else:
-        bad = _pem_file(tmp_path / "v1.pem", v1_certificate(dn("legacy"))[0])
-        subject = "CN=legacy, OU=production, O=company"
-    with pytest.raises(TlsMaterialError) as info:
-        load_material(tls_config(pki, pinned=(self_signed.cert_path, bad)), WHERE)
-    (problem,) = info.value.problems
-    assert problem.startswith(f"{WHERE}.pinned_certs[1]: {bad}: refusing to pin '{subject}'")
-
-
 def test_every_material_problem_at_once(pki: Pki, client_cert: Issued, tmp_path: Path) -> None:
     empty = tmp_path / "empty.pem"
     empty.write_bytes(b"")
@@ -149,52 +155,96 @@ def test_every_material_problem_at_once(pki: Pki, client_cert: Issued, tmp_path:
         load_material(config, WHERE)
     problems = info.value.problems
     assert [p.split(":")[1] for p in problems] == [
-        "listeners[0].tls.cert",
         "listeners[0].tls.client_ca",
         "listeners[0].tls.pinned_certs[0]",
-        "listeners[0].tls.pinned_certs[1]",
+        "listeners[0].tls.cert",
     ]
-    assert problems[0].startswith(f"{WHERE}.cert: cannot use {pki.server.cert_path} with key ")
+    assert problems[2].startswith(f"{WHERE}.cert: cannot use {pki.server.cert_path} with key ")
+    assert all("\n" not in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "this is a private key, not a certificate"),
+        (b"\x30\x03\x02\x01\x01", "not a PEM or DER certificate file"),
+        (b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", "not a PEM or DER"),
+    ],
+    ids=["a-key", "der-garbage", "pem-garbage"],
+)
+def test_a_client_ca_that_is_no_certificate_is_one_readable_line(
+    pki: Pki, tmp_path: Path, content: bytes | None, says: str
+) -> None:
+    path = pki.server.key_path
+    if content is not None:
+        path = tmp_path / "client-ca.pem"
+        path.write_bytes(content)
+    with pytest.raises(TlsMaterialError) as info:
+        load_material(tls_config(pki, client_ca=path), WHERE)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{WHERE}.client_ca: cannot read {path}: {says}")
+    assert "\n" not in problem
 
 
 def test_trust_material_of_a_valid_config(pki: Pki, self_signed: Issued) -> None:
     material = load_material(tls_config(pki, pinned=(self_signed.cert_path,)), WHERE)
     assert material.trust.ca_certificates == (pki.ca.cert,)
-    assert material.trust.pinned_thumbprints == {self_signed.thumbprint}
     assert material.server_not_after == pki.server.cert.not_valid_after_utc
+    assert material.server_subject == "CN=localhost"
+    # The deprecated pin is read and never trusted; its line names the replacement.
+    (line,) = material.ignored_pins
+    assert line.startswith(f"{WHERE}.pinned_certs[0]: deprecated")
+    assert self_signed.thumbprint in line and "X509CertificateThumbprint" in line
 
 
-def test_leaf_inside_client_ca_is_treated_as_a_pin(
+def test_a_leaf_inside_client_ca_is_never_an_anchor(
     pki: Pki, client_cert: Issued, self_signed: Issued, tmp_path: Path
 ) -> None:
     bundle = _pem_file(tmp_path / "bundle.pem", pki.ca.cert, self_signed.cert, client_cert.cert)
-    trust = load_material(tls_config(pki, client_ca=bundle), WHERE).trust
-    assert trust.ca_certificates == (pki.ca.cert,)
-    assert trust.pinned_thumbprints == {self_signed.thumbprint, client_cert.thumbprint}
-    # A pin can only ever match thumbprint secrets (registry matching, pinned=True).
-    assert trust.is_pinned(identity_from_der(self_signed.der))
+    material = load_material(tls_config(pki, client_ca=bundle), WHERE)
+    assert material.trust.ca_certificates == (pki.ca.cert,)
+    assert len(material.ignored_pins) == 2
+    assert self_signed.thumbprint in material.ignored_pins[0]
 
 
-async def test_pinned_self_signed_passes_the_handshake_and_others_do_not(
-    pki: Pki, self_signed: Issued, client_cert: Issued
+async def test_every_certificate_completes_the_handshake_with_its_verdict_recorded(
+    pki: Pki, self_signed: Issued, client_cert: Issued, tmp_path: Path
 ) -> None:
-    listener = ListenerTls(tls_config(pki, pinned=(self_signed.cert_path,)), WHERE)
-    stranger = pki.certificate(dn("stranger", ou=None), self_signed=True)
-    async with serving(listener.listening_context) as server:
-        assert (await server.connect(pki.client_context(self_signed))).accepted
-        assert (await server.connect(pki.client_context(client_cert))).accepted  # CA-issued
-        assert (await server.connect(pki.client_context(None))).accepted  # optional
-        assert not (await server.connect(pki.client_context(stranger))).accepted
+    listener = ListenerTls(tls_config(pki), WHERE)
+    rogue = Pki(tmp_path / "rogue", ca_name="Rogue CA").client("client")
+    expired = pki.client(
+        "old", not_before=NOW - dt.timedelta(days=10), not_after=NOW - dt.timedelta(days=1)
+    )
+    async with serving(listener) as server:
+        issued = await server.connect(pki.client_context(client_cert))
+        assert issued.accepted and issued.session is not None
+        assert issued.session.chain_verified and issued.session.peer_der == client_cert.der
+        assert issued.session.alpn is None  # asyncio's client offers no ALPN
+        assert issued.session.version in ("TLSv1.2", "TLSv1.3")
+
+        anonymous = await server.connect(pki.client_context(None))  # client_certs: optional
+        assert anonymous.accepted and anonymous.session is not None
+        assert anonymous.session.peer_der is None
+
+        for cert, errno in ((self_signed, 18), (rogue, 20), (expired, 10)):
+            outcome = await server.connect(pki.client_context(cert))
+            assert outcome.accepted and outcome.session is not None
+            assert not outcome.session.chain_verified
+            assert outcome.session.failure is not None
+            assert (outcome.session.failure.depth, outcome.session.failure.errno) == (0, errno)
+    assert listener.handshakes.started == listener.handshakes.completed == 5
 
 
-async def test_leaf_only_client_ca_accepts_that_leaf(
+async def test_a_leaf_only_client_ca_verifies_nothing(
     pki: Pki, self_signed: Issued, tmp_path: Path
 ) -> None:
-    # No CA at all: the leaf alone is the trust store (partial chain).
+    # Under the stdlib layer a leaf here was its own trust anchor (partial chain).
     bundle = _pem_file(tmp_path / "leaf.pem", self_signed.cert)
     listener = ListenerTls(tls_config(pki, client_ca=bundle), WHERE)
-    async with serving(listener.listening_context) as server:
-        assert (await server.connect(pki.client_context(self_signed))).accepted
+    async with serving(listener) as server:
+        outcome = await server.connect(pki.client_context(self_signed))
+        assert outcome.accepted and outcome.session is not None
+        assert not outcome.session.chain_verified
 
 
 # --------------------------------------------------------------------------- reload
@@ -215,7 +265,7 @@ async def test_reload_swaps_the_server_certificate_for_new_handshakes(
     cert_path, key_path = rotating
     listener = ListenerTls(tls_config(pki, cert=cert_path, key=key_path), WHERE)
     renewed = _server_cert(pki, "renewed")
-    async with serving(listener.listening_context) as server:
+    async with serving(listener) as server:
         first = await server.connect(pki.client_context(None))
         assert first.accepted and first.server_der == pki.server.der
 
@@ -243,22 +293,28 @@ async def test_reload_swaps_the_server_certificate_for_new_handshakes(
         assert (await server.connect(pki.client_context(None))).server_der == renewed.der
 
 
-async def test_reload_swaps_trust_material(pki: Pki, self_signed: Issued, tmp_path: Path) -> None:
-    pins = _pem_file(tmp_path / "pins.pem", self_signed.cert)
-    newcomer = pki.certificate(dn("newcomer", ou=None), self_signed=True)
-    listener = ListenerTls(tls_config(pki, pinned=(pins,)), WHERE)
-    async with serving(listener.listening_context) as server:
-        assert not (await server.connect(pki.client_context(newcomer))).accepted
-        _pem_file(pins, newcomer.cert)
-        assert listener.reload() is True
-        assert (await server.connect(pki.client_context(newcomer))).accepted
-        assert not (await server.connect(pki.client_context(self_signed))).accepted
+async def test_reload_swaps_trust_material(pki: Pki, client_cert: Issued, tmp_path: Path) -> None:
+    anchors = _pem_file(tmp_path / "client-ca.pem", pki.ca.cert)
+    other = Pki(tmp_path / "other", ca_name="Other Root CA")
+    newcomer = other.client("newcomer")
+    listener = ListenerTls(tls_config(pki, client_ca=anchors), WHERE)
 
-        # A CA slipped into the pin file is refused; the current pins stay.
-        _pem_file(pins, pki.ca.cert)
+    async def verified(cert: Issued) -> bool:
+        outcome = await server.connect(pki.client_context(cert))
+        assert outcome.accepted and outcome.session is not None
+        return outcome.session.chain_verified
+
+    async with serving(listener) as server:
+        assert await verified(client_cert) and not await verified(newcomer)
+        _pem_file(anchors, other.ca.cert)
+        assert listener.reload() is True
+        assert await verified(newcomer) and not await verified(client_cert)
+
+        # A broken replacement is refused; the current anchors stay.
+        anchors.write_bytes(b"-----BEGIN CERTIFICATE-----\ntruncated")
         assert listener.reload() is False
-        assert listener.trust.pinned_thumbprints == {newcomer.thumbprint}
-        assert (await server.connect(pki.client_context(newcomer))).accepted
+        assert listener.trust.ca_certificates == (other.ca.cert,)
+        assert await verified(newcomer)
 
 
 # --------------------------------------------------------------------------- protocol
@@ -279,9 +335,10 @@ async def test_tls_1_1_client_is_refused(pki: Pki) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         tls11 = ssl.TLSVersion.TLSv1_1
-    async with serving(listener.listening_context) as server:
+    async with serving(listener) as server:
         assert not (await server.connect(_legacy_client(pki, tls11))).accepted
         assert (await server.connect(_legacy_client(pki, ssl.TLSVersion.TLSv1_2))).accepted
+    assert listener.handshakes.started == listener.handshakes.completed + 1
 
     # Control: the same client does speak TLS 1.1 to a server that allows it,
     # so the refusal above is the gateway's doing.
@@ -291,47 +348,38 @@ async def test_tls_1_1_client_is_refused(pki: Pki) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         permissive.minimum_version = ssl.TLSVersion.TLSv1
     permissive.set_ciphers("DEFAULT:@SECLEVEL=0")
-    async with serving(permissive) as server:
-        assert (await server.connect(_legacy_client(pki, tls11))).accepted
+
+    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"OK")
+        writer.close()
+
+    plain = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=permissive)
+    try:
+        control = Server(plain.sockets[0].getsockname()[1])
+        assert (await control.connect(_legacy_client(pki, tls11))).accepted
+    finally:
+        plain.close()
+        await plain.wait_closed()
 
 
 # --------------------------------------------------------------------------- resumed sessions
 
 
 def test_trust_state_accepts(pki: Pki, tmp_path: Path) -> None:
+    """What a resumed session is re-checked against: the anchors in force now."""
     past = {"not_before": NOW - dt.timedelta(days=10), "not_after": NOW - dt.timedelta(days=1)}
-    pinned = pki.certificate(dn("pinned", ou=None), self_signed=True)
-    pinned_expired = pki.certificate(dn("pinned-old", ou=None), self_signed=True, **past)  # type: ignore[arg-type]
     issued = pki.client("issued")
     issued_expired = pki.client("issued-old", **past)
     stranger = pki.certificate(dn("stranger", ou=None), self_signed=True)
     # Another CA with the very same name: only the signature tells them apart.
     impostor_ca = Pki(tmp_path / "impostor", ca_name="Test Root CA")
     impostor = impostor_ca.client("client")
-
-    trust = load_material(
-        tls_config(pki, pinned=(pinned.cert_path, pinned_expired.cert_path)), WHERE
-    ).trust
+    trust = load_material(tls_config(pki, pinned=(stranger.cert_path,)), WHERE).trust
 
     def accepts(issued_cert: Issued) -> bool:
         return trust.accepts(identity_from_der(issued_cert.der))
 
-    assert accepts(pinned)
     assert accepts(issued)
-    assert not accepts(pinned_expired)  # a full handshake refuses it too
     assert not accepts(issued_expired)
-    assert not accepts(stranger)
+    assert not accepts(stranger)  # a (deprecated) pin vouches for nothing
     assert not accepts(impostor)
-
-
-async def test_expired_pin_is_refused_by_a_full_handshake(pki: Pki) -> None:
-    # The fact TrustState.accepts mirrors for resumed sessions.
-    expired = pki.certificate(
-        dn("pinned-old", ou=None),
-        self_signed=True,
-        not_before=NOW - dt.timedelta(days=10),
-        not_after=NOW - dt.timedelta(days=1),
-    )
-    listener = ListenerTls(tls_config(pki, pinned=(expired.cert_path,)), WHERE)
-    async with serving(listener.listening_context) as server:
-        assert not (await server.connect(pki.client_context(expired))).accepted

@@ -32,7 +32,8 @@ from typing import ClassVar, Literal
 from cryptography.hazmat.primitives import serialization
 
 from gateway.identity import sha1_thumbprint
-from gateway.tls import TLS12_CIPHERS, TlsMaterialError, load_pem_certificates
+from gateway.listener.tls_context import TLS12_CIPHERS
+from gateway.tls import TlsMaterialError, load_pem_certificates
 from gateway.watch import ChangeDetector
 
 log = logging.getLogger("gateway.outbound")

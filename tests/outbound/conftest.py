@@ -23,12 +23,15 @@ from aiohttp import web
 
 from gateway.config import (
     BindAddress,
+    LimitsConfig,
     OutboundConfig,
     OutboundRouteConfig,
     OutboundTlsConfig,
     OutboundTokenConfig,
 )
+from gateway.metrics import create_metrics
 from gateway.outbound.listener import OutboundListener
+from gateway.server import BoundOutbound, bind_outbound
 from tests.pki import Issued, Pki
 
 
@@ -185,22 +188,24 @@ def outbound_config(
 
 @pytest.fixture
 async def start_outbound() -> AsyncIterator[StartOutbound]:
-    """Run one OutboundListener's app on 127.0.0.1:0 (the unit under test, unwrapped)."""
-    started: list[tuple[web.AppRunner, OutboundListener]] = []
+    """One OutboundListener bound the way ``serve`` binds it (gateway.server.bind_outbound)."""
+    started: list[tuple[BoundOutbound, OutboundListener]] = []
 
-    async def start(config: OutboundConfig) -> RunningOutbound:
+    async def start(config: OutboundConfig, limits: LimitsConfig | None = None) -> RunningOutbound:
         listener = OutboundListener(config, index=0, source=Path("test.yaml"))
-        runner = web.AppRunner(listener.app(), access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        started.append((runner, listener))
-        return RunningOutbound(listener, f"http://127.0.0.1:{port}")
+        bound = await bind_outbound(
+            listener,
+            limits=limits or LimitsConfig(),
+            metrics=create_metrics(),
+            access_log=None,
+            where="test.yaml:outbound[0].bind",
+        )
+        started.append((bound, listener))
+        return RunningOutbound(listener, f"http://127.0.0.1:{bound.address[1]}")
 
     yield start
-    for runner, listener in started:
-        await runner.cleanup()
+    for bound, listener in started:
+        await bound.close()
         await listener.close()
 
 

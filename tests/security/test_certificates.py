@@ -1,11 +1,12 @@
 """Certificate shapes an attacker (or a careless PKI) presents, through the whole stack.
 
 Already covered elsewhere and kept there: unknown CA, expired, not yet valid
-and unpinned self-signed certificates fail the handshake (tests/test_auth.py);
-a CA-issued certificate with keyCertSign is never a client (test_auth.py);
-pins that can issue certificates (CA:TRUE, keyCertSign, X.509 v1) are refused
-at load (test_tls.py, test_auth.py); CRL revocation (test_revocation.py); DN
-injection by a comma in a CN (test_auth.py, test_dn.py).
+and unregistered self-signed certificates get a 403 naming the reason
+(tests/test_auth.py); a CA-issued certificate with keyCertSign is never a PKI
+client (test_auth.py); a self-signed certificate that can issue is admitted by
+its thumbprint and mints nothing (test_auth.py); CRL revocation
+(test_revocation.py); DN injection by a comma in a CN (test_auth.py,
+test_dn.py).
 """
 
 from __future__ import annotations
@@ -100,29 +101,36 @@ EKUS: dict[str, list[x509.ObjectIdentifier] | None] = {
 }
 # OpenSSL's server side checks the "sslclient" purpose on the leaf: an EKU
 # extension, when present, must name clientAuth (anyExtendedKeyUsage alone
-# does not do).  The gateway keeps that rule; it is measured here.
+# does not do).  The gateway keeps that rule for PKI secrets (the chain must
+# verify); a thumbprint secret names one exact certificate, whatever its
+# extensions, as IdentityServer's thumbprint validator does.
 ACCEPTED_EKUS = {"clientAuth", "serverAuth+clientAuth", "no EKU extension"}
 
 
-@pytest.mark.parametrize("pinned", [False, True], ids=["ca-issued", "pinned-self-signed"])
+@pytest.mark.parametrize(
+    "secret", ["name", "thumbprint", "thumbprint-self-signed"], ids=lambda s: f"by-{s}"
+)
 @pytest.mark.parametrize("eku", list(EKUS))
-async def test_extended_key_usage_must_allow_client_auth(
-    make_gateway: MakeGateway, pki: Pki, eku: str, pinned: bool
+async def test_extended_key_usage_must_allow_client_auth_for_pki_secrets(
+    make_gateway: MakeGateway, pki: Pki, eku: str, secret: str
 ) -> None:
-    base = pki.certificate(dn(f"eku-{len(eku)}-{pinned}"), self_signed=pinned, eku=None)
+    self_signed = secret == "thumbprint-self-signed"
+    base = pki.certificate(dn(f"eku-{len(eku)}-{secret}"), self_signed=self_signed, eku=None)
     usages = EKUS[eku]
-    cert = base if usages is None else with_eku(pki, base, usages, base if pinned else pki.ca)
-    gw = await make_gateway(
-        clients=[registry_client("eku.client", thumbprint_secret(cert.thumbprint))],
-        tls={"pinned_certs": [str(cert.cert_path)]} if pinned else None,
+    cert = base if usages is None else with_eku(pki, base, usages, base if self_signed else pki.ca)
+    registered = (
+        name_secret(f"CN=eku-{len(eku)}-{secret}, OU=production, O=company")
+        if secret == "name"
+        else thumbprint_secret(cert.thumbprint)
     )
+    gw = await make_gateway(clients=[registry_client("eku.client", registered)])
     outcome, headers = await attempt(gw, cert)
-    if eku in ACCEPTED_EKUS:
+    if eku in ACCEPTED_EKUS or secret != "name":
         assert outcome == 200
         assert headers["x-client-id"] == ["eku.client"]
     else:
-        assert outcome == REFUSED
-    if not pinned:
+        assert outcome == 403
+    if not self_signed:
         # Certificates forwarded by a trusted load balancer are verified in
         # Python (gateway/chain.py): the same certificate gets the same answer.
         pool = TrustPool.of("client_ca", [pki.ca.cert])
@@ -175,7 +183,7 @@ async def test_very_long_chains_are_decided_quickly(
         assert outcome == 200
         assert headers["x-client-id"] == ["deep"]
     else:
-        assert outcome == REFUSED
+        assert outcome == 403  # the handshake completes; the chain never verified
     assert (await attempt(gw, pki.client("client")))[0] == 403  # served, just not registered
 
 
@@ -186,7 +194,7 @@ async def test_chain_without_its_intermediate_needs_the_intermediate_in_client_c
     clients = [registry_client("mid", name_secret("CN=via-intermediate, OU=production, O=company"))]
     gw = await make_gateway(clients=clients)
     # The leaf alone: nothing links it to the root in client_ca.
-    assert (await attempt(gw, leaf))[0] == REFUSED
+    assert (await attempt(gw, leaf))[0] == 403
     # Sent with its intermediate, the chain builds.
     assert (await attempt(gw, leaf, chain=leaf.pem + intermediate.pem))[0] == 200
     # Or the operator trusts the intermediate (partial chain).
@@ -197,7 +205,7 @@ async def test_chain_without_its_intermediate_needs_the_intermediate_in_client_c
 
 
 @pytest.mark.parametrize("when", ["expired", "not yet valid"])
-async def test_chain_through_an_intermediate_outside_its_validity_fails_the_handshake(
+async def test_chain_through_an_intermediate_outside_its_validity_is_refused(
     make_gateway: MakeGateway, pki: Pki, when: str
 ) -> None:
     window = (
@@ -212,7 +220,7 @@ async def test_chain_through_an_intermediate_outside_its_validity_fails_the_hand
     gw = await make_gateway(
         clients=[registry_client("c", name_secret(f"CN=under-{when}, OU=production, O=company"))]
     )
-    assert (await attempt(gw, leaf, chain=leaf.pem + intermediate.pem))[0] == REFUSED
+    assert (await attempt(gw, leaf, chain=leaf.pem + intermediate.pem))[0] == 403
 
 
 async def test_multi_valued_unicode_and_control_character_rdns_through_the_whole_stack(
@@ -297,9 +305,10 @@ def _blocking_get(
 async def test_a_resumed_session_is_rechecked_against_the_current_trust_store(
     make_gateway: MakeGateway, pki: Pki, client_cert: Issued, tmp_path: Path
 ) -> None:
-    # TLS-NOTES: a resumed session skips OpenSSL's verification, so a client
-    # whose CA was removed still completes a resumed handshake.  The gateway
-    # must refuse it itself.
+    # OpenSSL skips chain verification when a session resumes, so a client
+    # whose CA was removed must not get in on an old ticket.  Each reload
+    # builds a new context with new ticket keys: the old ticket no longer
+    # resumes at all (and were it to, TrustState.accepts re-checks it).
     bundle = tmp_path / "client-ca.pem"
     bundle.write_bytes(pki.ca.pem)
     gw = await make_gateway(clients=[MTLS_CLIENT], tls={"client_ca": str(bundle)})
@@ -313,7 +322,6 @@ async def test_a_resumed_session_is_rechecked_against_the_current_trust_store(
     bundle.write_bytes(Pki(tmp_path / "other", "Other CA").ca.pem)  # the client's CA is gone
     assert await gw.gateway.reload() is True
     resumed = await asyncio.to_thread(_blocking_get, context, gw.port, ticket)
-    assert resumed[1] is True, "the session was not resumed: this test proves nothing"
-    assert resumed[0] == 403
+    assert resumed == (403, False, resumed[2])
     full = await asyncio.to_thread(_blocking_get, context, gw.port)
-    assert full[0] == REFUSED  # a full handshake fails at the TLS layer
+    assert full[0] == 403  # a full handshake: not issued by a trusted CA any more

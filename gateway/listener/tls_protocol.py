@@ -1,0 +1,431 @@
+"""TLS as an asyncio protocol wrapping another protocol, over pyOpenSSL memory BIOs.
+
+The design of Twisted's ``TLSMemoryBIOProtocol`` and mitmproxy's TLS layer:
+ciphertext from the socket transport is written into OpenSSL's read BIO,
+plaintext comes out of ``recv`` and goes to the wrapped (HTTP) protocol, whose
+writes go through ``send`` and leave as ciphertext read from the write BIO.
+Because it is a protocol over *any* transport, the PROXY protocol is simply
+one more protocol stacked beneath it (``proxy_header.py``).
+
+The pump is written for the keep-alive hot path (docs/design/tls-layer.md):
+one ``bio_write`` + ``recv`` per arriving segment and one ``send`` +
+``bio_read`` per response write; the write BIO is drained with one read sized
+from what was sent, so no ``WantReadError`` is raised to find its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+
+from gateway.listener.session import TlsSession
+from gateway.listener.tls_context import openssl_reason
+from gateway.listener.verdict import handshake_failure_kind
+
+# One TLS record carries at most 16 KiB of plaintext (RFC 8446 §5.1), and one
+# SSL_read returns at most one record: a larger buffer would only be allocated.
+RECORD_PLAINTEXT = 16384
+# Ciphertext bytes per record beyond its plaintext: header 5, content type 1,
+# AEAD tag 16 (TLS 1.3); TLS 1.2 GCM adds an 8-byte explicit nonce instead.
+_RECORD_OVERHEAD = 29
+_HANDSHAKE_RECORD = 0x16
+_PLAIN_HTTP_BODY = (
+    b'{"error":"invalid_request","error_description":"plain HTTP sent to an HTTPS port (mTLS)"}'
+)
+_PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
+)
+
+
+class HandshakeObserver(Protocol):
+    """Where handshake outcomes are counted and logged (``handshakes.py``)."""
+
+    def handshake_started(self) -> None: ...
+
+    def handshake_completed(self, session: TlsSession) -> None: ...
+
+    def handshake_failed(self, kind: str, reason: str, peer: Any) -> None: ...
+
+
+class TlsServerProtocol(asyncio.Protocol):
+    """Server side of one TLS connection; the wrapped protocol starts after the handshake."""
+
+    __slots__ = (
+        "_app",
+        "_app_factory",
+        "_app_transport",
+        "_closing",
+        "_conn",
+        "_context",
+        "_got_bytes",
+        "_loop",
+        "_observer",
+        "_read_paused",
+        "_session",
+        "_timeout",
+        "_timer",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        context: Callable[[], SSL.Context],
+        app_factory: Callable[[], asyncio.Protocol],
+        *,
+        handshake_timeout: float,
+        observer: HandshakeObserver,
+    ) -> None:
+        self._context = context  # called per connection: a reload swaps what it returns
+        self._app_factory = app_factory
+        self._timeout = handshake_timeout
+        self._observer = observer
+        self._app: asyncio.Protocol | None = None
+        self._app_transport = TlsTransport(self)
+        self._transport: asyncio.Transport | None = None
+        self._conn: SSL.Connection | None = None
+        self._session = TlsSession()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._read_paused = False
+        self._got_bytes = False
+
+    # -- from the transport below -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is only alike
+        conn = SSL.Connection(self._context(), None)
+        conn.set_accept_state()
+        conn.set_app_data(self._session)
+        self._conn = conn
+        self._timer = self._loop.call_later(self._timeout, self._handshake_expired)
+        self._observer.handshake_started()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None or self._closing:
+            return
+        if self._app is None:
+            self._handshake_step(conn, data)
+            return
+        conn.bio_write(data)
+        self._deliver(conn)
+
+    def eof_received(self) -> bool | None:
+        # A TCP FIN without close_notify: the peer's data may be truncated
+        # (RFC 8446 §6.1); the HTTP layer judges what that means for a request.
+        if self._app is None:
+            if self._got_bytes:
+                self._observer.handshake_failed(
+                    "eof", "connection closed during the handshake", self._peer()
+                )
+            return False
+        return self._app.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._closing = True
+        app, self._app = self._app, None
+        if app is not None:
+            app.connection_lost(exc)
+        elif self._got_bytes and exc is not None:
+            self._observer.handshake_failed(
+                "reset", f"connection lost during the handshake: {exc}", self._peer()
+            )
+        self._conn = None
+
+    def pause_writing(self) -> None:
+        if self._app is not None:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app is not None:
+            self._app.resume_writing()
+
+    # -- handshake -------------------------------------------------------------------
+
+    def _handshake_step(self, conn: SSL.Connection, data: bytes) -> None:
+        if not self._got_bytes:
+            self._got_bytes = True
+            if data[:1] != bytes([_HANDSHAKE_RECORD]) and data[:1].isalpha():
+                # A plain HTTP request on the TLS port: say so, as NGINX does.
+                self._observer.handshake_failed(
+                    "plain_http", "plain HTTP request on a TLS port", self._peer()
+                )
+                self._write_raw(_PLAIN_HTTP_ANSWER)
+                self._close_transport()
+                return
+        conn.bio_write(data)
+        try:
+            conn.do_handshake()
+        except SSL.WantReadError:
+            self._flush_all(conn)
+            return
+        except SSL.Error as exc:
+            self._handshake_failed(conn, exc)
+            return
+        self._flush_all(conn)
+        self._established(conn)
+
+    def _handshake_failed(self, conn: SSL.Connection, exc: SSL.Error) -> None:
+        self._cancel_timer()
+        failure = self._session.failure
+        if failure is not None:  # untrusted_certificates: alert
+            kind, reason = failure.kind, failure.reason
+        else:
+            reason = openssl_reason(exc)
+            kind = handshake_failure_kind(reason)
+        self._observer.handshake_failed(kind, reason, self._peer())
+        self._flush_all(conn)  # the alert OpenSSL queued, so the client learns why
+        self._close_transport()
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        if self._app is None and not self._closing:
+            self._observer.handshake_failed(
+                "timeout", "no TLS handshake within the timeout", self._peer()
+            )
+            self._closing = True
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _established(self, conn: SSL.Connection) -> None:
+        self._cancel_timer()
+        session = self._session
+        peer = conn.get_peer_certificate(as_cryptography=True)
+        if peer is not None:
+            session.peer_der = peer.public_bytes(Encoding.DER)
+        alpn = conn.get_alpn_proto_negotiated()
+        session.alpn = alpn.decode("ascii", "replace") if alpn else None
+        session.version = conn.get_protocol_version_name()
+        session.cipher = conn.get_cipher_name() or ""
+        name = conn.get_servername()
+        session.server_name = name.decode("ascii", "replace") if name else None
+        self._observer.handshake_completed(session)
+        app = self._app_factory()
+        self._app = app
+        app.connection_made(self._app_transport)
+        if self._app is not None and not self._closing:
+            # TLS 1.3 clients often send the first request with their Finished.
+            self._deliver(conn)
+
+    # -- plaintext both ways -------------------------------------------------------
+
+    def _deliver(self, conn: SSL.Connection) -> None:
+        app = self._app
+        while app is not None and not self._read_paused and not self._closing:
+            try:
+                plaintext = conn.recv(RECORD_PLAINTEXT)
+            except SSL.WantReadError:
+                return
+            except SSL.ZeroReturnError:
+                self._close_notify_received(app)
+                return
+            except SSL.Error:
+                # A record failed authentication or a fatal alert arrived: no
+                # further byte from this peer can be trusted.
+                self._flush_all(conn)
+                self.abort()
+                return
+            app.data_received(plaintext)
+            app = self._app
+
+    def _close_notify_received(self, app: asyncio.Protocol) -> None:
+        # The peer closed its writing side cleanly (RFC 8446 §6.1); it may
+        # still read, so the protocol decides whether to finish first.
+        keep_open = app.eof_received()
+        if not keep_open:
+            self.close()
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        conn = self._conn
+        if conn is None or self._closing or not data:
+            return
+        try:
+            # Partial writes are off (tls_context.py): SSL_write takes it all.
+            written = conn.send(data)
+        except SSL.Error:
+            self.abort()
+            return
+        size = len(data)
+        assert written == size, "partial TLS write"
+        self._flush_sized(conn, size + _RECORD_OVERHEAD * (size // RECORD_PLAINTEXT + 2))
+
+    def _flush_sized(self, conn: SSL.Connection, expected: int) -> None:
+        try:
+            ciphertext = conn.bio_read(expected)
+        except SSL.WantReadError:
+            return
+        self._write_raw(ciphertext)
+        if len(ciphertext) == expected:
+            self._flush_all(conn)  # more was queued than estimated (a KeyUpdate, say)
+
+    def _flush_all(self, conn: SSL.Connection) -> None:
+        while True:
+            try:
+                ciphertext = conn.bio_read(65536)
+            except SSL.WantReadError:
+                return
+            self._write_raw(ciphertext)
+
+    def _write_raw(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    # -- what the wrapped protocol's transport does -----------------------------------
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        conn = self._conn
+        if conn is not None and self._app is not None:
+            with contextlib.suppress(SSL.Error):
+                conn.shutdown()  # queues close_notify; the peer's is not awaited
+            self._flush_all(conn)
+        self._close_transport()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self._read_paused:
+            self._read_paused = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused:
+            self._read_paused = False
+            if self._transport is not None and not self._closing:
+                self._transport.resume_reading()
+                # Plaintext already in OpenSSL's buffers arrives with no new
+                # segment to trigger it: deliver it on the next loop turn
+                # (not from inside the caller's own call stack).
+                self._loop.call_soon(self._resume_delivery)
+
+    def _resume_delivery(self) -> None:
+        if self._conn is not None and not self._read_paused:
+            self._deliver(self._conn)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing or self._transport is None or self._transport.is_closing()
+
+    @property
+    def reading(self) -> bool:
+        return not self._read_paused
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport
+
+    @property
+    def session(self) -> TlsSession:
+        return self._session
+
+    @property
+    def app(self) -> asyncio.Protocol | None:
+        return self._app
+
+    @app.setter
+    def app(self, protocol: asyncio.Protocol) -> None:
+        self._app = protocol
+
+    def context(self) -> SSL.Context | None:
+        return self._conn.get_context() if self._conn is not None else None
+
+    def _close_transport(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()  # after what is buffered is written
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _peer(self) -> Any:
+        return self._transport.get_extra_info("peername") if self._transport is not None else None
+
+
+class TlsTransport(asyncio.Transport):
+    """The transport the wrapped protocol writes plaintext to."""
+
+    __slots__ = ("_tls",)
+
+    def __init__(self, tls: TlsServerProtocol) -> None:
+        super().__init__()
+        self._tls = tls
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._tls.session
+        if name == "sslcontext":
+            return self._tls.context()
+        if name == "peercert":
+            return None  # the stdlib's dict form; the DER is on ssl_object
+        transport = self._tls.transport
+        return transport.get_extra_info(name, default) if transport is not None else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._tls.send(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._tls.send(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS has close_notify for the whole connection only
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS connections cannot be half-closed for writing")
+
+    def is_closing(self) -> bool:
+        return self._tls.closing
+
+    def close(self) -> None:
+        self._tls.close()
+
+    def abort(self) -> None:
+        self._tls.abort()
+
+    def is_reading(self) -> bool:
+        return self._tls.reading
+
+    def pause_reading(self) -> None:
+        self._tls.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._tls.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        transport = self._tls.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        transport = self._tls.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        transport = self._tls.transport
+        return transport.get_write_buffer_limits() if transport is not None else (0, 0)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        self._tls.app = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        app = self._tls.app
+        assert app is not None
+        return app

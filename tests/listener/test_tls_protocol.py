@@ -1,0 +1,120 @@
+"""gateway.listener.tls_protocol through the whole gateway: what a TLS peer sees.
+
+Clients are the stdlib's blocking TLS sockets (system OpenSSL 3.0), the server
+the production stack (pyOpenSSL on the bundled OpenSSL), so each test is two
+independent TLS implementations talking over a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import time
+
+from tests.conftest import MakeGateway, name_secret, registry_client
+from tests.pki import Issued, Pki
+
+MTLS_CLIENT = registry_client("mtls.client", name_secret("CN=client, OU=production, O=company"))
+
+
+def _request_then_read_to_eof(port: int, context: ssl.SSLContext) -> tuple[bytes, str]:
+    """A Connection: close request; the bytes, and how the stream ended."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        # No ragged EOFs: a TCP FIN without close_notify raises SSLEOFError.
+        context.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as tls,
+    ):
+        tls.sendall(b"GET /bye HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        try:
+            while chunk := tls.recv(65536):
+                data += chunk
+        except ssl.SSLEOFError:
+            return data, "eof without close_notify"
+        return data, "close_notify"
+
+
+async def test_a_closing_connection_sends_close_notify(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    data, ending = await asyncio.to_thread(
+        _request_then_read_to_eof, gw.port, pki.client_context(client_cert)
+    )
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert ending == "close_notify"  # RFC 8446 §6.1: truncation is detectable
+
+
+def _plain(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(payload)
+        data = b""
+        while chunk := raw.recv(65536):
+            data += chunk
+        return data
+
+
+async def test_plain_http_on_the_tls_port_gets_a_json_400(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    answer = await asyncio.to_thread(_plain, gw.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["error_description"] == "plain HTTP sent to an HTTPS port (mTLS)"
+    metrics = gw.gateway.metrics.render().decode()
+    assert 'mtls_gateway_tls_handshake_failures_total{reason="plain_http"} 1.0' in metrics
+
+
+async def test_a_silent_connection_is_closed_at_the_header_read_timeout(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT], extra={"limits": {"header_read_timeout": 0.5}})
+    started = time.monotonic()
+    answer = await asyncio.to_thread(_plain, gw.port, b"")  # connects, sends nothing
+    elapsed = time.monotonic() - started
+    assert answer == b""
+    assert 0.4 < elapsed < 3, elapsed
+    metrics = gw.gateway.metrics.render().decode()
+    assert 'mtls_gateway_tls_handshake_failures_total{reason="timeout"} 1.0' in metrics
+
+
+def _handshake_error(port: int, context: ssl.SSLContext) -> str:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        try:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            return tls.recv(100).decode("latin-1")
+        except ssl.SSLError as exc:
+            return str(exc.reason)
+
+
+async def test_required_client_certificate_missing_is_a_certificate_required_alert(
+    make_gateway: MakeGateway, pki: Pki
+) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT], tls={"client_certs": "required"})
+    reason = await asyncio.to_thread(_handshake_error, gw.port, pki.client_context(None))
+    assert reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    metrics = gw.gateway.metrics.render().decode()
+    assert 'mtls_gateway_tls_handshake_failures_total{reason="certificate_required"} 1.0' in metrics
+
+
+async def test_alpn_http_1_1_is_selected_and_h2_only_clients_get_no_protocol(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+
+    def negotiated(protocols: list[str]) -> str | None:
+        context = pki.client_context(client_cert)
+        context.set_alpn_protocols(protocols)
+        with (
+            socket.create_connection(("127.0.0.1", gw.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            return tls.selected_alpn_protocol()
+
+    assert await asyncio.to_thread(negotiated, ["h2", "http/1.1"]) == "http/1.1"
+    assert await asyncio.to_thread(negotiated, ["h2"]) is None
