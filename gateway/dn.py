@@ -14,7 +14,6 @@ RDNs, each a set of ``(oid, normalised value)`` pairs, and those are compared.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -62,14 +61,20 @@ class DnSyntaxError(ValueError):
 
 
 def normalise_value(value: str) -> str:
-    """Comparison form of an attribute value.
+    """Comparison form of an attribute value: case folded (``str.casefold``),
+    inner runs of white space collapsed to one space, outer white space removed.
 
-    A light version of RFC 4518 string preparation (used by X.500 caseIgnoreMatch,
-    RFC 5280 §7.1): Unicode NFKC, case folded, inner runs of white space collapsed,
-    outer white space removed.
+    Deliberately no Unicode normalisation (neither NFKC nor NFC): RFC 4518
+    string preparation (NFKC) would make a CA-issued ``CN=ｃｌｉｅｎｔ``
+    (fullwidth letters) equal ``CN=client``.  IdentityServer compares the .NET
+    string exactly; case and white space are as far as we fold beyond it, so a
+    value composed differently from the registry's (``e`` + U+0301 against
+    ``é``) fails closed instead of matching.  Full case folding does map a few
+    characters outside their script's usual letters (``ß`` → ``ss``, U+212A
+    KELVIN SIGN → ``k``, ``ﬁ`` → ``fi``): that is Unicode's CaseFolding.txt,
+    documented in the README, not a compatibility mapping of whole alphabets.
     """
-    folded = unicodedata.normalize("NFKC", value).casefold()
-    return " ".join(folded.split())
+    return " ".join(value.casefold().split())
 
 
 def _short_name(oid: ObjectIdentifier) -> str:
