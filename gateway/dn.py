@@ -65,14 +65,15 @@ def normalise_value(value: str) -> str:
     inner runs of white space collapsed to one space, outer white space removed.
 
     Deliberately no Unicode normalisation (neither NFKC nor NFC): RFC 4518
-    string preparation (NFKC) would make a CA-issued ``CN=ｃｌｉｅｎｔ``
-    (fullwidth letters) equal ``CN=client``.  IdentityServer compares the .NET
-    string exactly; case and white space are as far as we fold beyond it, so a
-    value composed differently from the registry's (``e`` + U+0301 against
-    ``é``) fails closed instead of matching.  Full case folding does map a few
-    characters outside their script's usual letters (``ß`` → ``ss``, U+212A
-    KELVIN SIGN → ``k``, ``ﬁ`` → ``fi``): that is Unicode's CaseFolding.txt,
-    documented in the README, not a compatibility mapping of whole alphabets.
+    string preparation (NFKC) would make a CA-issued ``CN=client`` written in
+    fullwidth letters (U+FF43 ...) equal the ASCII ``CN=client``.
+    IdentityServer compares the .NET string exactly; case and white space are
+    as far as we fold beyond it, so a value composed differently from the
+    registry's (``e`` + U+0301 against ``é``) fails closed instead of
+    matching.  Full case folding does map a few characters outside their
+    script's usual letters (``ß`` → ``ss``, U+212A KELVIN SIGN → ``k``, the
+    ``fi`` ligature → ``fi``): that is Unicode's CaseFolding.txt, documented in
+    the README, not a compatibility mapping of whole alphabets.
     """
     return " ".join(value.casefold().split())
 

@@ -376,8 +376,8 @@ def test_parse_arbitrary_text_raises_only_dn_syntax_error(text: str) -> None:
 async def test_fullwidth_lookalike_cn_is_refused_over_tls(
     make_gateway: MakeGateway, pki: Pki, client_cert: Issued
 ) -> None:
-    """A CA-issued ``CN=ｃｌｉｅｎｔ`` must not be served as the ASCII ``CN=client``."""
-    lookalike = pki.client("\uff43\uff4c\uff49\uff45\uff4e\uff54")  # ｃｌｉｅｎｔ
+    """A CA-issued fullwidth ``CN=client`` must not be served as the ASCII ``CN=client``."""
+    lookalike = pki.client("\uff43\uff4c\uff49\uff45\uff4e\uff54")  # "client", fullwidth
     gw = await make_gateway(clients=[MTLS_CLIENT])
     await assert_refused(gw, lookalike, 403, "access_denied")
     await assert_accepted_as(gw, client_cert, "mtls.client")  # the real one still is
