@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,7 @@ def _read_document(source: str) -> Any:
 
 
 def _client_from_flags(args: argparse.Namespace) -> Client:
+    flags: list[str] = []  # secrets[i] came from flags[i]: problems name the flag
     if args.from_file:
         data = _read_document(args.from_file)
         if isinstance(data, dict) and "clients" in data:
@@ -95,11 +97,11 @@ def _client_from_flags(args: argparse.Namespace) -> Client:
     else:
         if not args.client_id:
             raise ConfigError(["clients add: give a client_id, or --from-file"])
-        secrets = [
-            {"type": kind, "value": value}
-            for flag, kind in _SECRET_FLAGS.items()
-            for value in getattr(args, flag)
-        ]
+        secrets = []
+        for flag, kind in _SECRET_FLAGS.items():
+            for value in getattr(args, flag):
+                secrets.append({"type": kind, "value": value})
+                flags.append(f"--{flag.replace('_', '-')}")
         data = {
             "client_id": args.client_id,
             "allowed_scopes": args.scope,
@@ -114,7 +116,16 @@ def _client_from_flags(args: argparse.Namespace) -> Client:
     try:
         return parse_client(data)
     except ClientError as exc:
-        raise ConfigError([f"client {label}: {p}" for p in exc.problems]) from None
+        problems = [_flag_problem(p, flags) for p in exc.problems]
+        raise ConfigError([f"client {label}: {p}" for p in problems]) from None
+
+
+def _flag_problem(problem: str, flags: list[str]) -> str:
+    """``secrets[1].value: …`` → ``--thumbprint: …``: the key the user typed."""
+    match = re.match(r"secrets\[(\d+)\]\.value: ", problem)
+    if match is None or int(match[1]) >= len(flags):
+        return problem
+    return f"{flags[int(match[1])]}: {problem[match.end() :]}"
 
 
 async def run_clients_command(config: GatewayConfig, args: argparse.Namespace) -> int:

@@ -34,8 +34,9 @@ def x5t_s256(der: bytes) -> str:
 
 
 def normalise_thumbprint(value: str) -> str:
-    """Thumbprints as operators paste them: any case, with colons or spaces."""
-    return "".join(ch for ch in value if ch not in ": \t").lower()
+    """Thumbprints as operators paste them: any case, with colons or white space
+    (any Unicode space, e.g. the no-break space some tools copy)."""
+    return "".join(ch for ch in value if ch != ":" and not ch.isspace()).lower()
 
 
 @dataclass(frozen=True, slots=True)

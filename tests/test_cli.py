@@ -285,6 +285,13 @@ def test_clients_add_by_flags(spec_dir: Path) -> None:
         "CN=new, OU=production, O=company",
         "abcdef0123456789abcdef0123456789abcdef01",
     ]
+    # The file holds the thumbprint in the form that matches, not as pasted.
+    written = yaml.safe_load(registry.read_text())["clients"]
+    (entry,) = [c for c in written if c["client_id"] == "new.client"]
+    assert entry["secrets"][1] == {
+        "type": "X509CertificateThumbprint",
+        "value": "abcdef0123456789abcdef0123456789abcdef01",
+    }
     assert added.allowed_scopes == ("api1", "api2")
     listed = _clients(spec_dir, "list").stdout
     assert "new.client\tenabled \tscopes=api1 api2" in listed
@@ -308,7 +315,15 @@ def test_clients_add_bad_thumbprint_names_client_and_field(spec_dir: Path) -> No
     registry = spec_dir.parent / "clients.yaml"
     before = registry.read_bytes()
     (line,) = error_lines(_clients(spec_dir, "add", "bad.client", "--thumbprint", "12:34"))
-    assert line.startswith("client bad.client: secrets[0].value: expected a SHA-1 thumbprint")
+    assert line.startswith("client bad.client: --thumbprint: expected a SHA-1 thumbprint")
+    assert line.endswith("got 4 digits")
+    (line,) = error_lines(
+        _clients(
+            spec_dir, "add", "bad.client", "--dn", "CN=x", "--thumbprint", "\u200e" + "ab" * 20
+        )
+    )
+    assert line.startswith("client bad.client: --thumbprint: expected a SHA-1 thumbprint")
+    assert "U+200E (invisible" in line
     assert registry.read_bytes() == before
 
 

@@ -404,6 +404,10 @@ def test_hash_helpers_match_the_identity(pki: Pki) -> None:
             "bca0d040847f843c5ee0fa6eb494837470155868",
         ),
         ("\tBCA0d040847f843c5ee0fa6eb494837470155868 ", "bca0d040847f843c5ee0fa6eb494837470155868"),
+        (
+            "BC\u00a0A0\u00a0D0\u00a040847f843c5ee0fa6eb494837470155868\r\n",
+            "bca0d040847f843c5ee0fa6eb494837470155868",
+        ),
     ],
 )
 def test_normalise_thumbprint(pasted: str, expected: str) -> None:
