@@ -67,8 +67,9 @@ def add_clients_parser(
         "--format",
         choices=("registry", "identityserver"),
         default="registry",
-        help="registry: this gateway's YAML; identityserver: a JSON export of "
-        "IdentityServer Client objects (what cannot carry over is listed)",
+        help="registry: this gateway's YAML; identityserver: IdentityServer clients "
+        "as a JSON export, EF entities, or an appsettings.json with an "
+        "IdentityServer:Clients section (what cannot carry over is listed)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the result; write nothing")
     p.add_argument("--report", help="write the not-carried-over list here instead of stderr")
@@ -198,6 +199,7 @@ async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int
 def _identityserver_clients(args: argparse.Namespace) -> list[Client]:
     """Convert an IdentityServer export; list what did not carry over (never silently)."""
     from gateway.registry.identityserver import IdentityServerFormatError, import_identityserver
+    from gateway.registry.identityserver_document import parse_json
 
     source = args.file
     try:
@@ -205,14 +207,15 @@ def _identityserver_clients(args: argparse.Namespace) -> list[Client]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: cannot read: {exc}"]) from None
     try:
-        result = import_identityserver(json.loads(text))
+        result = import_identityserver(parse_json(text))  # appsettings.json: comments allowed
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{source}:line {exc.lineno}: invalid JSON: {exc.msg}"]) from None
     except IdentityServerFormatError as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
     lines = [f"{source}: {line}" for line in result.report]
     summary = (
-        f"{source}: {len(result.clients)} client(s) converted, {len(result.skipped)} skipped"
+        f"{source}: {len(result.clients)} client(s) converted"
+        f"{' from ' + result.section if result.section else ''}, {len(result.skipped)} skipped"
         f"{' (' + ', '.join(result.skipped) + ')' if result.skipped else ''}, "
         f"{len(result.report)} item(s) not carried over as they were"
     )
