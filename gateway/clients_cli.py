@@ -14,6 +14,7 @@ import yaml
 
 from gateway.config import ConfigError, GatewayConfig, read_yaml_file
 from gateway.registry.base import RegistryWriteError, WritableRegistry
+from gateway.registry.dn_order import config_dn_order_warnings
 from gateway.registry.factory import create_registry
 from gateway.registry.model import Client, ClientError, parse_client
 from gateway.registry.yaml_file import dump_registry_document, parse_registry_document
@@ -132,14 +133,16 @@ def _flag_problem(problem: str, flags: list[str]) -> str:
 async def run_clients_command(config: GatewayConfig, args: argparse.Namespace) -> int:
     registry: WritableRegistry = create_registry(config.registry)
     try:
-        return await _dispatch(registry, args)
+        return await _dispatch(registry, args, config)
     except RegistryWriteError as exc:
         raise ConfigError([str(exc)]) from None
     finally:
         await registry.close()
 
 
-async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int:
+async def _dispatch(
+    registry: WritableRegistry, args: argparse.Namespace, config: GatewayConfig
+) -> int:
     command = args.clients_command
     if command == "list":
         for c in sorted(await registry.list_clients(), key=lambda c: c.client_id):
@@ -161,6 +164,9 @@ async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int
             raise ConfigError([f"client {client.client_id}: already exists (use --replace)"])
         await registry.put(client)
         print(f"added {client.client_id} to {registry.description}")
+        # Added all the same: a CA may really issue names in that order.
+        for line in config_dn_order_warnings(config, [client]):
+            print(f"mtls-gateway: warning: {line}", file=sys.stderr)
         return 0
     if command == "remove":
         if not await registry.remove(args.client_id):

@@ -12,7 +12,14 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.dn import DnSyntaxError, format_name, name_key, normalise_value, parse_dn
+from gateway.dn import (
+    DnSyntaxError,
+    format_name,
+    looks_least_specific_first,
+    name_key,
+    normalise_value,
+    parse_dn,
+)
 from tests.conftest import MakeGateway
 from tests.pki import Issued, Pki, dn, name
 from tests.test_auth import MTLS_CLIENT, assert_accepted_as, assert_refused
@@ -381,3 +388,39 @@ async def test_fullwidth_lookalike_cn_is_refused_over_tls(
     gw = await make_gateway(clients=[MTLS_CLIENT])
     await assert_refused(gw, lookalike, 403, "access_denied")
     await assert_accepted_as(gw, client_cert, "mtls.client")  # the real one still is
+
+
+# --------------------------------------------------------------------------- RDN order
+
+
+@pytest.mark.parametrize(
+    ("text", "reversed_text"),
+    [
+        ("O=company, OU=production, CN=client", "CN=client, OU=production, O=company"),
+        ("C=FR, O=company, CN=client", "CN=client, O=company, C=FR"),
+        ("DC=org, DC=example, CN=host", "CN=host, DC=example, DC=org"),
+        ("O=company, OU=production", "OU=production, O=company"),
+        ("C=FR, O=x + CN=y", "O=x + CN=y, C=FR"),
+    ],
+)
+def test_openssl_order_is_recognised(text: str, reversed_text: str) -> None:
+    parsed = parse_dn(text)
+    assert looks_least_specific_first(parsed)
+    flipped = parsed.reversed()
+    assert flipped.text == reversed_text
+    assert flipped.key == parse_dn(reversed_text).key
+    assert not looks_least_specific_first(flipped)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CN=client, OU=production, O=company",
+        "CN=client",
+        "E=ops@example.org, CN=client",  # equally specific: no opinion
+        "OID.1.2.3.4=x, CN=client",  # an unknown type first: no opinion
+        "OU=production, O=company",
+    ],
+)
+def test_registry_order_is_not_flagged(text: str) -> None:
+    assert not looks_least_specific_first(parse_dn(text))
