@@ -101,11 +101,12 @@ def _ns_cert_type_ca(cert: x509.Certificate) -> bool:
         ext = cert.extensions.get_extension_for_oid(_NS_CERT_TYPE).value
     except x509.ExtensionNotFound:
         return False
-    assert isinstance(ext, x509.UnrecognizedExtension)
-    der = ext.value  # 03 <length> <unused bits> <octets>
-    if len(der) < 4 or der[0] != 0x03:
-        return True  # unreadable: assume the worst (fail closed)
-    return bool(der[3] & _NS_ANY_CA)
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        return True  # parsed by a newer cryptography: we can't tell, so assume it can
+    der = ext.value  # BIT STRING: 03 <length> <unused bits> <octets>
+    if len(der) < 3 or der[0] != 0x03 or der[1] != len(der) - 2:
+        return True  # malformed: OpenSSL's reading is unknown, so fail closed
+    return len(der) > 3 and bool(der[3] & _NS_ANY_CA)
 
 
 def can_sign_certificates(cert: x509.Certificate) -> bool:

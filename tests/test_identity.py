@@ -321,6 +321,16 @@ ROWS = [
         self_issued=False,
     ),
     Row(
+        "ns-cert-type-malformed",  # not a BIT STRING: fail closed
+        _ns_cert_type_only(dn("netscape-odd"), bytes.fromhex("0400")),
+        subject="CN=netscape-odd, OU=production, O=company",
+        issuer=TEST_CA,
+        not_before=NOT_BEFORE,
+        not_after=NOT_AFTER,
+        is_ca=True,
+        self_issued=False,
+    ),
+    Row(
         "rfc8705-appendix-a",
         lambda _: _der_of(x509.load_pem_x509_certificate(RFC8705_PEM)),
         subject="CN=mtls",
