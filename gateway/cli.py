@@ -20,6 +20,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.devpki import DevPkiError, init_dev_pki
 from gateway.oauth.keys import SigningKeyError
 from gateway.registry.base import RegistryUnavailable
+from gateway.registry.model import Client
 
 T = TypeVar("T")
 
@@ -66,7 +67,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     gateway = assemble(config)
-    summary = _run(_count_clients(gateway.registry))
+    clients = _run(_list_clients(gateway.registry))
+    summary = f"{len(clients)} client(s) in {gateway.registry.description}"
     listeners = ", ".join(
         f"{ls.bind} ({ls.tls.client_certs} client certs)" for ls in config.listeners
     )
@@ -77,15 +79,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(
         f"{config.source}: ok: {len(config.listeners)} listener(s) [{listeners}],{outbound} {summary}"
     )
+    print_dn_order_warnings(config, clients)
     return 0
 
 
-async def _count_clients(registry: Any) -> str:
+async def _list_clients(registry: Any) -> list[Client]:
     try:
-        clients = await registry.list_clients()
+        return list(await registry.list_clients())
     finally:
         await registry.close()
-    return f"{len(clients)} client(s) in {registry.description}"
+
+
+def print_dn_order_warnings(config: GatewayConfig, clients: Sequence[Client]) -> None:
+    """Registered DNs probably written in openssl's RDN order: they never match."""
+    from gateway.registry.dn_order import config_dn_order_warnings
+
+    for line in config_dn_order_warnings(config, clients):
+        print(f"mtls-gateway: warning: {line}", file=sys.stderr)
 
 
 def cmd_certs_init(args: argparse.Namespace) -> int:

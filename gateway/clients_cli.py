@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 from gateway.config import ConfigError, GatewayConfig, read_yaml_file
 from gateway.registry.base import RegistryWriteError, WritableRegistry
+from gateway.registry.dn_order import config_dn_order_warnings
 from gateway.registry.factory import create_registry
 from gateway.registry.model import Client, ClientError, parse_client
 from gateway.registry.yaml_file import dump_registry_document, parse_registry_document
@@ -66,8 +68,9 @@ def add_clients_parser(
         "--format",
         choices=("registry", "identityserver"),
         default="registry",
-        help="registry: this gateway's YAML; identityserver: a JSON export of "
-        "IdentityServer Client objects (what cannot carry over is listed)",
+        help="registry: this gateway's YAML; identityserver: IdentityServer clients "
+        "as a JSON export, EF entities, or an appsettings.json with an "
+        "IdentityServer:Clients section (what cannot carry over is listed)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the result; write nothing")
     p.add_argument("--report", help="write the not-carried-over list here instead of stderr")
@@ -85,6 +88,7 @@ def _read_document(source: str) -> Any:
 
 
 def _client_from_flags(args: argparse.Namespace) -> Client:
+    flags: list[str] = []  # secrets[i] came from flags[i]: problems name the flag
     if args.from_file:
         data = _read_document(args.from_file)
         if isinstance(data, dict) and "clients" in data:
@@ -95,11 +99,11 @@ def _client_from_flags(args: argparse.Namespace) -> Client:
     else:
         if not args.client_id:
             raise ConfigError(["clients add: give a client_id, or --from-file"])
-        secrets = [
-            {"type": kind, "value": value}
-            for flag, kind in _SECRET_FLAGS.items()
-            for value in getattr(args, flag)
-        ]
+        secrets = []
+        for flag, kind in _SECRET_FLAGS.items():
+            for value in getattr(args, flag):
+                secrets.append({"type": kind, "value": value})
+                flags.append(f"--{flag.replace('_', '-')}")
         data = {
             "client_id": args.client_id,
             "allowed_scopes": args.scope,
@@ -114,20 +118,31 @@ def _client_from_flags(args: argparse.Namespace) -> Client:
     try:
         return parse_client(data)
     except ClientError as exc:
-        raise ConfigError([f"client {label}: {p}" for p in exc.problems]) from None
+        problems = [_flag_problem(p, flags) for p in exc.problems]
+        raise ConfigError([f"client {label}: {p}" for p in problems]) from None
+
+
+def _flag_problem(problem: str, flags: list[str]) -> str:
+    """``secrets[1].value: …`` → ``--thumbprint: …``: the key the user typed."""
+    match = re.match(r"secrets\[(\d+)\]\.value: ", problem)
+    if match is None or int(match[1]) >= len(flags):
+        return problem
+    return f"{flags[int(match[1])]}: {problem[match.end() :]}"
 
 
 async def run_clients_command(config: GatewayConfig, args: argparse.Namespace) -> int:
     registry: WritableRegistry = create_registry(config.registry)
     try:
-        return await _dispatch(registry, args)
+        return await _dispatch(registry, args, config)
     except RegistryWriteError as exc:
         raise ConfigError([str(exc)]) from None
     finally:
         await registry.close()
 
 
-async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int:
+async def _dispatch(
+    registry: WritableRegistry, args: argparse.Namespace, config: GatewayConfig
+) -> int:
     command = args.clients_command
     if command == "list":
         for c in sorted(await registry.list_clients(), key=lambda c: c.client_id):
@@ -149,6 +164,9 @@ async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int
             raise ConfigError([f"client {client.client_id}: already exists (use --replace)"])
         await registry.put(client)
         print(f"added {client.client_id} to {registry.description}")
+        # Added all the same: a CA may really issue names in that order.
+        for line in config_dn_order_warnings(config, [client]):
+            print(f"mtls-gateway: warning: {line}", file=sys.stderr)
         return 0
     if command == "remove":
         if not await registry.remove(args.client_id):
@@ -187,6 +205,7 @@ async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int
 def _identityserver_clients(args: argparse.Namespace) -> list[Client]:
     """Convert an IdentityServer export; list what did not carry over (never silently)."""
     from gateway.registry.identityserver import IdentityServerFormatError, import_identityserver
+    from gateway.registry.identityserver_document import parse_json
 
     source = args.file
     try:
@@ -194,14 +213,15 @@ def _identityserver_clients(args: argparse.Namespace) -> list[Client]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: cannot read: {exc}"]) from None
     try:
-        result = import_identityserver(json.loads(text))
+        result = import_identityserver(parse_json(text))  # appsettings.json: comments allowed
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{source}:line {exc.lineno}: invalid JSON: {exc.msg}"]) from None
     except IdentityServerFormatError as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
     lines = [f"{source}: {line}" for line in result.report]
     summary = (
-        f"{source}: {len(result.clients)} client(s) converted, {len(result.skipped)} skipped"
+        f"{source}: {len(result.clients)} client(s) converted"
+        f"{' from ' + result.section if result.section else ''}, {len(result.skipped)} skipped"
         f"{' (' + ', '.join(result.skipped) + ')' if result.skipped else ''}, "
         f"{len(result.report)} item(s) not carried over as they were"
     )

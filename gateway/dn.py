@@ -14,8 +14,7 @@ RDNs, each a set of ``(oid, normalised value)`` pairs, and those are compared.
 from __future__ import annotations
 
 import re
-import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
@@ -62,14 +61,21 @@ class DnSyntaxError(ValueError):
 
 
 def normalise_value(value: str) -> str:
-    """Comparison form of an attribute value.
+    """Comparison form of an attribute value: case folded (``str.casefold``),
+    inner runs of white space collapsed to one space, outer white space removed.
 
-    A light version of RFC 4518 string preparation (used by X.500 caseIgnoreMatch,
-    RFC 5280 §7.1): Unicode NFKC, case folded, inner runs of white space collapsed,
-    outer white space removed.
+    Deliberately no Unicode normalisation (neither NFKC nor NFC): RFC 4518
+    string preparation (NFKC) would make a CA-issued ``CN=client`` written in
+    fullwidth letters (U+FF43 ...) equal the ASCII ``CN=client``.
+    IdentityServer compares the .NET string exactly; case and white space are
+    as far as we fold beyond it, so a value composed differently from the
+    registry's (``e`` + U+0301 against ``é``) fails closed instead of
+    matching.  Full case folding does map a few characters outside their
+    script's usual letters (``ß`` → ``ss``, U+212A KELVIN SIGN → ``k``, the
+    ``fi`` ligature → ``fi``): that is Unicode's CaseFolding.txt, documented in
+    the README, not a compatibility mapping of whole alphabets.
     """
-    folded = unicodedata.normalize("NFKC", value).casefold()
-    return " ".join(folded.split())
+    return " ".join(value.casefold().split())
 
 
 def _short_name(oid: ObjectIdentifier) -> str:
@@ -116,6 +122,47 @@ class ParsedDn:
 
     key: DnKey
     text: str
+    # The shown text of each RDN, in the order written (most specific first).
+    rdn_texts: tuple[str, ...] = field(default=(), compare=False)
+
+    def reversed(self) -> ParsedDn:
+        """The same RDNs in the opposite order."""
+        texts = tuple(reversed(self.rdn_texts))
+        return ParsedDn(key=tuple(reversed(self.key)), text=", ".join(texts), rdn_texts=texts)
+
+
+# How specific an attribute is, for telling the two RDN orders apart: country
+# and domain components name the widest thing, a CN the narrowest.
+_SPECIFICITY: dict[str, int] = {
+    NameOID.COUNTRY_NAME.dotted_string: 0,
+    NameOID.DOMAIN_COMPONENT.dotted_string: 0,
+    NameOID.STATE_OR_PROVINCE_NAME.dotted_string: 1,
+    NameOID.LOCALITY_NAME.dotted_string: 1,
+    NameOID.ORGANIZATION_NAME.dotted_string: 2,
+    NameOID.ORGANIZATIONAL_UNIT_NAME.dotted_string: 3,
+    NameOID.COMMON_NAME.dotted_string: 4,
+    NameOID.USER_ID.dotted_string: 4,
+}
+
+
+def _specificity(rdn: Rdn) -> int | None:
+    known = [_SPECIFICITY[oid] for oid, _ in rdn if oid in _SPECIFICITY]
+    return max(known) if known else None
+
+
+def looks_least_specific_first(parsed: ParsedDn) -> bool:
+    """True for a DN written the way openssl prints subjects (``O=…, OU=…, CN=…``).
+
+    Registries hold .NET's order, most specific first (``CN=…, OU=…, O=…``),
+    and a DN in the other order matches no certificate of the usual shape.  A
+    heuristic: the first RDN written is less specific than the last (a C or O
+    first, a CN last).  A CA can issue names in unusual orders, so callers warn
+    rather than refuse.
+    """
+    if len(parsed.key) < 2:
+        return False
+    first, last = _specificity(parsed.key[-1]), _specificity(parsed.key[0])
+    return first is not None and last is not None and first < last
 
 
 def parse_dn(text: str) -> ParsedDn:
@@ -130,8 +177,8 @@ def parse_dn(text: str) -> ParsedDn:
         raise DnSyntaxError("empty distinguished name")
     rdns = [_parse_rdn(chunk, text) for chunk in _split(text, ",;", text)]
     key = tuple(reversed([frozenset(attrs) for attrs, _ in rdns]))
-    shown = ", ".join(" + ".join(parts) for _, parts in rdns)
-    return ParsedDn(key=key, text=shown)
+    texts = tuple(" + ".join(parts) for _, parts in rdns)
+    return ParsedDn(key=key, text=", ".join(texts), rdn_texts=texts)
 
 
 def _split(text: str, separators: str, whole: str) -> list[str]:

@@ -34,8 +34,9 @@ def x5t_s256(der: bytes) -> str:
 
 
 def normalise_thumbprint(value: str) -> str:
-    """Thumbprints as operators paste them: any case, with colons or spaces."""
-    return "".join(ch for ch in value if ch not in ": \t").lower()
+    """Thumbprints as operators paste them: any case, with colons or white space
+    (any Unicode space, e.g. the no-break space some tools copy)."""
+    return "".join(ch for ch in value if ch != ":" and not ch.isspace()).lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ class CertificateIdentity:
     serial_number: int
     not_before: dt.datetime
     not_after: dt.datetime
-    is_ca: bool  # basicConstraints CA:TRUE or keyCertSign: never a client identity
+    is_ca: bool  # can_sign_certificates: never a PKI client (RFC 5280 §4.2.1.9)
     self_issued: bool  # subject == issuer
 
     def valid_at(self, when: dt.datetime) -> bool:
@@ -89,27 +90,59 @@ def _sans(cert: x509.Certificate) -> SubjectAltNames:
     )
 
 
-def can_sign_certificates(cert: x509.Certificate) -> bool:
-    """True for a certificate OpenSSL could treat as an issuer.
+# Netscape certificate type (nsCertType): a BIT STRING; the SSL CA, S/MIME CA
+# and object-signing CA bits are the last three of the first octet.
+_NS_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")
+_NS_ANY_CA = 0x07
 
-    basicConstraints CA:TRUE or keyUsage keyCertSign; also an X.509 v1
-    certificate, which OpenSSL accepts as a CA when it is a trust anchor.
+
+def _ns_cert_type_ca(cert: x509.Certificate) -> bool:
+    try:
+        ext = cert.extensions.get_extension_for_oid(_NS_CERT_TYPE).value
+    except x509.ExtensionNotFound:
+        return False
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        return True  # parsed by a newer cryptography: we can't tell, so assume it can
+    der = ext.value  # BIT STRING: 03 <length> <unused bits> <octets>
+    if len(der) < 3 or der[0] != 0x03 or der[1] != len(der) - 2:
+        return True  # malformed: OpenSSL's reading is unknown, so fail closed
+    return len(der) > 3 and bool(der[3] & _NS_ANY_CA)
+
+
+def can_sign_certificates(cert: x509.Certificate) -> bool:
+    """True for a certificate that could act as an issuer, for RFC 5280 or OpenSSL.
+
+    RFC 5280 §4.2.1.9: basicConstraints CA:TRUE, or keyUsage keyCertSign (even
+    with CA:FALSE, which the RFC forbids).  OpenSSL's chain building (check_ca
+    in x509v3/v3_purp.c) also takes, when there is no basicConstraints, a
+    self-signed X.509 v1 certificate (a "V1 root") and an nsCertType with a CA
+    bit.  A v1 certificate that is *not* self-issued is none of these: it can
+    only be a leaf, which is what ``openssl x509 -req -CA ca.pem`` without
+    ``-extfile`` writes.  Self-issued is judged by our DN comparison key, which
+    folds at least as much as OpenSSL's X509_NAME_cmp, so we never call
+    something a leaf that OpenSSL would take as a V1 root.
     """
-    if cert.version is x509.Version.v1:
+    try:
+        bc: x509.BasicConstraints | None = cert.extensions.get_extension_for_class(
+            x509.BasicConstraints
+        ).value
+    except x509.ExtensionNotFound:
+        bc = None
+    try:
+        ku: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        ku = None
+    if bc is not None and bc.ca:
         return True
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if bc.ca:
-            return True
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if ku.key_cert_sign:
-            return True
-    except x509.ExtensionNotFound:
-        pass
-    return False
+    if ku is not None and ku.key_cert_sign:
+        return True
+    if bc is not None or ku is not None:
+        # basicConstraints CA:FALSE, or a keyUsage without keyCertSign: OpenSSL
+        # refuses it as an issuer whatever else it says.
+        return False
+    if cert.version is x509.Version.v1:
+        return name_key(cert.subject) == name_key(cert.issuer)
+    return _ns_cert_type_ca(cert)
 
 
 def identity_from_der(der: bytes) -> CertificateIdentity:

@@ -179,6 +179,46 @@ def test_check_accepts_the_spec_example(spec_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{spec_dir}: ok")
     assert "1 client(s)" in result.stdout
+    assert result.stderr == ""  # nothing to warn about
+
+
+def test_check_warns_about_dns_in_openssl_order(spec_dir: Path) -> None:
+    """Valid, so still ok (exit 0), but these DNs would never match: say so, with the fix."""
+    (spec_dir.parent / "clients.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "clients": [
+                    {
+                        "client_id": "pasted.from.openssl",
+                        "secrets": [
+                            {
+                                "type": "X509CertificateName",
+                                "value": "O=company, OU=production, CN=client",
+                            }
+                        ],
+                    },
+                    {
+                        "client_id": "reversed.issuer",
+                        "issuer": "O=mtls-gateway, CN=mtls-gateway dev CA",
+                        "secrets": [{"type": "X509CertificateName", "value": "CN=other"}],
+                    },
+                ]
+            }
+        )
+    )
+    result = run_cli("check", "--config", spec_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{spec_dir}: ok")
+    ca = spec_dir.parent / "pki" / "ca.pem"
+    assert result.stderr.splitlines() == [
+        "mtls-gateway: warning: client pasted.from.openssl: secrets[0]: DN "
+        "'O=company, OU=production, CN=client' looks written least specific first "
+        "(openssl's order) and would match no certificate of the usual shape; registries "
+        "use most specific first: 'CN=client, OU=production, O=company'",
+        "mtls-gateway: warning: client reversed.issuer: issuer: "
+        "'O=mtls-gateway, CN=mtls-gateway dev CA' names no CA in client_ca, but reversed "
+        f"it is the subject of {ca}: write 'CN=mtls-gateway dev CA, O=mtls-gateway'",
+    ]
 
 
 def test_check_lists_every_config_problem(spec_dir: Path) -> None:
@@ -284,9 +324,29 @@ def test_clients_add_by_flags(spec_dir: Path) -> None:
         "CN=new, OU=production, O=company",
         "abcdef0123456789abcdef0123456789abcdef01",
     ]
+    # The file holds the thumbprint in the form that matches, not as pasted.
+    written = yaml.safe_load(registry.read_text())["clients"]
+    (entry,) = [c for c in written if c["client_id"] == "new.client"]
+    assert entry["secrets"][1] == {
+        "type": "X509CertificateThumbprint",
+        "value": "abcdef0123456789abcdef0123456789abcdef01",
+    }
     assert added.allowed_scopes == ("api1", "api2")
     listed = _clients(spec_dir, "list").stdout
     assert "new.client\tenabled \tscopes=api1 api2" in listed
+
+
+def test_clients_add_warns_about_a_dn_typed_in_openssl_order(spec_dir: Path) -> None:
+    registry = spec_dir.parent / "clients.yaml"
+    result = _clients(spec_dir, "add", "typed", "--dn", "O=company, OU=production, CN=typed")
+    assert result.returncode == 0, result.stderr  # added all the same
+    assert "typed" in {c.client_id for c in load_registry_file(registry)}
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("mtls-gateway: warning: client typed: secrets[0]: DN ")
+    assert line.endswith("most specific first: 'CN=typed, OU=production, O=company'")
+
+    fine = _clients(spec_dir, "add", "fine", "--dn", "CN=fine, OU=production, O=company")
+    assert fine.returncode == 0 and fine.stderr == ""
 
 
 def test_clients_add_refuses_an_existing_id_without_replace(spec_dir: Path) -> None:
@@ -307,7 +367,15 @@ def test_clients_add_bad_thumbprint_names_client_and_field(spec_dir: Path) -> No
     registry = spec_dir.parent / "clients.yaml"
     before = registry.read_bytes()
     (line,) = error_lines(_clients(spec_dir, "add", "bad.client", "--thumbprint", "12:34"))
-    assert line.startswith("client bad.client: secrets[0].value: expected a SHA-1 thumbprint")
+    assert line.startswith("client bad.client: --thumbprint: expected a SHA-1 thumbprint")
+    assert line.endswith("got 4 digits")
+    (line,) = error_lines(
+        _clients(
+            spec_dir, "add", "bad.client", "--dn", "CN=x", "--thumbprint", "\u200e" + "ab" * 20
+        )
+    )
+    assert line.startswith("client bad.client: --thumbprint: expected a SHA-1 thumbprint")
+    assert "U+200E (invisible" in line
     assert registry.read_bytes() == before
 
 

@@ -12,8 +12,17 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.dn import DnSyntaxError, format_name, name_key, normalise_value, parse_dn
-from tests.pki import dn, name
+from gateway.dn import (
+    DnSyntaxError,
+    format_name,
+    looks_least_specific_first,
+    name_key,
+    normalise_value,
+    parse_dn,
+)
+from tests.conftest import MakeGateway
+from tests.pki import Issued, Pki, dn, name
+from tests.test_auth import MTLS_CLIENT, assert_accepted_as, assert_refused
 
 CUSTOM_OID = ObjectIdentifier("1.3.6.1.4.1.99999.7")
 
@@ -255,16 +264,29 @@ def test_syntax_error_is_a_value_error() -> None:
         ("my   client", "my client"),
         ("my\tclient", "my client"),
         ("STRASSE", "straße"),  # case folding, not just lower()
-        ("ﬁle", "file"),  # NFKC compatibility ligature
-        ("\uff21\uff42\uff43", "abc"),  # NFKC full-width letters
-        ("e\u0301", "\u00e9"),  # combining accent vs precomposed
+        ("ﬁle", "file"),  # CaseFolding.txt maps the ligature (documented in README)
+        ("my\u00a0client", "my client"),  # any Unicode white space collapses
+        ("\uff23\uff2c\uff29\uff25\uff2e\uff34", "\uff43\uff4c\uff49\uff45\uff4e\uff54"),
     ],
 )
 def test_normalise_value_equal(a: str, b: str) -> None:
     assert normalise_value(a) == normalise_value(b)
 
 
-@pytest.mark.parametrize(("a", "b"), [("client", "client2"), ("a b", "ab"), ("é", "e")])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("client", "client2"),
+        ("a b", "ab"),
+        ("é", "e"),
+        # No NFKC: fullwidth lookalikes stay distinct from ASCII (issue 13).
+        ("\uff43\uff4c\uff49\uff45\uff4e\uff54", "client"),
+        ("\uff23\uff2c\uff29\uff25\uff2e\uff34", "client"),
+        ("\u2460", "1"),  # circled digit one
+        # No NFC either: a differently composed value fails closed.
+        ("e\u0301", "\u00e9"),
+    ],
+)
 def test_normalise_value_different(a: str, b: str) -> None:
     assert normalise_value(a) != normalise_value(b)
 
@@ -353,3 +375,52 @@ def test_parse_arbitrary_text_raises_only_dn_syntax_error(text: str) -> None:
         return
     # Whatever parses has a canonical text that parses to the same key.
     assert parse_dn(parsed.text).key == parsed.key
+
+
+# --------------------------------------------------------------------------- over real TLS
+
+
+async def test_fullwidth_lookalike_cn_is_refused_over_tls(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued
+) -> None:
+    """A CA-issued fullwidth ``CN=client`` must not be served as the ASCII ``CN=client``."""
+    lookalike = pki.client("\uff43\uff4c\uff49\uff45\uff4e\uff54")  # "client", fullwidth
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    await assert_refused(gw, lookalike, 403, "access_denied")
+    await assert_accepted_as(gw, client_cert, "mtls.client")  # the real one still is
+
+
+# --------------------------------------------------------------------------- RDN order
+
+
+@pytest.mark.parametrize(
+    ("text", "reversed_text"),
+    [
+        ("O=company, OU=production, CN=client", "CN=client, OU=production, O=company"),
+        ("C=FR, O=company, CN=client", "CN=client, O=company, C=FR"),
+        ("DC=org, DC=example, CN=host", "CN=host, DC=example, DC=org"),
+        ("O=company, OU=production", "OU=production, O=company"),
+        ("C=FR, O=x + CN=y", "O=x + CN=y, C=FR"),
+    ],
+)
+def test_openssl_order_is_recognised(text: str, reversed_text: str) -> None:
+    parsed = parse_dn(text)
+    assert looks_least_specific_first(parsed)
+    flipped = parsed.reversed()
+    assert flipped.text == reversed_text
+    assert flipped.key == parse_dn(reversed_text).key
+    assert not looks_least_specific_first(flipped)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CN=client, OU=production, O=company",
+        "CN=client",
+        "E=ops@example.org, CN=client",  # equally specific: no opinion
+        "OID.1.2.3.4=x, CN=client",  # an unknown type first: no opinion
+        "OU=production, O=company",
+    ],
+)
+def test_registry_order_is_not_flagged(text: str) -> None:
+    assert not looks_least_specific_first(parse_dn(text))

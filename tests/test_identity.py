@@ -9,8 +9,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -26,7 +29,8 @@ from gateway.identity import (
     sha1_thumbprint,
     x5t_s256,
 )
-from tests.pki import Pki, dn, name
+from tests.conftest import MakeGateway, echoed_headers, name_secret, registry_client
+from tests.pki import Issued, Pki, dn, name
 
 UTC = dt.UTC
 NOT_BEFORE = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -71,24 +75,28 @@ def _der(tag: int, contents: bytes) -> bytes:
 
 
 def v1_certificate(
-    subject: x509.Name, key: ec.EllipticCurvePrivateKey | None = None
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey | None = None,
+    *,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed X.509 v1 certificate.
+    """An X.509 v1 certificate: self-signed, or signed by ``issuer`` (name, key).
 
     cryptography's CertificateBuilder always writes v3, so build one without
     extensions, drop the ``[0] version`` field from its TBSCertificate (absent
     means v1, RFC 5280 §4.1) and sign the result again with the same key.
     """
     key = key or ec.generate_private_key(ec.SECP256R1())
+    issuer_name, signer = issuer or (subject, key)
     v3 = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOT_BEFORE)
         .not_valid_after(NOT_AFTER)
-        .sign(key, hashes.SHA256())
+        .sign(signer, hashes.SHA256())
     )
     der = v3.public_bytes(serialization.Encoding.DER)
     _, outer, _ = _tlv(der, 0)
@@ -97,13 +105,50 @@ def v1_certificate(
     assert tag == 0xA0, "expected the explicit version field first"
     tbs = _der(0x30, der[version_end:tbs_end])
     _, _, alg_end = _tlv(der, tbs_end)
-    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    signature = signer.sign(tbs, ec.ECDSA(hashes.SHA256()))
     cert = x509.load_der_x509_certificate(
         _der(0x30, tbs + der[tbs_end:alg_end] + _der(0x03, b"\x00" + signature))
     )
     assert cert.version is x509.Version.v1
-    cert.verify_directly_issued_by(cert)
+    if issuer is None:
+        cert.verify_directly_issued_by(cert)
     return cert, key
+
+
+def _v1_issued_by_ca(subject: x509.Name) -> Callable[[Pki], bytes]:
+    def make(pki: Pki) -> bytes:
+        cert, _ = v1_certificate(subject, issuer=(pki.ca.cert.subject, pki.ca.key))
+        cert.verify_directly_issued_by(pki.ca.cert)
+        return _der_of(cert)
+
+    return make
+
+
+# nsCertType (2.16.840.1.113730.1.1) as openssl writes it: a DER BIT STRING.
+NS_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")
+NS_CLIENT = bytes.fromhex("03020780")  # client
+NS_CLIENT_SSL_CA = bytes.fromhex("03020284")  # client, sslCA
+
+
+def _ns_cert_type_only(subject: x509.Name, bits: bytes) -> Callable[[Pki], bytes]:
+    """CA-issued, no basicConstraints and no keyUsage: only nsCertType says what it is."""
+
+    def make(pki: Pki) -> bytes:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(pki.ca.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOT_BEFORE)
+            .not_valid_after(NOT_AFTER)
+            .add_extension(x509.UnrecognizedExtension(NS_CERT_TYPE, bits), critical=False)
+            .sign(pki.ca.key, hashes.SHA256())
+        )
+        return _der_of(cert)
+
+    return make
 
 
 # --------------------------------------------------------------------------- the table
@@ -231,6 +276,61 @@ ROWS = [
         self_issued=True,
     ),
     Row(
+        # `openssl x509 -req -CA ca.pem` without -extfile: OpenSSL can't chain
+        # through a v1 certificate that is not self-issued, so it is a leaf.
+        "x509-v1-ca-issued",
+        _v1_issued_by_ca(dn("tutorial")),
+        subject="CN=tutorial, OU=production, O=company",
+        issuer=TEST_CA,
+        not_before=NOT_BEFORE,
+        not_after=NOT_AFTER,
+        is_ca=False,
+        self_issued=False,
+    ),
+    Row(
+        # Self-issued but signed by the CA: OpenSSL's V1_ROOT test is on names.
+        "x509-v1-self-issued-ca-signed",
+        _v1_issued_by_ca(
+            name((NameOID.ORGANIZATION_NAME, "Test"), (NameOID.COMMON_NAME, "test root ca"))
+        ),
+        subject="CN=test root ca, O=Test",
+        issuer=TEST_CA,
+        not_before=NOT_BEFORE,
+        not_after=NOT_AFTER,
+        is_ca=True,
+        self_issued=False,  # not byte-equal names; the CA test folds case
+    ),
+    Row(
+        "ns-cert-type-ssl-ca-without-basic-constraints",
+        _ns_cert_type_only(dn("netscape"), NS_CLIENT_SSL_CA),
+        subject="CN=netscape, OU=production, O=company",
+        issuer=TEST_CA,
+        not_before=NOT_BEFORE,
+        not_after=NOT_AFTER,
+        is_ca=True,  # OpenSSL's check_ca takes it as an issuer (non-strict mode)
+        self_issued=False,
+    ),
+    Row(
+        "ns-cert-type-client-only",
+        _ns_cert_type_only(dn("netscape-client"), NS_CLIENT),
+        subject="CN=netscape-client, OU=production, O=company",
+        issuer=TEST_CA,
+        not_before=NOT_BEFORE,
+        not_after=NOT_AFTER,
+        is_ca=False,
+        self_issued=False,
+    ),
+    Row(
+        "ns-cert-type-malformed",  # not a BIT STRING: fail closed
+        _ns_cert_type_only(dn("netscape-odd"), bytes.fromhex("0400")),
+        subject="CN=netscape-odd, OU=production, O=company",
+        issuer=TEST_CA,
+        not_before=NOT_BEFORE,
+        not_after=NOT_AFTER,
+        is_ca=True,
+        self_issued=False,
+    ),
+    Row(
         "rfc8705-appendix-a",
         lambda _: _der_of(x509.load_pem_x509_certificate(RFC8705_PEM)),
         subject="CN=mtls",
@@ -314,6 +414,10 @@ def test_hash_helpers_match_the_identity(pki: Pki) -> None:
             "bca0d040847f843c5ee0fa6eb494837470155868",
         ),
         ("\tBCA0d040847f843c5ee0fa6eb494837470155868 ", "bca0d040847f843c5ee0fa6eb494837470155868"),
+        (
+            "BC\u00a0A0\u00a0D0\u00a040847f843c5ee0fa6eb494837470155868\r\n",
+            "bca0d040847f843c5ee0fa6eb494837470155868",
+        ),
     ],
 )
 def test_normalise_thumbprint(pasted: str, expected: str) -> None:
@@ -337,3 +441,47 @@ def test_garbage_raises_certificate_error(pki: Pki) -> None:
     for blob in _garbage(pki):
         with pytest.raises(CertificateError):
             identity_from_der(blob)
+
+
+# --------------------------------------------------------------------------- over real TLS
+
+
+@pytest.fixture
+def tutorial_v1_leaf(pki: Pki, tmp_path: Path) -> Issued:
+    """A client certificate made the way tutorials print it, with the openssl CLI:
+    ``openssl req -new`` then ``openssl x509 -req -CA ca.pem`` without -extfile."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command line tool is not installed")
+    key, csr, cert = tmp_path / "v1.key", tmp_path / "v1.csr", tmp_path / "v1.pem"
+
+    def run(*args: str | Path) -> None:
+        subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=60)
+
+    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
+    run("req", "-new", "-key", key, "-subj", "/O=company/OU=production/CN=v1client", "-out", csr)
+    run(
+        "x509", "-req", "-in", csr, "-CA", pki.ca.cert_path, "-CAkey", pki.ca.key_path,
+        "-CAcreateserial", "-days", "30", "-sha256", "-out", cert,
+    )  # fmt: skip
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    if leaf.version is not x509.Version.v1:
+        # OpenSSL 3.2+ adds key identifiers to `x509 -req` by default (v3).
+        pytest.skip(f"this openssl writes X.509 {leaf.version.name} for x509 -req")
+    private_key = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    assert isinstance(private_key, ec.EllipticCurvePrivateKey)
+    return Issued(leaf, private_key, cert, key)
+
+
+async def test_v1_ca_issued_leaf_is_matched_by_dn_over_tls(
+    make_gateway: MakeGateway, tutorial_v1_leaf: Issued
+) -> None:
+    """Issue 13: such a leaf got 403 "can issue certificates"; it cannot, so it is a client."""
+    dn_text = "CN=v1client, OU=production, O=company"
+    gw = await make_gateway(clients=[registry_client("v1.client", name_secret(dn_text))])
+    async with gw.session(tutorial_v1_leaf) as session, session.get(gw.url + "/v1") as r:
+        body = await r.json()
+    assert r.status == 200, body
+    seen = echoed_headers(body)
+    assert seen["x-client-id"] == ["v1.client"]
+    assert seen["x-client-cert-thumbprint"] == [tutorial_v1_leaf.thumbprint]

@@ -2,14 +2,19 @@
 
 Reads what ``JsonSerializer.Serialize(clients)`` of IdentityServer4 / Duende
 ``Client`` objects gives (PascalCase), the camelCase of ASP.NET's web
-defaults, and the EF entity shape (``AllowedGrantTypes: [{GrantType}]``,
-``AllowedScopes: [{Scope}]``): a JSON array, or an object with ``Clients``.
+defaults, and the EF entity shape (``ClientSecrets: [{Id, Type, Value,
+Created, ClientId}]``, ``AllowedGrantTypes: [{GrantType}]``, ``AllowedScopes:
+[{Scope}]``, ...): a JSON array, an object with ``Clients``, or an
+``appsettings.json`` with an ``IdentityServer:Clients`` section
+(identityserver_document.py finds the list).
 
 The registry model mirrors IdentityServer's (registry/model.py), so most
 fields map one to one.  What cannot — shared secrets, interactive grants,
 redirect URIs, refresh-token and PKCE settings, reference tokens, ... — is
 reported per client, never dropped silently; a property left at
-IdentityServer's default carries nothing and is not reported.  A client left
+IdentityServer's default carries nothing and is not reported, nor is store
+bookkeeping (row ids, foreign keys, timestamps), which describes the database
+and not the client.  A client left
 without a certificate secret or without ``client_credentials`` is skipped,
 and reported.
 """
@@ -18,11 +23,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from gateway.identity import sha1_thumbprint
+from gateway.registry.identityserver_document import DocumentError, locate_clients
 from gateway.registry.model import RESERVED_CLAIMS, Client, ClientError, parse_client
 
 # IdentityServerConstants.SecretTypes → registry secret types.
@@ -66,12 +73,20 @@ _DEFAULTS: Final[Mapping[str, Any]] = {
     "refreshtokenexpiration": {1, "Absolute"},
     "accesstokentype": {0, "Jwt"},
     "enablelocallogin": True,
-    "includejwtid": True,
     "alwayssendclientclaims": False,
     "clientclaimsprefix": "client_",
     "devicecodelifetime": 300,
     "requirepushedauthorization": False,
     "pushedauthorizationlifetime": None,
+    "coordinatelifetimewithusersession": False,
+    # RFC 9068 §2.2 makes jti REQUIRED, so every token here has one: the EF
+    # entity's default (false) and the model's (true) both carry nothing.
+    "includejwtid": {True, False},
+}
+# Settings that only mean something when another is on (Duende: DPoP options).
+_ONLY_WITH: Final[Mapping[str, str]] = {
+    "dpopvalidationmode": "requiredpop",
+    "dpopclockskew": "requiredpop",
 }
 _REASONS: Final[Mapping[str, str]] = {
     "redirecturis": "redirect-based flows are not served (client_credentials only)",
@@ -92,7 +107,11 @@ _REASONS: Final[Mapping[str, str]] = {
     "allowedidentitytokensigningalgorithms": "no identity tokens are issued",
     "properties": "custom properties have no equivalent",
 }
-_METADATA: Final = frozenset({"id", "created", "updated", "lastaccessed", "noneditable"})
+# Store bookkeeping: EF row ids, timestamps, the foreign key and navigation
+# property back to the client, on the client and on each child row.
+_METADATA: Final = frozenset(
+    {"id", "created", "updated", "lastaccessed", "noneditable", "clientid", "client"}
+)
 _MAPPED: Final = frozenset(
     {
         "clientid",
@@ -119,6 +138,7 @@ class ImportResult:
     # One line per thing not carried over (and per skipped client): "client X: ...".
     report: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    section: str = ""  # where the client list was, e.g. IdentityServer:Clients
 
 
 def _folded(entry: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
@@ -180,10 +200,7 @@ def _secret(raw: Any, index: int, notes: list[str]) -> dict[str, Any] | None:
             notes.append(f"{label}: not base64, not carried over")
             return None
         kind, value = "X509CertificateThumbprint", sha1_thumbprint(der)
-        notes.append(
-            f"{label}: carried over as X509CertificateThumbprint {value}; "
-            "a self-issued certificate must also be listed in the listener's tls.pinned_certs"
-        )
+        notes.append(f"{label}: carried over as X509CertificateThumbprint {value}")
     elif lowered in _SECRET_TYPES:
         kind = _SECRET_TYPES[lowered]
     else:
@@ -196,7 +213,9 @@ def _secret(raw: Any, index: int, notes: list[str]) -> dict[str, Any] | None:
     if expiration:
         secret["expiration"] = str(expiration)
     for key, (original, extra) in fields.items():
-        if key not in ("type", "value", "description", "expiration") and not _empty(extra):
+        if key in ("type", "value", "description", "expiration") or key in _METADATA:
+            continue
+        if not _empty(extra):
             notes.append(f"{where}.{original}: no equivalent, not carried over")
     return secret
 
@@ -228,8 +247,13 @@ def _claims(raw: Any, prefix: str, notes: list[str]) -> dict[str, Any]:
     return claims
 
 
-def _convert(entry: Mapping[str, Any], notes: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """The registry form of one client, and why it must be skipped (empty: keep it)."""
+def _convert(
+    entry: Mapping[str, Any], notes: list[str], origins: list[int]
+) -> tuple[dict[str, Any], list[str]]:
+    """The registry form of one client, and why it must be skipped (empty: keep it).
+
+    ``origins[i]`` is the ``ClientSecrets`` index that registry secret ``i`` came from.
+    """
     fields = _folded(entry)
 
     def get(key: str) -> Any:
@@ -258,6 +282,7 @@ def _convert(entry: Mapping[str, Any], notes: list[str]) -> tuple[dict[str, Any]
         secret = _secret(raw, i, notes)
         if secret is not None:
             secrets.append(secret)
+            origins.append(i)
     if not secrets:
         skip.append("no certificate secret")
     data["secrets"] = secrets
@@ -270,45 +295,57 @@ def _convert(entry: Mapping[str, Any], notes: list[str]) -> tuple[dict[str, Any]
     if claims:
         data["claims"] = claims
 
-    metadata = []
     for key, (original, value) in fields.items():
-        if key in _MAPPED or _empty(value) or _at_default(key, value):
+        if key in _MAPPED or key in _METADATA or _empty(value) or _at_default(key, value):
             continue
-        if key in _METADATA:
-            metadata.append(original)
+        if key in _ONLY_WITH and get(_ONLY_WITH[key]) is not True:
             continue
         reason = _REASONS.get(key, "no equivalent in mtls-gateway")
         notes.append(f"{original}: {_show(value)}: not carried over ({reason})")
-    if metadata:
-        notes.append(f"store metadata not carried over: {', '.join(metadata)}")
     return data, skip
 
 
 def _show(value: Any) -> str:
+    """A setting's value for the report; EF child rows without their bookkeeping."""
+    if isinstance(value, list):
+        value = [
+            {k: v for k, v in item.items() if str(k).lower() not in _METADATA}
+            if isinstance(item, Mapping)
+            else item
+            for item in value
+        ]
+        value = [
+            next(iter(v.values())) if isinstance(v, dict) and len(v) == 1 else v for v in value
+        ]
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _secret_problem(problem: str, origins: list[int]) -> str:
+    """``secrets[1].value: …`` → ``ClientSecrets[2].Value: …``: the key in the user's file."""
+    match = re.match(r"secrets\[(\d+)\](?:\.(\w+))?", problem)
+    if match is None or int(match[1]) >= len(origins):
+        return problem
+    key = f".{match[2].capitalize()}" if match[2] else ""
+    return f"ClientSecrets[{origins[int(match[1])]}]{key}{problem[match.end() :]}"
+
+
 def import_identityserver(document: Any) -> ImportResult:
     """Convert an export; raises IdentityServerFormatError if it is not one."""
-    if isinstance(document, Mapping):
-        folded = _folded(document)
-        if "clients" not in folded:
-            raise IdentityServerFormatError(
-                'expected a JSON array of clients or {"Clients": [...]}'
-            )
-        document = folded["clients"][1]
-    if not isinstance(document, list):
-        raise IdentityServerFormatError('expected a JSON array of clients or {"Clients": [...]}')
-    result = ImportResult()
+    try:
+        entries, section = locate_clients(document)
+    except DocumentError as exc:
+        raise IdentityServerFormatError(str(exc)) from None
+    result = ImportResult(section=section)
     seen: set[str] = set()
-    for i, entry in enumerate(document):
+    for i, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
             result.report.append(f"clients[{i}]: not an object, skipped")
             result.skipped.append(f"clients[{i}]")
             continue
         notes: list[str] = []
-        data, skip = _convert(entry, notes)
+        origins: list[int] = []
+        data, skip = _convert(entry, notes, origins)
         client_id = data.get("client_id")
         label = (
             f"client {client_id}" if isinstance(client_id, str) and client_id else f"clients[{i}]"
@@ -322,7 +359,7 @@ def import_identityserver(document: Any) -> ImportResult:
             try:
                 client = parse_client(data)
             except ClientError as exc:
-                skip += exc.problems
+                skip += [_secret_problem(p, origins) for p in exc.problems]
         result.report += [f"{label}: {note}" for note in notes]
         if client is None:
             result.report.append(f"{label}: skipped: {'; '.join(skip)}")

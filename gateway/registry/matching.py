@@ -8,7 +8,8 @@ secret that is eligible for how the certificate was accepted:
 * ``X509CertificateThumbprint`` (RFC 8705 §2.2, self_signed_tls_client_auth)
   matches the exact certificate, whether pinned or CA-issued.
 * Every other type (RFC 8705 §2.1, tls_client_auth) relies on the chain having
-  verified against ``client_ca``.  A certificate that the TLS layer accepted only
+  verified against ``client_ca``, and never matches a certificate that can
+  issue certificates (``CertificateIdentity.is_ca``, RFC 5280 §4.2.1.9).  A certificate that the TLS layer accepted only
   because it is itself a pinned trust anchor never matches them: otherwise a
   self-signed certificate, pinned for client B, could carry client A's DN.
 * A SPIFFE ``X509SanUri`` secret (value ``spiffe://...``) follows X.509-SVID:
@@ -196,6 +197,15 @@ def evaluate(
             continue
         if secret.type in PKI_SECRET_TYPES and pinned:
             reasons.append(f"pinned certificate cannot match {secret.type} of {client.client_id}")
+            continue
+        if secret.type in PKI_SECRET_TYPES and identity.is_ca:
+            # RFC 5280 §4.2.1.9: a certificate that can issue is never a PKI
+            # client, or its key could mint more of them.  A thumbprint names
+            # exactly one certificate, so there its extensions do not matter.
+            reasons.append(
+                f"certificate can issue certificates, so it cannot match {secret.type} "
+                f"of {client.client_id}"
+            )
             continue
         trust_domain: str | None = None
         if secret.spiffe is not None:

@@ -69,7 +69,7 @@ class ClientError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Secret:
     type: SecretType
-    value: str  # as written (for export and display)
+    value: str  # as written (for export and display); thumbprints normalised
     match_value: str  # normalised comparison form
     description: str | None = None
     expiration: dt.datetime | None = None
@@ -137,12 +137,7 @@ def normalise_secret_value(kind: str, value: str) -> tuple[str, ParsedDn | None]
             raise ValueError(str(exc)) from None
         return parsed.text, parsed
     if kind == "X509CertificateThumbprint":
-        tp = normalise_thumbprint(value)
-        if len(tp) != 40 or any(ch not in "0123456789abcdef" for ch in tp):
-            raise ValueError(
-                "expected a SHA-1 thumbprint: 40 hex digits (colons and spaces ignored)"
-            )
-        return tp, None
+        return _thumbprint(value), None
     if kind == "X509SanDns":
         name = value.strip().lower().rstrip(".")
         if not name or " " in name:
@@ -170,6 +165,27 @@ def normalise_secret_value(kind: str, value: str) -> tuple[str, ParsedDn | None]
         # RFC 5280 §4.2.1.6: the domain part is case-insensitive, the local part is not.
         return f"{local}@{domain.lower()}", None
     raise ValueError(f"unknown secret type {kind!r} (expected one of {', '.join(SECRET_TYPES)})")
+
+
+def _thumbprint(value: str) -> str:
+    """40 lowercase hex digits from a thumbprint as pasted (openssl ``b5:31:…``,
+    Windows ``B5 31 …``); ValueError saying what is wrong otherwise."""
+    tp = normalise_thumbprint(value)
+    if len(tp) == 40 and all(ch in "0123456789abcdef" for ch in tp):
+        return tp
+    problem = "expected a SHA-1 thumbprint: 40 hex digits (case, colons and spaces ignored)"
+    odd = [ch for ch in tp if ch not in "0123456789abcdef"]
+    if odd:
+        shown = ", ".join(
+            f"U+{ord(ch):04X}" if not ch.isprintable() or not ch.isascii() else repr(ch)
+            for ch in dict.fromkeys(odd)
+        )
+        invisible = any(not ch.isprintable() for ch in odd)
+        hint = " (invisible, copied along with it: delete it)" if invisible else ""
+        raise ValueError(f"{problem}; it contains {shown}{hint}")
+    if len(tp) == 64:
+        raise ValueError(f"{problem}; this is 64 digits, a SHA-256: give the SHA-1")
+    raise ValueError(f"{problem}; got {len(tp)} digits")
 
 
 def _parse_time(value: Any) -> dt.datetime:
@@ -291,7 +307,9 @@ def parse_client(data: Any) -> Client:
         secrets.append(
             Secret(
                 type=kind,
-                value=value,
+                # A thumbprint is kept (and so written back, to YAML or Redis)
+                # in its one canonical form; other values as written.
+                value=match_value if kind == "X509CertificateThumbprint" else value,
                 match_value=match_value,
                 description=str(description) if description is not None else None,
                 expiration=expiration,

@@ -133,3 +133,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+def pasted_thumbprints(thumbprint: str) -> dict[str, str]:
+    """A thumbprint the ways operators paste it, by where it came from."""
+    pairs = [thumbprint[i : i + 2] for i in range(0, len(thumbprint), 2)]
+    return {
+        "openssl": ":".join(pairs).upper(),  # openssl x509 -fingerprint -sha1
+        "windows": " ".join(pairs),  # the certificate dialog's Thumbprint field
+        "powershell": thumbprint.upper(),  # Get-ChildItem Cert:\ ... | Thumbprint
+    }

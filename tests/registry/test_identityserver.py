@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 from gateway.registry.identityserver import IdentityServerFormatError, import_identityserver
+from gateway.registry.identityserver_document import parse_json
 from gateway.registry.yaml_file import load_registry_file
 from tests.conftest import MakeGateway, write_config
 from tests.pki import Issued, Pki
-from tests.registry.conftest import RedisServer, require_redis_server
+from tests.registry.conftest import RedisServer, pasted_thumbprints, require_redis_server
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_DN = "CN=client, OU=production, O=company"
@@ -128,13 +129,14 @@ def test_mapping_and_report(self_signed: Issued) -> None:
         f"X509CertificateThumbprint {self_signed.thumbprint}",
         "client mtls.self: claims[0] (sub): set by the token service",
         "client mtls.self: accessTokenType: 1: not carried over (only JWT access tokens",
-        "client mtls.self: store metadata not carried over: id",
         "client spa: skipped: no client_credentials grant; no certificate secret",
         "client secret.only: skipped: no certificate secret",
     ):
         assert expected.lower() in report.lower(), expected
-    # Defaults carry nothing and are not reported; secret values never are.
+    # Defaults carry nothing and are not reported, nor is store bookkeeping
+    # (the EF row id); secret values never are.
     assert "RequirePkce" not in report and "ProtocolType" not in report
+    assert "metadata" not in report and ": id" not in report.lower()
     assert "K7gNU3sdo" not in report
     assert result.skipped == ["client spa", "client secret.only"]
 
@@ -306,3 +308,245 @@ async def test_import_into_redis(
             await running.stop(grace=0.5)
     finally:
         server.stop()
+
+
+# --- the shapes users keep: EF entities, appsettings.json ----------------------------------
+
+
+def ef_entity(client_cert: Issued, tb_cert: Issued) -> dict[str, Any]:
+    """One row of Duende's EF ``Clients`` table with its child rows, every column
+    at the entity's defaults except what an m2m client sets (as a DB dump gives it)."""
+    return {
+        "Id": 3,
+        "Enabled": True,
+        "ClientId": "m2m.ef",
+        "ProtocolType": "oidc",
+        "ClientSecrets": [
+            {
+                "Id": 7,
+                "Description": "dn",
+                "Value": CLIENT_DN,
+                "Expiration": None,
+                "Type": "X509Name",
+                "Created": "2024-05-01T10:00:00Z",
+                "ClientId": 3,
+            },
+            {
+                "Id": 8,
+                "Description": None,
+                "Value": tb_cert.thumbprint.upper(),
+                "Expiration": "2099-01-01T00:00:00",
+                "Type": "X509Thumbprint",
+                "Created": "2024-05-01T10:00:00Z",
+                "ClientId": 3,
+            },
+        ],
+        "RequireClientSecret": True,
+        "ClientName": "EF client",
+        "Description": None,
+        "ClientUri": None,
+        "LogoUri": None,
+        "RequireConsent": False,
+        "AllowRememberConsent": True,
+        "AlwaysIncludeUserClaimsInIdToken": False,
+        "AllowedGrantTypes": [{"Id": 5, "GrantType": "client_credentials", "ClientId": 3}],
+        "RequirePkce": True,
+        "AllowPlainTextPkce": False,
+        "RequireRequestObject": False,
+        "AllowAccessTokensViaBrowser": False,
+        "RequireDPoP": False,
+        "DPoPValidationMode": 1,
+        "DPoPClockSkew": "00:05:00",
+        "RedirectUris": [],
+        "PostLogoutRedirectUris": [],
+        "FrontChannelLogoutUri": None,
+        "FrontChannelLogoutSessionRequired": True,
+        "BackChannelLogoutUri": None,
+        "BackChannelLogoutSessionRequired": True,
+        "AllowOfflineAccess": False,
+        "AllowedScopes": [
+            {"Id": 9, "Scope": "api1", "ClientId": 3},
+            {"Id": 10, "Scope": "api2", "ClientId": 3},
+        ],
+        "IdentityTokenLifetime": 300,
+        "AllowedIdentityTokenSigningAlgorithms": None,
+        "AccessTokenLifetime": 3600,
+        "AuthorizationCodeLifetime": 300,
+        "ConsentLifetime": None,
+        "AbsoluteRefreshTokenLifetime": 2592000,
+        "SlidingRefreshTokenLifetime": 1296000,
+        "RefreshTokenUsage": 1,
+        "UpdateAccessTokenClaimsOnRefresh": False,
+        "RefreshTokenExpiration": 1,
+        "AccessTokenType": 0,
+        "EnableLocalLogin": True,
+        "IdentityProviderRestrictions": [],
+        "IncludeJwtId": False,
+        "Claims": [{"Id": 2, "Type": "tenant", "Value": "acme", "ClientId": 3}],
+        "AlwaysSendClientClaims": False,
+        "ClientClaimsPrefix": "client_",
+        "PairWiseSubjectSalt": None,
+        "AllowedCorsOrigins": [{"Id": 4, "Origin": "https://app.example", "ClientId": 3}],
+        "Properties": [],
+        "UserSsoLifetime": None,
+        "UserCodeType": None,
+        "DeviceCodeLifetime": 300,
+        "CibaLifetime": None,
+        "PollingInterval": None,
+        "CoordinateLifetimeWithUserSession": None,
+        "Created": "2024-05-01T10:00:00Z",
+        "Updated": None,
+        "LastAccessed": "2024-06-01T10:00:00Z",
+        "NonEditable": False,
+    }
+
+
+@pytest.fixture(scope="module")
+def tb_cert(pki: Pki) -> Issued:
+    """A CA-issued certificate, registered by thumbprint."""
+    return pki.client("by-thumbprint")
+
+
+def test_ef_entity_report_lists_only_what_is_lost(client_cert: Issued, tb_cert: Issued) -> None:
+    result = import_identityserver([ef_entity(client_cert, tb_cert)])
+    (client,) = result.clients
+    assert client.to_dict() == {
+        "client_id": "m2m.ef",
+        "client_name": "EF client",
+        "allowed_grant_types": ["client_credentials"],
+        "allowed_scopes": ["api1", "api2"],
+        "access_token_lifetime": 3600,
+        "claims": {"client_tenant": "acme"},
+        "secrets": [
+            {"type": "X509CertificateName", "value": CLIENT_DN, "description": "dn"},
+            {
+                "type": "X509CertificateThumbprint",
+                "value": tb_cert.thumbprint,  # stored normalised
+                "expiration": "2099-01-01T00:00:00+00:00",
+            },
+        ],
+    }
+    # Row ids, ClientId foreign keys, Created/LastAccessed and the DPoP options of
+    # a client without DPoP describe nothing that is lost: only CORS is.
+    assert result.report == [
+        "client m2m.ef: AllowedCorsOrigins: ['https://app.example']: not carried over "
+        "(CORS is the upstream's concern)"
+    ]
+
+
+def test_bad_thumbprint_names_the_clientsecrets_entry(client_cert: Issued, tb_cert: Issued) -> None:
+    entity = ef_entity(client_cert, tb_cert)
+    entity["ClientSecrets"].insert(0, {"Type": "SharedSecret", "Value": "hash"})
+    entity["ClientSecrets"][2]["Value"] = "B5:31:00"
+    result = import_identityserver([entity])
+    assert result.clients == []
+    (skipped,) = [line for line in result.report if "skipped" in line]
+    assert skipped.startswith(
+        "client m2m.ef: skipped: ClientSecrets[2].Value: expected a SHA-1 thumbprint"
+    )
+
+
+APPSETTINGS = """{
+  // Duende's template: the clients are the IdentityServer:Clients section.
+  "Logging": { "LogLevel": { "Default": "Information" } },
+  "AllowedHosts": "*",
+  "ReverseProxy": { "Clients": [ { "Name": "not an IdentityServer client" } ] },
+  "IdentityServer": {
+    /* IssuerUri is the old server's; the gateway has its own issuer */
+    "IssuerUri": "https://old-identity.example",
+    "Clients": [
+      {
+        "ClientId": "mtls.client",
+        "AllowedGrantTypes": [ "client_credentials" ],
+        "AllowedScopes": [ "api1" ],
+        "ClientSecrets": [ { "Type": "X509Name", "Value": "CN=client, OU=production, O=company" } ],
+      },
+      {
+        "ClientId": "mtls.thumbprint",
+        "AllowedGrantTypes": [ "client_credentials" ],
+        "AllowedScopes": [ "api1" ],
+        "ClientSecrets": [ { "Type": "X509Thumbprint", "Value": "@THUMBPRINT@" } ],
+      },
+    ],
+  },
+}
+"""
+
+
+def appsettings(tb_cert: Issued) -> str:
+    return APPSETTINGS.replace("@THUMBPRINT@", pasted_thumbprints(tb_cert.thumbprint)["windows"])
+
+
+def test_appsettings_json_with_comments_and_trailing_commas(tb_cert: Issued) -> None:
+    result = import_identityserver(parse_json(appsettings(tb_cert)))
+    assert result.section == "IdentityServer:Clients"
+    assert [c.client_id for c in result.clients] == ["mtls.client", "mtls.thumbprint"]
+    assert result.clients[1].secrets[0].value == tb_cert.thumbprint
+    assert result.report == []
+
+
+@pytest.mark.parametrize(
+    ("document", "section"),
+    [
+        ({"Auth": {"IdentityServer": {"Clients": "@"}}}, "Auth:IdentityServer:Clients"),
+        ({"IdentityServer:Clients": "@"}, "IdentityServer:Clients"),  # a flattened key
+        ({"identityServer": {"clients": "@"}}, "identityServer:clients"),  # camelCase
+        ({"Clients": "@"}, "Clients"),  # the wrapped export
+        ({"IdentityServer": {"Clients": {"0": "@0"}}}, "IdentityServer:Clients"),  # .NET array
+    ],
+)
+def test_client_lists_nested_under_other_keys(document: dict[str, Any], section: str) -> None:
+    entry = {
+        "ClientId": "c",
+        "AllowedGrantTypes": ["client_credentials"],
+        "ClientSecrets": [{"Type": "X509Name", "Value": "CN=c"}],
+    }
+
+    def fill(node: Any) -> Any:
+        if node == "@":
+            return [entry]
+        if node == "@0":
+            return entry
+        return {k: fill(v) for k, v in node.items()} if isinstance(node, dict) else node
+
+    result = import_identityserver(fill(document))
+    assert result.section == section
+    assert [c.client_id for c in result.clients] == ["c"]
+
+
+def test_documents_without_one_client_list_are_refused() -> None:
+    with pytest.raises(IdentityServerFormatError, match="IdentityServer:Clients section"):
+        import_identityserver({"Logging": {"LogLevel": {}}})
+    with pytest.raises(IdentityServerFormatError, match="several client lists"):
+        import_identityserver(
+            {"A": {"IdentityServer": {"Clients": []}}, "IdentityServer": {"Clients": []}}
+        )
+
+
+async def test_appsettings_import_serves_both_secret_types_over_tls(
+    tmp_path: Path, pki: Pki, client_cert: Issued, tb_cert: Issued, make_gateway: MakeGateway
+) -> None:
+    """appsettings.json → `clients import --format identityserver` → tokens for the DN
+    client and for the thumbprint client (both CA-issued)."""
+    config, registry = write_config(
+        tmp_path, pki, clients=[], routes=[{"prefix": "/", "upstream": "http://127.0.0.1:1"}]
+    )
+    source = tmp_path / "appsettings.json"
+    source.write_text(appsettings(tb_cert))
+    done = run_cli("import", "--format", "identityserver", source, "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert f"{source}: 2 client(s) converted from IdentityServer:Clients" in done.stderr
+    imported = yaml.safe_load(registry.read_text())["clients"]
+    gw = await make_gateway(clients=imported)
+    for cert, client_id in ((client_cert, "mtls.client"), (tb_cert, "mtls.thumbprint")):
+        async with (
+            gw.session(cert) as session,
+            session.post(
+                gw.url + "/connect/token",
+                data={"grant_type": "client_credentials", "client_id": client_id},
+            ) as r,
+        ):
+            body = await r.json()
+        assert r.status == 200, (client_id, body)
+        claims = json.loads(base64.urlsafe_b64decode(body["access_token"].split(".")[1] + "=="))
+        assert claims["client_id"] == client_id

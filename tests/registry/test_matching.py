@@ -86,6 +86,30 @@ def test_pinned_certificates_never_match_pki_secret_types(
     assert f"pinned certificate cannot match {secret['type']} of api" in result.reason
 
 
+@pytest.mark.parametrize("secret", PKI_SECRETS, ids=[s["type"] for s in PKI_SECRETS])
+@pytest.mark.parametrize("shape", ["ca-true", "key-cert-sign"])
+def test_a_certificate_that_can_issue_never_matches_pki_secret_types(
+    pki: Pki, secret: dict[str, str], shape: str
+) -> None:
+    # RFC 5280 §4.2.1.9: same names as full_cert, but its key could mint leaves.
+    signer = pki.client(
+        "client",
+        ca=shape == "ca-true",
+        key_cert_sign=True,
+        dns=["api.EXAMPLE.com"],
+        uris=["spiffe://example.org/ns/prod/sa/client"],
+        ips=["2001:db8::1"],
+        emails=["ops@Example.COM"],
+    )
+    assert _identity(signer).is_ca
+    result = _match([_client("api", secret)], signer)
+    assert result.client is None and result.matches == ()
+    assert f"can issue certificates, so it cannot match {secret['type']} of api" in result.reason
+    # Registered by thumbprint, that one certificate is the client, whatever it can sign.
+    by_thumbprint = _client("self", thumbprint_secret(signer.thumbprint))
+    assert _match([by_thumbprint], signer).client is by_thumbprint
+
+
 @pytest.mark.parametrize("pinned", [False, True])
 def test_thumbprint_matches_pinned_or_not(self_signed: Issued, pinned: bool) -> None:
     client = _client("self", thumbprint_secret(self_signed.thumbprint.upper()))

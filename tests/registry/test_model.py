@@ -165,12 +165,19 @@ def test_not_a_mapping() -> None:
         "bc:a0:d0:40:84:7f:84:3c:5e:e0:fa:6e:b4:94:83:74:70:15:58:68",
         "BC A0 D0 40 84 7F 84 3C 5E E0 FA 6E B4 94 83 74 70 15 58 68",
         " bca0d040847f843c5ee0fa6eb494837470155868\t",
+        "BC\u00a0A0\u00a0D0 40847F843C5EE0FA6EB494837470155868",  # no-break spaces
+        "bca0d040847f843c5ee0\nfa6eb494837470155868",  # a YAML value folded over two lines
     ],
 )
 def test_thumbprint_normalisation(pasted: str) -> None:
-    (secret,) = parse_client(registry_client("c", thumbprint_secret(pasted))).secrets
+    client = parse_client(registry_client("c", thumbprint_secret(pasted)))
+    (secret,) = client.secrets
     assert secret.match_value == THUMBPRINT
-    assert secret.value == pasted  # kept as written for export
+    # Stored, exported and written to Redis in the one form that matches.
+    assert secret.value == THUMBPRINT
+    assert client.to_dict()["secrets"] == [
+        {"type": "X509CertificateThumbprint", "value": THUMBPRINT}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -187,6 +194,20 @@ def test_thumbprint_normalisation(pasted: str) -> None:
 def test_bad_thumbprints(bad: str) -> None:
     (problem,) = _problems(registry_client("c", thumbprint_secret(bad)))
     assert problem.startswith("secrets[0].value: expected a SHA-1 thumbprint")
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (THUMBPRINT[:-1], "got 39 digits"),
+        ("a4" * 32, "64 digits, a SHA-256"),
+        ("\u200e" + THUMBPRINT, "contains U+200E (invisible"),
+        ("bc-a0" + THUMBPRINT[4:], "contains '-'"),
+    ],
+)
+def test_bad_thumbprint_says_what_is_wrong(bad: str, says: str) -> None:
+    (problem,) = _problems(registry_client("c", thumbprint_secret(bad)))
+    assert says in problem
 
 
 @pytest.mark.parametrize(

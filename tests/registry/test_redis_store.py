@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -25,11 +28,17 @@ from gateway.registry.model import Client, parse_client
 from gateway.registry.redis_store import RedisRegistry
 from gateway.registry.redis_store.keys import KeySchema, client_fields, dn_digest
 from gateway.registry.yaml_file import dump_registry_document, parse_registry_document
-from tests.conftest import free_port
+from tests.conftest import MakeGateway, echoed_headers, free_port
 from tests.pki import Issued, Pki, name
-from tests.registry.conftest import RedisServer, cluster_free_port, require_redis_server
+from tests.registry.conftest import (
+    RedisServer,
+    cluster_free_port,
+    pasted_thumbprints,
+    require_redis_server,
+)
 
 PREFIX = "test:"
+REPO = Path(__file__).resolve().parents[2]
 POLL_LIMIT = 10.0  # generous bound for polling loops; never a timing assertion
 
 
@@ -814,3 +823,61 @@ def test_yaml_kind_ignores_the_redis_keys(tmp_path: Path, pki: Pki) -> None:
 def test_config_accepts_a_unix_socket(tmp_path: Path, pki: Pki) -> None:
     path = _config_file(tmp_path, pki, {"kind": "redis", "url": "unix:///run/redis/redis.sock"})
     assert load_config(path, env={}).registry.url == "unix:///run/redis/redis.sock"
+
+
+# ------------------------------------------------------------------ pasted thumbprints, over TLS
+
+
+def _clients_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "clients", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_pasted_thumbprints_are_stored_normalised_and_match_over_tls(
+    make_gateway: MakeGateway, redis_server: RedisServer, raw: aioredis.Redis, pki: Pki
+) -> None:
+    """`clients add --thumbprint` in openssl, Windows and upper-case forms, into Redis:
+    stored as 40 lowercase digits, and each certificate served as its client."""
+    gw = await make_gateway(
+        clients=[],
+        extra={"registry": {"kind": "redis", "url": redis_server.url, "key_prefix": PREFIX}},
+    )
+    certs = {source: pki.client(f"redis-tp-{source}") for source in pasted_thumbprints("0" * 40)}
+    keys = KeySchema(PREFIX)
+    for source, cert in certs.items():
+        pasted = pasted_thumbprints(cert.thumbprint)[source]
+        added = _clients_cli(gw.config_path, "add", f"tb.{source}", "--thumbprint", pasted)
+        assert added.returncode == 0, added.stderr
+        doc = json.loads(await raw.hget(keys.clients, f"tb.{source}"))
+        assert doc["secrets"] == [{"type": "X509CertificateThumbprint", "value": cert.thumbprint}]
+
+    # A document written as pasted (an older version, or by hand): read normalised.
+    legacy = pki.client("redis-tp-legacy")
+    doc = {
+        "client_id": "tb.legacy",
+        "allowed_grant_types": ["client_credentials"],
+        "allowed_scopes": ["api1"],
+        "secrets": [
+            {
+                "type": "X509CertificateThumbprint",
+                "value": pasted_thumbprints(legacy.thumbprint)["openssl"],
+            }
+        ],
+    }
+    await raw.hset(keys.clients, "tb.legacy", json.dumps(doc))
+    await raw.hset(keys.index, f"tp:{legacy.thumbprint}", "tb.legacy")
+    certs["legacy"] = legacy
+
+    for source, cert in certs.items():
+        async with gw.session(cert) as session, session.get(gw.url + "/tb") as r:
+            body = await r.json()
+        assert r.status == 200, (source, body)
+        assert echoed_headers(body)["x-client-id"] == [f"tb.{source}"]

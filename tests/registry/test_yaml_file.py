@@ -21,8 +21,15 @@ from gateway.registry.yaml_file import (
     load_registry_file,
     parse_registry_document,
 )
-from tests.conftest import name_secret, registry_client, thumbprint_secret
-from tests.pki import Issued
+from tests.conftest import (
+    MakeGateway,
+    echoed_headers,
+    name_secret,
+    registry_client,
+    thumbprint_secret,
+)
+from tests.pki import Issued, Pki
+from tests.registry.conftest import pasted_thumbprints
 
 CLIENT_DN = "CN=client, OU=production, O=company"
 THUMBPRINT = "bca0d040847f843c5ee0fa6eb494837470155868"
@@ -256,3 +263,23 @@ async def test_refused_write_leaves_file_and_index_alone(registry_file: Path) ->
     assert registry_file.read_bytes() == before
     assert registry.index is index
     assert _leftovers(registry_file.parent) == []
+
+
+# --------------------------------------------------------------------------- over real TLS
+
+
+async def test_pasted_thumbprint_forms_match_over_tls(
+    make_gateway: MakeGateway, pki: Pki, tmp_path: Path
+) -> None:
+    """Colon, space and upper-case thumbprints in the YAML file match their certificates."""
+    certs = {source: pki.client(f"tp-{source}") for source in pasted_thumbprints("0" * 40)}
+    clients = [
+        registry_client(f"tb.{source}", thumbprint_secret(pasted_thumbprints(c.thumbprint)[source]))
+        for source, c in certs.items()
+    ]
+    gw = await make_gateway(clients=clients)
+    for source, cert in certs.items():
+        async with gw.session(cert) as session, session.get(gw.url + "/tb") as r:
+            body = await r.json()
+        assert r.status == 200, (source, body)
+        assert echoed_headers(body)["x-client-id"] == [f"tb.{source}"]
