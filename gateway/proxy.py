@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import posixpath
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import aiohttp
 import yarl
@@ -27,6 +24,13 @@ from gateway.headers import (
 )
 from gateway.metrics import Metrics
 from gateway.observability import RequestFacts, facts
+from gateway.paths import (
+    ambiguous_dot_segment,
+    encode_path,
+    normalise_path,
+    readings_disagree,
+    refused_character,
+)
 from gateway.upstream import (
     Origin,
     UpstreamConnection,
@@ -44,41 +48,6 @@ STREAM_CHUNK = 64 * 1024
 # in key length, so at most ~1 MiB of keys.
 _CACHED_PATHS = 4096
 _CACHED_PATH_LENGTH = 256
-_REFUSED_PATH_CHARACTERS = re.compile(r"[\\\x00-\x1f\x7f]")
-
-
-def ambiguous_dot_segment(path: str) -> bool:
-    """A segment other than "." or ".." that some upstream would read as one.
-
-    Tomcat and Spring drop path parameters before resolving dot segments, so
-    "/public/..;/private" is "/private" to them; Windows strips trailing dots
-    and spaces, so "..." and ".. " become "..".  normpath sees ordinary
-    names in all of these, and the policy of the wrong route would apply.
-    """
-    for segment in path.split("/"):
-        bare = segment.split(";", 1)[0]
-        if "." in bare and not bare.strip(". ") and segment not in (".", ".."):
-            return True
-    return False
-
-
-def normalise_path(path: str) -> str:
-    """The decoded path with dot segments removed (RFC 3986 §5.2.4).
-
-    Routing and forwarding both use this one form, so the upstream sees exactly
-    the path whose policy was checked: ``/public/..%2Fadmin`` is ``/admin`` to
-    both.  Repeated slashes collapse for the same reason.
-    """
-    normalised = posixpath.normpath(path) if path else "/"
-    if normalised.startswith("//"):  # normpath keeps a leading "//" (POSIX)
-        normalised = "/" + normalised.lstrip("/")
-    if path.endswith("/") and normalised != "/":
-        normalised += "/"
-    return normalised
-
-
-def encode_path(path: str) -> str:
-    return quote(path, safe="/:@!$&'()*+,;=-._~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,13 +137,18 @@ class Proxy:
 
     def _route(self, raw: str) -> tuple[Route, str]:
         """The route for a decoded request path, and the encoded upstream path."""
-        if _REFUSED_PATH_CHARACTERS.search(raw):
-            # Windows/IIS-style upstreams read "\\" as "/", so "/public/..%5Cprivate"
-            # would reach /private past the /public policy; control characters
-            # have no business in a path either.  Refuse, as Envoy can.
+        # The rules and why: gateway/paths.py.
+        if refused_character(raw):
             raise GatewayError(400, "invalid_request", "backslash or control character in path")
-        if "." in raw and ambiguous_dot_segment(raw):
+        if ambiguous_dot_segment(raw):
             raise GatewayError(400, "invalid_request", "ambiguous dot segment in path")
+        if readings_disagree(raw, self._table.find):
+            raise GatewayError(
+                400,
+                "invalid_request",
+                "ambiguous path: with ';' parameters, trailing dots or spaces, or Unicode "
+                "compatibility forms removed it is on another route",
+            )
         path = normalise_path(raw)
         route = self._table.find(path)
         if route is None:
