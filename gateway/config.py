@@ -142,6 +142,9 @@ class RouteConfig:
     timeout: float  # until the upstream's response headers; past it: 504
     strip_prefix: bool
     preserve_host: bool
+    # Path/method-override headers (headers.OVERRIDE_HEADERS) relayed on this
+    # route, in key form; every other one is stripped.
+    allow_override_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -954,7 +957,21 @@ _ROUTE_KEYS = {
     "timeout",
     "strip_prefix",
     "preserve_host",
+    "allow_override_headers",
 }
+
+
+def _override_headers(value: Any) -> frozenset[str]:
+    from gateway.headers import OVERRIDE_HEADERS, header_key
+
+    names = _string_list(value)
+    unknown = [n for n in names if header_key(n) not in OVERRIDE_HEADERS]
+    if unknown:
+        raise ValueError(
+            f"not a path/method-override header: {', '.join(unknown)} "
+            f"(expected some of: {', '.join(sorted(OVERRIDE_HEADERS))})"
+        )
+    return frozenset(header_key(n) for n in names)
 
 
 def _routes(r: _Reader, data: Any) -> tuple[RouteConfig, ...]:
@@ -979,6 +996,9 @@ def _routes(r: _Reader, data: Any) -> tuple[RouteConfig, ...]:
                     timeout=r.get(rt, "timeout", _positive_number, 60.0),
                     strip_prefix=r.get(rt, "strip_prefix", _boolean, False),
                     preserve_host=r.get(rt, "preserve_host", _boolean, False),
+                    allow_override_headers=r.get(
+                        rt, "allow_override_headers", _override_headers, frozenset()
+                    ),
                 )
                 if route.scopes and route.auth != "token":
                     r.problem("scopes apply only to auth: token routes", "scopes")

@@ -18,6 +18,7 @@ from gateway.auth import Authenticator, ConnectionAuth
 from gateway.config import RouteConfig
 from gateway.errors import GatewayError, access_denied, bad_gateway, gateway_timeout
 from gateway.headers import (
+    OVERRIDE_HEADERS,
     downstream_response_fields,
     header_key,
     upstream_request_headers,
@@ -121,12 +122,14 @@ class Proxy:
         self._paths: dict[str, tuple[Route, str]] = {}
         self._latency: dict[str, Histogram] = {}
         self._managed = managed_headers
+        self._stripped = _stripped_per_route(routes, managed_headers)
         self._tokens = token_checker or TokenChecker()
 
     def reconfigure(self, routes: Sequence[RouteConfig]) -> None:
         """Swap the route table (config reload); no await, so no request sees half of it."""
         self._table = RouteTable(routes)
         self._origins = {r.upstream: parse_origin(r.upstream) for r in routes}
+        self._stripped = _stripped_per_route(routes, self._managed)
         self._paths = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -191,7 +194,7 @@ class Proxy:
             target += "?" + request.raw_path.partition("?")[2]
         headers = upstream_request_headers(
             request.headers,
-            managed=self._managed,
+            managed=self._stripped[policy.prefix],
             injected=injected,
             host=request.host if policy.preserve_host else _authority(policy.upstream),
             keep=_forwarded(request, via_proxy=self._auth.from_trusted_proxy(request)),
@@ -457,6 +460,14 @@ def _abandon(conn: UpstreamConnection, sender: asyncio.Task[None] | None) -> Non
     conn.close()
     if sender is not None and not sender.done():
         sender.cancel()
+
+
+def _stripped_per_route(
+    routes: Sequence[RouteConfig], managed: frozenset[str]
+) -> dict[str, frozenset[str]]:
+    """Header keys removed from requests on each route (by prefix): the managed
+    names, and the override headers the route does not allow."""
+    return {r.prefix: managed | (OVERRIDE_HEADERS - r.allow_override_headers) for r in routes}
 
 
 def _authority(url: str) -> str:
