@@ -196,7 +196,9 @@ class Proxy:
             request.headers,
             managed=self._stripped[policy.prefix],
             injected=injected,
-            host=request.host if policy.preserve_host else _authority(policy.upstream),
+            host=_caller_authority(request)
+            if policy.preserve_host
+            else _authority(policy.upstream),
             keep=_forwarded(request, via_proxy=self._auth.from_trusted_proxy(request)),
         )
         if _is_websocket(request):
@@ -485,5 +487,12 @@ def _forwarded(request: web.Request, *, via_proxy: bool = False) -> tuple[tuple[
     return (
         ("X-Forwarded-For", remote),
         ("X-Forwarded-Proto", request.scheme),
-        ("X-Forwarded-Host", request.host),
+        ("X-Forwarded-Host", _caller_authority(request)),
     )
+
+
+def _caller_authority(request: web.Request) -> str:
+    # The Host field as sent (framing.py checked it, and that an absolute-form
+    # target names the same authority); request.host would drop the port of
+    # an absolute-form target.
+    return request.headers.get("Host", request.host)
