@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -96,6 +97,10 @@ class ListenerConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     bind: BindAddress | None
+    # Host names answered besides loopback names and IP literals (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    # Client ids and CA subjects as /metrics label values; off: "" and fingerprints.
+    metrics_client_labels: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +404,14 @@ def _string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _host_names(value: Any) -> tuple[str, ...]:
+    names = _string_list(value)
+    for host in names:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", host):
+            raise ValueError(f"not a host name: {host!r} (no port, no scheme)")
+    return tuple(host.lower().rstrip(".") for host in names)
+
+
 def parse_bind(value: Any) -> BindAddress:
     text = _string(value)
     host, sep, port_text = text.rpartition(":")
@@ -552,9 +565,11 @@ def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
     issuer = r.get(top, "issuer", _url(("https",)))
     listeners = _listeners(r, top.get("listeners"))
     with r.at("admin"):
-        admin_data = r.mapping(top.get("admin"), {"bind"})
+        admin_data = r.mapping(top.get("admin"), {"bind", "allowed_hosts", "metrics_client_labels"})
         admin = AdminConfig(
-            bind=r.get(admin_data, "bind", parse_bind, BindAddress("127.0.0.1", 9901))
+            bind=r.get(admin_data, "bind", parse_bind, BindAddress("127.0.0.1", 9901)),
+            allowed_hosts=r.get(admin_data, "allowed_hosts", _host_names, ()),
+            metrics_client_labels=r.get(admin_data, "metrics_client_labels", _boolean, False),
         )
     registry = _registry(r, top.get("registry"))
     tokens = _tokens(r, top.get("tokens"), issuer)

@@ -152,7 +152,10 @@ async def _start_admin(
     running: RunningGateway, bind: BindAddress, reuse_port: bool
 ) -> tuple[str, int]:
     gateway = running.gateway
-    runner = web.AppRunner(create_admin_app(gateway.readiness, gateway.metrics), access_log=None)
+    admin_app = create_admin_app(
+        gateway.readiness, gateway.metrics, allowed_hosts=gateway.config.admin.allowed_hosts
+    )
+    runner = web.AppRunner(admin_app, access_log=None)
     await runner.setup()
     running.runners.append(runner)
     site = web.TCPSite(runner, bind.host, bind.port, reuse_port=reuse_port or None)
