@@ -750,7 +750,7 @@ def _forwarded_cert(r: _Reader, data: Any) -> ForwardedCertConfig | None:
 
 
 def _spiffe_bundles(r: _Reader, data: Any) -> tuple[tuple[str, Path], ...]:
-    from gateway.spiffe import SpiffeIdError, parse_spiffe_id
+    from gateway.spiffe import SpiffeIdError, trust_domain_key
 
     if data is None:
         return ()
@@ -762,12 +762,12 @@ def _spiffe_bundles(r: _Reader, data: Any) -> tuple[tuple[str, Path], ...]:
         for domain, path in data.items():
             with r.at(str(domain)):
                 try:
-                    parsed = parse_spiffe_id(f"spiffe://{domain}")
+                    trust_domain = trust_domain_key(str(domain))
                 except SpiffeIdError as exc:
                     r.problem(f"not a SPIFFE trust domain: {exc}")
                     continue
                 try:
-                    bundles.append((parsed.trust_domain, r.file(path)))
+                    bundles.append((trust_domain, r.file(path)))
                 except ValueError as exc:
                     r.problem(str(exc))
     return tuple(bundles)
