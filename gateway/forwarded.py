@@ -19,8 +19,10 @@ Formats (``forwarded_client_cert.format``):
   or from the caller).  The whole header is parsed by its grammar
   (``parse_xfcc``), so no caller text can move an element boundary.
 * ``nginx`` — ``X-SSL-Client-Cert`` or ``ssl-client-cert`` set from
-  ``$ssl_client_escaped_cert`` (URL-encoded PEM; the deprecated
-  ``$ssl_client_cert``, tab-folded PEM, is read too).
+  ``$ssl_client_escaped_cert`` (URL-encoded PEM).  The deprecated
+  ``$ssl_client_cert`` (PEM folded with LF + TAB) never reaches this module:
+  the HTTP parser refuses folded lines with a 400, which
+  ``folded_certificate_hint`` makes name the variable that works.
 * ``traefik`` — ``X-Forwarded-Tls-Client-Cert`` from ``passTLSClientCert: {pem:
   true}``: base64 DER without PEM armour, certificates comma-separated, leaf
   first, URL-encoded by older releases.
@@ -206,6 +208,24 @@ def _traefik(value: str) -> ForwardedCertificate:
     if not certs:
         raise ForwardedCertError("empty X-Forwarded-Tls-Client-Cert")
     return ForwardedCertificate(certs[0], tuple(certs[1:]))
+
+
+def folded_certificate_hint(parser_message: str) -> str | None:
+    """What to tell a caller whose request the HTTP parser refused, if NGINX's fault.
+
+    NGINX's deprecated ``$ssl_client_cert`` is the PEM with every line break
+    followed by a TAB: line folding, with bare LFs.  The parser refuses that
+    in any request before the gateway sees it (RFC 9112 §5.2 obs-fold and
+    §2.2 bare LF are smuggling shapes), so it cannot be read; say which
+    variable works.  ``$ssl_client_escaped_cert`` is one URL-encoded line.
+    """
+    if "ssl-client-cert" not in parser_message.lower():
+        return None
+    return (
+        "a certificate header folded over several lines, as NGINX's $ssl_client_cert "
+        "sends it, cannot be read: set it from $ssl_client_escaped_cert "
+        "(docs/load-balancers.md)"
+    )
 
 
 def header_values(fmt: ForwardedCertFormat, get_all: Mapping[str, list[str]]) -> str | None:
