@@ -32,6 +32,7 @@ from tests.conftest import (
     registry_client,
 )
 from tests.pki import Issued, Pki, name
+from tests.test_proxy import RawConnection
 
 VICTIM = registry_client("mtls.client", name_secret("CN=client, OU=production, O=company"))
 ENVOY = {"forwarded_client_cert": {"trusted_proxies": ["127.0.0.1/32"], "format": "envoy_xfcc"}}
@@ -176,3 +177,32 @@ def test_the_appended_element_alone_always_parses(
     element = f'Cert="{quote(proxied.pem.decode())}";Subject={envoy_value("CN=" + subject)}'
     parsed = parse_forwarded("envoy_xfcc", element)
     assert parsed is not None and parsed.leaf == proxied.der
+
+
+# --- NGINX's deprecated $ssl_client_cert ---------------------------------------------------
+
+NGINX = {"forwarded_client_cert": {"trusted_proxies": ["127.0.0.1/32"], "format": "nginx"}}
+
+
+@pytest.mark.parametrize("name", ["X-SSL-Client-Cert", "ssl-client-cert"])
+async def test_nginx_folded_ssl_client_cert_is_a_400_naming_the_escaped_variable(
+    make_gateway: MakeGateway, client_cert: Issued, name: str
+) -> None:
+    """The bytes NGINX sends for ``$ssl_client_cert``: the PEM, each LF followed by a TAB.
+
+    Refused by the HTTP parser (folded lines, bare LFs) from the trusted proxy
+    too, with an answer that says which variable works; nothing is relayed.
+    """
+    gw = await make_gateway(clients=[VICTIM], listener=NGINX)
+    folded = client_cert.pem.decode().strip().replace("\n", "\n\t")
+    conn = await RawConnection.open(gw, None)
+    try:
+        response = await conn.request(
+            f"GET / HTTP/1.1\r\nHost: localhost\r\n{name}: {folded}\r\n\r\n"
+        )
+    finally:
+        await conn.close()
+    assert response.status == 400
+    body = response.json()
+    assert body["error"] == "invalid_request"
+    assert "$ssl_client_escaped_cert" in body["error_description"]
