@@ -85,7 +85,7 @@ def _pem_certificates(text: str) -> list[bytes]:
 
 # XFCC grammar (Envoy's documentation of x-forwarded-client-cert):
 #   header  = element *( OWS "," OWS element )
-#   element = pair *( ";" pair )
+#   element = pair *( OWS ";" OWS pair )
 #   pair    = key "=" value
 #   value   = quoted / *token-char         (may be empty)
 #   quoted  = DQUOTE *( qdtext / "\" char ) DQUOTE
@@ -145,9 +145,10 @@ def parse_xfcc(value: str) -> list[dict[str, str]]:
             if name in element:
                 raise _xfcc_error(f"{key.group()}= twice in one element")
             element[name] = text
+            pos = _skip_ows(value, pos)
             if not value.startswith(";", pos):
                 break
-            pos += 1
+            pos = _skip_ows(value, pos + 1)
         elements.append(element)
         pos = _skip_ows(value, pos)
         if pos == len(value):
