@@ -192,13 +192,13 @@ class Proxy:
                 injected = auth.headers
         if request.query_string:
             target += "?" + request.raw_path.partition("?")[2]
+        host = _caller_authority(request) if policy.preserve_host else _authority(policy.upstream)
         headers = upstream_request_headers(
             request.headers,
-            managed=self._stripped[policy.prefix],
+            # A reload between routing and here may have dropped the prefix.
+            managed=self._stripped.get(policy.prefix) or _stripped_on(policy, self._managed),
             injected=injected,
-            host=_caller_authority(request)
-            if policy.preserve_host
-            else _authority(policy.upstream),
+            host=host,
             keep=_forwarded(request, via_proxy=self._auth.from_trusted_proxy(request)),
         )
         if _is_websocket(request):
@@ -464,12 +464,16 @@ def _abandon(conn: UpstreamConnection, sender: asyncio.Task[None] | None) -> Non
         sender.cancel()
 
 
+def _stripped_on(route: RouteConfig, managed: frozenset[str]) -> frozenset[str]:
+    """Header keys removed from requests on a route: the managed names, and the
+    override headers (headers.OVERRIDE_HEADERS) the route does not allow."""
+    return managed | (OVERRIDE_HEADERS - route.allow_override_headers)
+
+
 def _stripped_per_route(
     routes: Sequence[RouteConfig], managed: frozenset[str]
 ) -> dict[str, frozenset[str]]:
-    """Header keys removed from requests on each route (by prefix): the managed
-    names, and the override headers the route does not allow."""
-    return {r.prefix: managed | (OVERRIDE_HEADERS - r.allow_override_headers) for r in routes}
+    return {r.prefix: _stripped_on(r, managed) for r in routes}
 
 
 def _authority(url: str) -> str:
