@@ -196,7 +196,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     if problems:
         raise ConfigError(problems)
     assert registry is not None
-    metrics = create_metrics()
+    metrics = create_metrics(client_labels=config.admin.metrics_client_labels)
     for tls in tls_list:
         tls.handshakes.count_failures_in(metrics.tls_handshake_failures)
     for i, (listener, tls) in enumerate(zip(config.listeners, tls_list, strict=True)):

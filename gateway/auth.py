@@ -88,6 +88,14 @@ _NOT_FORWARDED = MatchResult((), "the trusted proxy forwarded no client certific
 FORWARDED_PER_CONNECTION = 64  # distinct forwarded certificates cached per proxy connection
 
 
+def _unparsable_forwarded_header() -> GatewayError:
+    # A header from a trusted proxy that does not parse unambiguously is a bad
+    # request (400), not a refused identity: nothing in it is believed.
+    return GatewayError(
+        400, "invalid_request", "the forwarded client certificate header does not parse"
+    )
+
+
 @dataclass(slots=True)
 class _ProxyConnection:
     """What is known about one connection on a forwarded_client_cert listener."""
@@ -282,7 +290,7 @@ class Authenticator:
             )
         except ForwardedCertError as exc:
             self._refuse(request, None, f"forwarded certificate: {exc}", "forwarded_malformed")
-            raise access_denied("the forwarded client certificate could not be used") from None
+            raise _unparsable_forwarded_header() from None
         if raw is None:
             return ConnectionAuth(None, _NOT_FORWARDED, (), registry_generation, trust.generation)
         cached = proxied.by_header.get(raw)
@@ -318,7 +326,7 @@ class Authenticator:
             intermediates = [x509.load_der_x509_certificate(der) for der in forwarded.chain]
         except (ForwardedCertError, CertificateError, ValueError) as exc:
             self._refuse(request, None, f"forwarded certificate: {exc}", "forwarded_malformed")
-            raise access_denied("the forwarded client certificate could not be used") from None
+            raise _unparsable_forwarded_header() from None
         chains = trust.chain_facts(
             forwarded.leaf, intermediates=intermediates, handshake_verified=False
         )

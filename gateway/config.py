@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,6 +103,10 @@ class ListenerConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     bind: BindAddress | None
+    # Host names answered besides loopback names and IP literals (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    # Client ids and CA subjects as /metrics label values; off: "" and fingerprints.
+    metrics_client_labels: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,9 @@ class RouteConfig:
     timeout: float  # until the upstream's response headers; past it: 504
     strip_prefix: bool
     preserve_host: bool
+    # Path/method-override headers (headers.OVERRIDE_HEADERS) relayed on this
+    # route, in key form; every other one is stripped.
+    allow_override_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +410,14 @@ def _string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _host_names(value: Any) -> tuple[str, ...]:
+    names = _string_list(value)
+    for host in names:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", host):
+            raise ValueError(f"not a host name: {host!r} (no port, no scheme)")
+    return tuple(host.lower().rstrip(".") for host in names)
+
+
 def parse_bind(value: Any) -> BindAddress:
     text = _string(value)
     host, sep, port_text = text.rpartition(":")
@@ -555,9 +571,11 @@ def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
     issuer = r.get(top, "issuer", _url(("https",)))
     listeners = _listeners(r, top.get("listeners"))
     with r.at("admin"):
-        admin_data = r.mapping(top.get("admin"), {"bind"})
+        admin_data = r.mapping(top.get("admin"), {"bind", "allowed_hosts", "metrics_client_labels"})
         admin = AdminConfig(
-            bind=r.get(admin_data, "bind", parse_bind, BindAddress("127.0.0.1", 9901))
+            bind=r.get(admin_data, "bind", parse_bind, BindAddress("127.0.0.1", 9901)),
+            allowed_hosts=r.get(admin_data, "allowed_hosts", _host_names, ()),
+            metrics_client_labels=r.get(admin_data, "metrics_client_labels", _boolean, False),
         )
     registry = _registry(r, top.get("registry"))
     tokens = _tokens(r, top.get("tokens"), issuer)
@@ -736,7 +754,7 @@ def _forwarded_cert(r: _Reader, data: Any) -> ForwardedCertConfig | None:
 
 
 def _spiffe_bundles(r: _Reader, data: Any) -> tuple[tuple[str, Path], ...]:
-    from gateway.spiffe import SpiffeIdError, parse_spiffe_id
+    from gateway.spiffe import SpiffeIdError, trust_domain_key
 
     if data is None:
         return ()
@@ -748,12 +766,12 @@ def _spiffe_bundles(r: _Reader, data: Any) -> tuple[tuple[str, Path], ...]:
         for domain, path in data.items():
             with r.at(str(domain)):
                 try:
-                    parsed = parse_spiffe_id(f"spiffe://{domain}")
+                    trust_domain = trust_domain_key(str(domain))
                 except SpiffeIdError as exc:
                     r.problem(f"not a SPIFFE trust domain: {exc}")
                     continue
                 try:
-                    bundles.append((parsed.trust_domain, r.file(path)))
+                    bundles.append((trust_domain, r.file(path)))
                 except ValueError as exc:
                     r.problem(str(exc))
     return tuple(bundles)
@@ -958,7 +976,21 @@ _ROUTE_KEYS = {
     "timeout",
     "strip_prefix",
     "preserve_host",
+    "allow_override_headers",
 }
+
+
+def _override_headers(value: Any) -> frozenset[str]:
+    from gateway.headers import OVERRIDE_HEADERS, header_key
+
+    names = _string_list(value)
+    unknown = [n for n in names if header_key(n) not in OVERRIDE_HEADERS]
+    if unknown:
+        raise ValueError(
+            f"not a path/method-override header: {', '.join(unknown)} "
+            f"(expected some of: {', '.join(sorted(OVERRIDE_HEADERS))})"
+        )
+    return frozenset(header_key(n) for n in names)
 
 
 def _routes(r: _Reader, data: Any) -> tuple[RouteConfig, ...]:
@@ -983,6 +1015,9 @@ def _routes(r: _Reader, data: Any) -> tuple[RouteConfig, ...]:
                     timeout=r.get(rt, "timeout", _positive_number, 60.0),
                     strip_prefix=r.get(rt, "strip_prefix", _boolean, False),
                     preserve_host=r.get(rt, "preserve_host", _boolean, False),
+                    allow_override_headers=r.get(
+                        rt, "allow_override_headers", _override_headers, frozenset()
+                    ),
                 )
                 if route.scopes and route.auth != "token":
                     r.problem("scopes apply only to auth: token routes", "scopes")

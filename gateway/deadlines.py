@@ -28,6 +28,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from gateway.errors import GatewayError
+from gateway.forwarded import folded_certificate_hint
 from gateway.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway")
@@ -96,6 +97,9 @@ class JsonErrorRequestHandler(RequestHandler):
             error = "invalid_request"
             detail = _printable(getattr(exc, "message", None) or message or "")
             description = f"malformed request: {detail}" if detail else "malformed request"
+            hint = folded_certificate_hint(detail)
+            if hint is not None:
+                description = f"{description} ({hint})"
         response = GatewayError(status, error, description).response()
         response.force_close()
         return response

@@ -15,10 +15,14 @@ Formats (``forwarded_client_cert.format``):
 * ``envoy_xfcc`` — ``X-Forwarded-Client-Cert``: comma-separated elements, each
   ``Key=Value;...`` with ``Cert="<URL-encoded PEM>"`` and optionally
   ``Chain="<URL-encoded PEM chain>"``; the last element is the one the nearest
-  proxy appended (Envoy ``APPEND_FORWARD``; earlier ones came from further away).
+  proxy appended (Envoy ``APPEND_FORWARD``; earlier ones came from further away
+  or from the caller).  The whole header is parsed by its grammar
+  (``parse_xfcc``), so no caller text can move an element boundary.
 * ``nginx`` — ``X-SSL-Client-Cert`` or ``ssl-client-cert`` set from
-  ``$ssl_client_escaped_cert`` (URL-encoded PEM; the deprecated
-  ``$ssl_client_cert``, tab-folded PEM, is read too).
+  ``$ssl_client_escaped_cert`` (URL-encoded PEM).  The deprecated
+  ``$ssl_client_cert`` (PEM folded with LF + TAB) never reaches this module:
+  the HTTP parser refuses folded lines with a 400, which
+  ``folded_certificate_hint`` makes name the variable that works.
 * ``traefik`` — ``X-Forwarded-Tls-Client-Cert`` from ``passTLSClientCert: {pem:
   true}``: base64 DER without PEM armour, certificates comma-separated, leaf
   first, URL-encoded by older releases.
@@ -79,37 +83,79 @@ def _pem_certificates(text: str) -> list[bytes]:
     return [_b64(block) for block in blocks]
 
 
-def _split_quoted(text: str, separator: str) -> list[str]:
-    """Split on ``separator`` outside double quotes (backslash escapes inside)."""
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    for ch in text:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif quoted and ch == "\\":
-            current.append(ch)
-            escaped = True
-        elif ch == '"':
-            current.append(ch)
-            quoted = not quoted
-        elif ch == separator and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    if quoted:
-        raise ForwardedCertError("unterminated quoted value in X-Forwarded-Client-Cert")
-    parts.append("".join(current))
-    return parts
+# XFCC grammar (Envoy's documentation of x-forwarded-client-cert):
+#   header  = element *( OWS "," OWS element )
+#   element = pair *( OWS ";" OWS pair )
+#   pair    = key "=" value
+#   value   = quoted / *token-char         (may be empty)
+#   quoted  = DQUOTE *( qdtext / "\" char ) DQUOTE
+# A quote may only open a value, and close it right before ";", "," or the end.
+_XFCC_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_XFCC_TOKEN = re.compile(r'[^,;="\\\x00-\x1f\x7f]*')
+_XFCC_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_XFCC_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_OWS = re.compile(r"[ \t]*")
 
 
-def _unquote_xfcc(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
+def _xfcc_error(why: str) -> ForwardedCertError:
+    return ForwardedCertError(f"X-Forwarded-Client-Cert does not parse: {why}")
+
+
+def _skip_ows(value: str, pos: int) -> int:
+    match = _OWS.match(value, pos)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _xfcc_value(value: str, pos: int) -> tuple[str, int]:
+    """The value starting at ``pos`` (unescaped) and the offset after it."""
+    quoted = _XFCC_QUOTED.match(value, pos)
+    if quoted is not None:
+        return _XFCC_ESCAPE.sub(r"\1", quoted.group(1)), quoted.end()
+    if value.startswith('"', pos):
+        raise _xfcc_error("unterminated quoted value")
+    token = _XFCC_TOKEN.match(value, pos)
+    assert token is not None  # the pattern matches the empty string
+    return token.group(), token.end()
+
+
+def parse_xfcc(value: str) -> list[dict[str, str]]:
+    """Every element of an XFCC header, each a {lowercased key: value} mapping.
+
+    The whole header must follow the grammar, the caller's part included: in
+    APPEND_FORWARD mode everything before Envoy's element is the caller's
+    text, and a reader that only counts quotes can be made to see element
+    boundaries that are not there (an unbalanced quote in the prefix, then a
+    ``\\"`` in the appended subject).  So nothing is guessed: a quote inside
+    a value, text after a closing quote, a key without "=", an empty element
+    or the same key twice in one element is an error.
+    """
+    elements: list[dict[str, str]] = []
+    pos = _skip_ows(value, 0)
+    while True:
+        element: dict[str, str] = {}
+        while True:
+            key = _XFCC_KEY.match(value, pos)
+            if key is None:
+                raise _xfcc_error(f"expected a key at offset {pos}")
+            if not value.startswith("=", key.end()):
+                raise _xfcc_error(f"expected '=' after {key.group()!r}")
+            text, pos = _xfcc_value(value, key.end() + 1)
+            name = key.group().lower()
+            if name in element:
+                raise _xfcc_error(f"{key.group()}= twice in one element")
+            element[name] = text
+            pos = _skip_ows(value, pos)
+            if not value.startswith(";", pos):
+                break
+            pos = _skip_ows(value, pos + 1)
+        elements.append(element)
+        pos = _skip_ows(value, pos)
+        if pos == len(value):
+            return elements
+        if value[pos] != ",":
+            raise _xfcc_error(f"unexpected {value[pos]!r} at offset {pos}")
+        pos = _skip_ows(value, pos + 1)
 
 
 def _rfc9440(cert: str, chain: str | None) -> ForwardedCertificate:
@@ -129,18 +175,20 @@ def _rfc9440(cert: str, chain: str | None) -> ForwardedCertificate:
 
 
 def _envoy(value: str) -> ForwardedCertificate:
-    elements = _split_quoted(value, ",")
-    fields: dict[str, str] = {}
-    for pair in _split_quoted(elements[-1], ";"):
-        key, sep, raw = pair.partition("=")
-        if sep:
-            fields[key.strip().lower()] = _unquote_xfcc(raw)
+    # The rightmost element is the one the nearest proxy appended (Envoy
+    # APPEND_FORWARD; SANITIZE_SET sends that one alone).  Earlier elements
+    # are the caller's, or further proxies', claims: parsed (so that the
+    # boundary is certain), never read.
+    fields = parse_xfcc(value)[-1]
     if "cert" not in fields:
         raise ForwardedCertError(
             "the nearest X-Forwarded-Client-Cert element has no Cert= "
             "(Envoy: set_current_client_cert_details: {cert: true})"
         )
-    leaf = _pem_certificates(unquote(fields["cert"]))[0]
+    certs = _pem_certificates(unquote(fields["cert"]))
+    if len(certs) != 1:
+        raise ForwardedCertError("X-Forwarded-Client-Cert: Cert= holds more than one certificate")
+    leaf = certs[0]
     chain: list[bytes] = []
     if "chain" in fields:
         chain = [der for der in _pem_certificates(unquote(fields["chain"])) if der != leaf]
@@ -161,6 +209,24 @@ def _traefik(value: str) -> ForwardedCertificate:
     if not certs:
         raise ForwardedCertError("empty X-Forwarded-Tls-Client-Cert")
     return ForwardedCertificate(certs[0], tuple(certs[1:]))
+
+
+def folded_certificate_hint(parser_message: str) -> str | None:
+    """What to tell a caller whose request the HTTP parser refused, if NGINX's fault.
+
+    NGINX's deprecated ``$ssl_client_cert`` is the PEM with every line break
+    followed by a TAB: line folding, with bare LFs.  The parser refuses that
+    in any request before the gateway sees it (RFC 9112 §5.2 obs-fold and
+    §2.2 bare LF are smuggling shapes), so it cannot be read; say which
+    variable works.  ``$ssl_client_escaped_cert`` is one URL-encoded line.
+    """
+    if "ssl-client-cert" not in parser_message.lower():
+        return None
+    return (
+        "a certificate header folded over several lines, as NGINX's $ssl_client_cert "
+        "sends it, cannot be read: set it from $ssl_client_escaped_cert "
+        "(docs/load-balancers.md)"
+    )
 
 
 def header_values(fmt: ForwardedCertFormat, get_all: Mapping[str, list[str]]) -> str | None:

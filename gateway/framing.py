@@ -13,24 +13,74 @@ before any handler reads the body:
   framing MUST be treated as faulty and the connection closed, since an
   HTTP/1.0 hop in front of the gateway would not have read it as chunked.
 
-It also holds ``Host`` to its grammar (RFC 9112 §3.2: an invalid value MUST
-get a 400): the gateway relays it as ``X-Forwarded-Host``, where a value such
-as ``a.com, evil.com`` or ``user@host/path`` would reach upstream link and
-redirect builders.
+It also holds ``Host`` to one authority (``host_problem``): the gateway
+relays it as ``X-Forwarded-Host``, where a value such as ``a.com, evil.com``
+or ``user@host/path`` would reach upstream link and redirect builders.
+RFC 9112 §3.2: an invalid Host MUST get a 400.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.errors import GatewayError
 
-# RFC 9110 §7.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal or a
-# reg-name (RFC 3986 §3.2.2: unreserved, pct-encoded, sub-delims), possibly empty.
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# RFC 9110 §7.2: Host = uri-host [ ":" port ].  uri-host: an IP-literal, or a
+# reg-name held to what a DNS name (or an IPv4 address) can be: RFC 3986
+# would also allow sub-delims and pct-encoding, but no resolvable name holds
+# them, and "a.com,evil.com" would be two authorities to a list-reading
+# upstream.  An empty host is allowed (RFC 9112 §3.2, no authority).
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~]*)(?::([0-9]*))?")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _authority_problem(authority: str) -> str | None:
+    match = _HOST.fullmatch(authority)
+    if match is None:
+        return "not one host[:port]"
+    port = match.group(2)
+    # RFC 3986 §3.2.3: an empty port means the default one.
+    if port and (len(port) > 5 or not 0 < int(port) <= 65535):
+        return "port out of range"
+    return None
+
+
+def _comparable(authority: str, scheme: str) -> str:
+    """Lowercased, with an empty or the scheme's default port removed."""
+    match = _HOST.fullmatch(authority)
+    assert match is not None  # checked by _authority_problem first
+    host, port = match.group(1).lower(), match.group(2) or ""
+    return host if port in ("", _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+
+
+def host_problem(host: str | None, target: str) -> str | None:
+    """Why ``Host`` (None: absent) and the request target name no single authority.
+
+    An absolute-form target (RFC 9112 §3.2.2) must carry no userinfo (RFC
+    9110 §4.2.4), and the Host a client MUST send with it must be identical
+    to its authority: a server would use the target's, the upstream may use
+    the Host, so two different ones are refused rather than one picked.
+    """
+    if host is not None:
+        problem = _authority_problem(host)
+        if problem is not None:
+            return f"invalid Host header: {problem}"
+    if target.startswith("/") or target == "*":
+        return None
+    parts = urlsplit(target)
+    if "@" in parts.netloc:
+        return "userinfo in the request target"
+    if not parts.netloc or _authority_problem(parts.netloc) is not None:
+        return "invalid authority in the request target"
+    if host is not None:
+        scheme = parts.scheme.lower()
+        if _comparable(parts.netloc, scheme) != _comparable(host, scheme):
+            return "the request target's authority is not the Host header (RFC 9112 §3.2.2)"
+    return None
 
 
 def _codings(request: web.Request) -> list[str]:
@@ -43,9 +93,9 @@ def _codings(request: web.Request) -> list[str]:
 
 @web.middleware
 async def refuse_unsafe_framing(request: web.Request, handler: Handler) -> web.StreamResponse:
-    host = request.headers.get("Host")
-    if host is not None and not _HOST.fullmatch(host):
-        response = GatewayError(400, "invalid_request", "invalid Host header").response()
+    problem = host_problem(request.headers.get("Host"), request.raw_path)
+    if problem is not None:
+        response = GatewayError(400, "invalid_request", problem).response()
         response.force_close()
         return response
     if "Transfer-Encoding" in request.headers:

@@ -64,6 +64,36 @@ _ALWAYS_MANAGED = (
 )
 
 
+# Headers that make some upstream route on a path, method, port or scheme the
+# gateway never checked: IIS URL Rewrite and Symfony/Zend (X-Original-URL,
+# X-Rewrite-URL), method-override middleware of Symfony, Laravel, Rails and
+# Express (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override), Spring's
+# ForwardedHeaderFilter and others (X-Forwarded-Prefix, -Port, -Server),
+# nginx auth_request (X-Original-URI), Traefik (X-Forwarded-Uri), Envoy
+# (X-Envoy-Original-Path), Rack and Django scheme detection
+# (X-Forwarded-Ssl, X-Forwarded-Scheme, Front-End-Https).  Stripped on every
+# route unless it names them in ``allow_override_headers``.
+OVERRIDE_HEADERS = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-forwarded-port",
+        "x-forwarded-server",
+        "x-original-uri",
+        "x-forwarded-uri",
+        "x-forwarded-path",
+        "x-envoy-original-path",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "front-end-https",
+    }
+)
+
+
 def header_key(name: str) -> str:
     """Comparison key for a header name."""
     return name.lower().replace("_", "-")

@@ -61,6 +61,10 @@ class Metrics:
     in_flight: Gauge
 
     state: list[Collector] = field(default_factory=list)
+    # admin.metrics_client_labels: client ids and CA subjects as label values.
+    # Off (the default), the admin port names no client and no CA: client_id
+    # is "" and a CA is its SHA-256 fingerprint (state_metrics.py).
+    client_labels: bool = False
 
     def add_state(self, collector: Collector) -> None:
         """A collector read at scrape time (reload counts, expiry dates, Redis state)."""
@@ -79,10 +83,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def create_metrics() -> Metrics:
+def create_metrics(*, client_labels: bool = False) -> Metrics:
     registry = CollectorRegistry(auto_describe=True)
     multiproc = bool(os.environ.get(MULTIPROC_ENV))
     return Metrics(
+        client_labels=client_labels,
         registry=registry,
         requests=Counter(
             "mtls_gateway_requests",
@@ -111,7 +116,8 @@ def create_metrics() -> Metrics:
         ),
         tokens=Counter(
             "mtls_gateway_tokens",
-            "Token requests by client and outcome (issued or the OAuth error code).",
+            "Token requests by client (with admin.metrics_client_labels) and outcome "
+            "(issued or the OAuth error code).",
             ["client_id", "outcome"],
             registry=registry,
         ),

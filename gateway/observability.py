@@ -109,6 +109,7 @@ def create_observer(
     in_flight = metrics.in_flight
     requests = metrics.requests
     tokens = metrics.tokens
+    client_labels = metrics.client_labels
     # labels() takes a lock and builds a key on every call: keep the children.
     children: dict[tuple[str, str, int], Any] = {}
 
@@ -149,7 +150,8 @@ def create_observer(
                     children[(route, kind, status)] = child
             child.inc()
             if info.oauth_outcome is not None and route in TOKEN_PATHS:
-                tokens.labels(info.client_id or "-", info.oauth_outcome).inc()
+                client = (info.client_id or "-") if client_labels else ""
+                tokens.labels(client, info.oauth_outcome).inc()
             if access_log is not None:
                 access_log.write(
                     {

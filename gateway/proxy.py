@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import posixpath
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import aiohttp
 import yarl
@@ -21,12 +18,20 @@ from gateway.auth import Authenticator, ConnectionAuth
 from gateway.config import RouteConfig
 from gateway.errors import GatewayError, access_denied, bad_gateway, gateway_timeout
 from gateway.headers import (
+    OVERRIDE_HEADERS,
     downstream_response_fields,
     header_key,
     upstream_request_headers,
 )
 from gateway.metrics import Metrics
 from gateway.observability import RequestFacts, facts
+from gateway.paths import (
+    ambiguous_dot_segment,
+    encode_path,
+    normalise_path,
+    readings_disagree,
+    refused_character,
+)
 from gateway.upstream import (
     Origin,
     UpstreamConnection,
@@ -44,41 +49,6 @@ STREAM_CHUNK = 64 * 1024
 # in key length, so at most ~1 MiB of keys.
 _CACHED_PATHS = 4096
 _CACHED_PATH_LENGTH = 256
-_REFUSED_PATH_CHARACTERS = re.compile(r"[\\\x00-\x1f\x7f]")
-
-
-def ambiguous_dot_segment(path: str) -> bool:
-    """A segment other than "." or ".." that some upstream would read as one.
-
-    Tomcat and Spring drop path parameters before resolving dot segments, so
-    "/public/..;/private" is "/private" to them; Windows strips trailing dots
-    and spaces, so "..." and ".. " become "..".  normpath sees ordinary
-    names in all of these, and the policy of the wrong route would apply.
-    """
-    for segment in path.split("/"):
-        bare = segment.split(";", 1)[0]
-        if "." in bare and not bare.strip(". ") and segment not in (".", ".."):
-            return True
-    return False
-
-
-def normalise_path(path: str) -> str:
-    """The decoded path with dot segments removed (RFC 3986 §5.2.4).
-
-    Routing and forwarding both use this one form, so the upstream sees exactly
-    the path whose policy was checked: ``/public/..%2Fadmin`` is ``/admin`` to
-    both.  Repeated slashes collapse for the same reason.
-    """
-    normalised = posixpath.normpath(path) if path else "/"
-    if normalised.startswith("//"):  # normpath keeps a leading "//" (POSIX)
-        normalised = "/" + normalised.lstrip("/")
-    if path.endswith("/") and normalised != "/":
-        normalised += "/"
-    return normalised
-
-
-def encode_path(path: str) -> str:
-    return quote(path, safe="/:@!$&'()*+,;=-._~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +122,14 @@ class Proxy:
         self._paths: dict[str, tuple[Route, str]] = {}
         self._latency: dict[str, Histogram] = {}
         self._managed = managed_headers
+        self._stripped = _stripped_per_route(routes, managed_headers)
         self._tokens = token_checker or TokenChecker()
 
     def reconfigure(self, routes: Sequence[RouteConfig]) -> None:
         """Swap the route table (config reload); no await, so no request sees half of it."""
         self._table = RouteTable(routes)
         self._origins = {r.upstream: parse_origin(r.upstream) for r in routes}
+        self._stripped = _stripped_per_route(routes, self._managed)
         self._paths = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -168,13 +140,18 @@ class Proxy:
 
     def _route(self, raw: str) -> tuple[Route, str]:
         """The route for a decoded request path, and the encoded upstream path."""
-        if _REFUSED_PATH_CHARACTERS.search(raw):
-            # Windows/IIS-style upstreams read "\\" as "/", so "/public/..%5Cprivate"
-            # would reach /private past the /public policy; control characters
-            # have no business in a path either.  Refuse, as Envoy can.
+        # The rules and why: gateway/paths.py.
+        if refused_character(raw):
             raise GatewayError(400, "invalid_request", "backslash or control character in path")
-        if "." in raw and ambiguous_dot_segment(raw):
+        if ambiguous_dot_segment(raw):
             raise GatewayError(400, "invalid_request", "ambiguous dot segment in path")
+        if readings_disagree(raw, self._table.find):
+            raise GatewayError(
+                400,
+                "invalid_request",
+                "ambiguous path: with ';' parameters, trailing dots or spaces, or Unicode "
+                "compatibility forms removed it is on another route",
+            )
         path = normalise_path(raw)
         route = self._table.find(path)
         if route is None:
@@ -215,11 +192,13 @@ class Proxy:
                 injected = auth.headers
         if request.query_string:
             target += "?" + request.raw_path.partition("?")[2]
+        host = _caller_authority(request) if policy.preserve_host else _authority(policy.upstream)
         headers = upstream_request_headers(
             request.headers,
-            managed=self._managed,
+            # A reload between routing and here may have dropped the prefix.
+            managed=self._stripped.get(policy.prefix) or _stripped_on(policy, self._managed),
             injected=injected,
-            host=request.host if policy.preserve_host else _authority(policy.upstream),
+            host=host,
             keep=_forwarded(request, via_proxy=self._auth.from_trusted_proxy(request)),
         )
         if _is_websocket(request):
@@ -485,6 +464,18 @@ def _abandon(conn: UpstreamConnection, sender: asyncio.Task[None] | None) -> Non
         sender.cancel()
 
 
+def _stripped_on(route: RouteConfig, managed: frozenset[str]) -> frozenset[str]:
+    """Header keys removed from requests on a route: the managed names, and the
+    override headers (headers.OVERRIDE_HEADERS) the route does not allow."""
+    return managed | (OVERRIDE_HEADERS - route.allow_override_headers)
+
+
+def _stripped_per_route(
+    routes: Sequence[RouteConfig], managed: frozenset[str]
+) -> dict[str, frozenset[str]]:
+    return {r.prefix: _stripped_on(r, managed) for r in routes}
+
+
 def _authority(url: str) -> str:
     return url.split("://", 1)[1].split("/", 1)[0]
 
@@ -500,5 +491,12 @@ def _forwarded(request: web.Request, *, via_proxy: bool = False) -> tuple[tuple[
     return (
         ("X-Forwarded-For", remote),
         ("X-Forwarded-Proto", request.scheme),
-        ("X-Forwarded-Host", request.host),
+        ("X-Forwarded-Host", _caller_authority(request)),
     )
+
+
+def _caller_authority(request: web.Request) -> str:
+    # The Host field as sent (framing.py checked it, and that an absolute-form
+    # target names the same authority); request.host would drop the port of
+    # an absolute-form target.
+    return request.headers.get("Host", request.host)

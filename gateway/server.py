@@ -187,7 +187,9 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
             running.servers.append(bound_outbound.server)
             running.outbound_addresses.append(bound_outbound.address)
         if config.admin.bind is not None:
-            admin = create_admin_app(gateway.readiness, gateway.metrics)
+            admin = create_admin_app(
+                gateway.readiness, gateway.metrics, allowed_hosts=config.admin.allowed_hosts
+            )
             server = await _http_runner(running, admin, {})
             where = f"{config.source}:admin.bind"
             running.admin_address = await _listen(

@@ -7,9 +7,13 @@ and ``.../ns/prod/a/b``, but not ``spiffe://example.org/ns/prod`` itself (a
 pattern names a namespace's members, not the namespace) and never
 ``.../ns/production``: matching is by whole path segments.
 
-Comparison form: the trust domain lowercased (SPIFFE-ID §2.1 allows only
-lowercase, but a registry value typed in another case must not silently fail
-to match); the path compared exactly, as the specification says.
+Case: SPIFFE-ID §2.1 allows only lowercase in a trust domain.  A certificate's
+ID (``parse_spiffe_id``) in another case is not a SPIFFE ID and is refused:
+folding ``spiffe://TD.TEST/x`` into ``td.test`` would grant an identity that
+every spec-following peer reads as a different one.  A registry value or a
+config key (``parse_spiffe_pattern``, ``trust_domain_key``) is the operator's
+text and is lowercased, so a capital typed there cannot lock a client out.
+The path is compared exactly, as the specification says.
 """
 
 from __future__ import annotations
@@ -71,14 +75,16 @@ def is_spiffe(value: str) -> bool:
     return value[: len(SCHEME)].lower() == SCHEME
 
 
-def _trust_domain(text: str) -> str:
+def _trust_domain(text: str, *, fold: bool) -> str:
     if not text:
         raise SpiffeIdError("missing trust domain")
     if "@" in text:
         raise SpiffeIdError("a SPIFFE ID has no user info")
     if ":" in text:
         raise SpiffeIdError("a SPIFFE ID has no port")
-    domain = text.lower()
+    domain = text.lower() if fold else text
+    if domain != domain.lower():
+        raise SpiffeIdError("trust domain must be lowercase (SPIFFE-ID §2.1)")
     if len(domain) > MAX_TRUST_DOMAIN_LENGTH:
         raise SpiffeIdError("trust domain longer than 255 characters")
     if not set(domain) <= _TRUST_DOMAIN_CHARS:
@@ -119,7 +125,12 @@ def _split(value: str) -> tuple[str, str]:
 def parse_spiffe_id(value: str) -> SpiffeId:
     """A SPIFFE ID from a certificate's URI SAN; raises SpiffeIdError."""
     domain, path = _split(value)
-    return SpiffeId(_trust_domain(domain), _path(path))
+    return SpiffeId(_trust_domain(domain, fold=False), _path(path))
+
+
+def trust_domain_key(text: str) -> str:
+    """A trust domain named in the config (``spiffe_bundles``), lowercased."""
+    return _trust_domain(text, fold=True)
 
 
 def parse_spiffe_pattern(value: str) -> SpiffePattern:
@@ -133,7 +144,7 @@ def parse_spiffe_pattern(value: str) -> SpiffePattern:
     if "*" in text:
         raise SpiffeIdError("'*' is only allowed as the whole last segment, e.g. spiffe://td/ns/*")
     domain, path = _split(text)
-    return SpiffePattern(SpiffeId(_trust_domain(domain), _path(path)), wildcard)
+    return SpiffePattern(SpiffeId(_trust_domain(domain, fold=True), _path(path)), wildcard)
 
 
 def prefix_lookup_values(spiffe_id: SpiffeId) -> Iterator[str]:
@@ -151,7 +162,7 @@ def prefix_lookup_values(spiffe_id: SpiffeId) -> Iterator[str]:
 
 
 def normalise_uri_san(uri: str) -> str:
-    """The comparison form of a certificate URI: SPIFFE IDs with a lowercase trust domain."""
+    """The comparison form of a certificate URI: a valid SPIFFE ID as parsed, else as is."""
     if not is_spiffe(uri):
         return uri
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -22,6 +24,13 @@ if TYPE_CHECKING:
 class GatewayStateCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
+
+    def _ca_label(self, ca: x509.Certificate) -> str:
+        # The subject names the PKI; without admin.metrics_client_labels a
+        # fingerprint still tells the CAs apart (openssl x509 -fingerprint -sha256).
+        if self._gateway.metrics.client_labels:
+            return format_name(ca.subject)
+        return "sha256:" + ca.fingerprint(hashes.SHA256()).hex()[:16]
 
     def collect(self) -> Iterator[Metric]:
         gateway = self._gateway
@@ -88,7 +97,8 @@ class GatewayStateCollector(Collector):
 
         expiry = GaugeMetricFamily(
             "mtls_gateway_certificate_expiry_timestamp_seconds",
-            "notAfter of the server certificate and of each client CA, as a Unix time.",
+            "notAfter of the server certificate and of each client CA, as a Unix time "
+            "(subject: the CA's DN with admin.metrics_client_labels, else sha256:<fingerprint>).",
             labels=["listener", "kind", "subject"],
         )
         for listener in gateway.listeners:
@@ -97,7 +107,6 @@ class GatewayStateCollector(Collector):
             expiry.add_metric([label, "server", ""], material.server_not_after.timestamp())
             for ca in material.trust.ca_certificates:
                 expiry.add_metric(
-                    [label, "client_ca", format_name(ca.subject)],
-                    ca.not_valid_after_utc.timestamp(),
+                    [label, "client_ca", self._ca_label(ca)], ca.not_valid_after_utc.timestamp()
                 )
         yield expiry

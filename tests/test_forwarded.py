@@ -110,6 +110,12 @@ def test_envoy_takes_the_element_the_nearest_proxy_appended(client_cert: Issued,
     assert parsed is not None and parsed.leaf == client_cert.der
 
 
+def test_xfcc_spaces_around_separators_are_read(client_cert: Issued) -> None:
+    value = f'By=spiffe://lb ; Cert="{quote(pem(client_cert))}" ;URI=spiffe://x , Hash=ab; Cert="{quote(pem(client_cert))}"'
+    parsed = parse_forwarded("envoy_xfcc", value)
+    assert parsed is not None and parsed.leaf == client_cert.der
+
+
 def test_nginx_deprecated_folded_pem(client_cert: Issued) -> None:
     folded = pem(client_cert).strip().replace("\n", "\n\t")
     parsed = parse_forwarded("nginx", folded)

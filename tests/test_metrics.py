@@ -42,7 +42,11 @@ async def test_metrics_after_traffic(
     tmp_path: Path,
 ) -> None:
     stranger = pki.client("stranger")
-    gw = await make_gateway(clients=[registry_client("mtls.client", name_secret(CLIENT_DN))])
+    # Client ids as labels are opt-in (tests/security/test_admin.py has the default).
+    gw = await make_gateway(
+        clients=[registry_client("mtls.client", name_secret(CLIENT_DN))],
+        extra={"admin": {"bind": "127.0.0.1:0", "metrics_client_labels": True}},
+    )
     assert gw.gateway.access_log is not None
     access = io.BytesIO()
     gw.gateway.access_log.stream = access

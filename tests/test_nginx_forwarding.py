@@ -43,7 +43,14 @@ pytestmark = pytest.mark.skipif(
 
 
 def _nginx_config(
-    directory: Path, pki: Pki, port: int, gateway_port: int, *, bind: str | None, verify: str
+    directory: Path,
+    pki: Pki,
+    port: int,
+    gateway_port: int,
+    *,
+    bind: str | None,
+    verify: str,
+    variable: str = "$ssl_client_escaped_cert",
 ) -> Path:
     bind_line = f"proxy_bind {bind};" if bind else ""
     conf = directory / "nginx.conf"
@@ -73,7 +80,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
-            proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert;
+            proxy_set_header X-SSL-Client-Cert {variable};
             proxy_set_header X-Forwarded-For $remote_addr;
             {bind_line}
         }}
@@ -104,12 +111,20 @@ StartNginx = Callable[..., Awaitable[str]]
 def start_nginx(tmp_path: Path, pki: Pki) -> Iterator[StartNginx]:
     processes: list[subprocess.Popen[bytes]] = []
 
-    async def start(gw: GatewayUnderTest, *, bind: str | None = None, verify: str = "on") -> str:
+    async def start(
+        gw: GatewayUnderTest,
+        *,
+        bind: str | None = None,
+        verify: str = "on",
+        variable: str = "$ssl_client_escaped_cert",
+    ) -> str:
         assert NGINX is not None
         directory = tmp_path / f"nginx{len(processes)}"
         directory.mkdir()
         port = free_port()
-        conf = _nginx_config(directory, pki, port, gw.port, bind=bind, verify=verify)
+        conf = _nginx_config(
+            directory, pki, port, gw.port, bind=bind, verify=verify, variable=variable
+        )
         process = subprocess.Popen(
             [NGINX, "-c", str(conf), "-p", str(directory), "-e", str(directory / "error.log")],
             stdout=subprocess.DEVNULL,
@@ -205,3 +220,19 @@ async def test_nginx_token_is_bound_to_the_forwarded_certificate(
     # Another certificate (same DN, new key) through the same NGINX: not bound.
     status, body = await _via(url, pki, pki.client("client"), "/api/data", headers=bearer)
     assert (status, body["error"]) == (401, "invalid_token")
+
+
+async def test_nginx_deprecated_ssl_client_cert_is_a_400_that_names_the_fix(
+    make_gateway: MakeGateway, start_nginx: StartNginx, pki: Pki, client_cert: Issued
+) -> None:
+    """``$ssl_client_cert`` is PEM folded with LF + TAB: obs-fold (RFC 9112 §5.2).
+
+    The HTTP parser refuses obs-fold in every request (a folded identity
+    header is a smuggling shape, tests/security/test_spoofing.py), so this
+    variable cannot work; the answer must say which one does.
+    """
+    gw = await make_gateway(clients=[CLIENT], listener=FORWARDING)
+    url = await start_nginx(gw, variable="$ssl_client_cert")
+    status, body = await _via(url, pki, client_cert)
+    assert (status, body["error"]) == (400, "invalid_request"), body
+    assert "$ssl_client_escaped_cert" in body["error_description"]

@@ -37,7 +37,7 @@ from gateway.outbound.client_tls import Trust
 from gateway.outbound.pool import Lease, SessionPool
 from gateway.outbound.routing import OutboundRoute, OutboundRouteTable, request_host
 from gateway.outbound.tokens import TokenSource, TokenUnavailable
-from gateway.proxy import encode_path, normalise_path
+from gateway.paths import encode_path, normalise_path
 
 log = logging.getLogger("gateway.outbound")
 
