@@ -164,12 +164,9 @@ async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int
             sys.stdout.write(dump_registry_document(incoming))
             return 0
         if args.replace_all:
-            merged = incoming
+            await registry.replace_all(incoming)
         else:
-            by_id = {c.client_id: c for c in await registry.list_clients()}
-            by_id.update({c.client_id: c for c in incoming})
-            merged = list(by_id.values())
-        await registry.replace_all(merged)
+            await registry.merge(incoming)
         print(f"imported {len(incoming)} client(s) into {registry.description}")
         return 0
     if command == "export":

@@ -365,6 +365,12 @@ class RedisRegistry:
         # every candidate is re-checked against its document.
         return client_fields(old) if old is not None else []
 
+    async def merge(self, clients: list[Client]) -> None:
+        # The merged registry is swapped in whole, as an import always was.
+        by_id = {c.client_id: c for c in await self.list_clients()}
+        by_id.update({c.client_id: c for c in clients})
+        await self.replace_all(list(by_id.values()))
+
     async def replace_all(self, clients: list[Client]) -> None:
         """Build the new registry under a private name, then swap it in atomically."""
         docs: dict[str, str] = {}
