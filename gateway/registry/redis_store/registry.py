@@ -61,6 +61,7 @@ from gateway.registry.redis_store.keys import (
     parse_change,
 )
 from gateway.registry.redis_store.scripts import LOOKUP, PUT, SWAP
+from gateway.registry.redis_store.sentinel import MasterWatch
 
 log = logging.getLogger("gateway.registry")
 
@@ -77,6 +78,10 @@ _REDIS_ERRORS = (RedisError, OSError)
 
 class _SyncLost(Exception):
     pass
+
+
+class _MasterMoved(Exception):
+    """Sentinel names another master: follow it at once (not an outage)."""
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -131,6 +136,11 @@ class RedisRegistry:
         self._follower: asyncio.Task[None] | None = None
         self._closing = False
         self._expiry: asyncio.TimerHandle | None = None
+        self._master_watch = (
+            MasterWatch(self._clients.sentinel, config.sentinel_master, self._redis)
+            if self._clients.sentinel is not None and config.sentinel_master is not None
+            else None
+        )
 
     # ------------------------------------------------------------ protocol state
 
@@ -469,9 +479,16 @@ class RedisRegistry:
         backoff = BACKOFF_MIN
         while True:
             pubsub: PubSub | None = None
+            moved = False
             try:
                 pubsub = await self._clients.pubsub()
                 await self._listen(pubsub)
+            except _MasterMoved as exc:
+                log.warning("registry: Sentinel names %s as master now; resubscribing", exc)
+                # Until the resync, lookups ask the new master rather than the cache.
+                self._synced = False
+                self._bump()
+                moved = True
             except (*_REDIS_ERRORS, _SyncLost) as exc:
                 self._lost(str(exc) or type(exc).__name__)
             except Exception as exc:
@@ -487,7 +504,9 @@ class RedisRegistry:
                         await asyncio.wait_for(close_pubsub(), self._config.connect_timeout)
             if self._closing:
                 return
-            if self._seen is not None and self._synced_at > time.monotonic() - BACKOFF_MAX:
+            if moved:
+                backoff = BACKOFF_MIN  # the new master is up: go there now
+            elif self._seen is not None and self._synced_at > time.monotonic() - BACKOFF_MAX:
                 backoff = BACKOFF_MIN  # it was working a moment ago: retry at once
             # Jitter: a fleet of replicas must not reconnect in lockstep.
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311
@@ -497,9 +516,16 @@ class RedisRegistry:
         await pubsub.subscribe(self._keys.channel)
         subscribed = False
         last_heard = time.monotonic()
+        next_check = last_heard + PING_INTERVAL
         while True:
             if subscribed and not self._synced:
                 raise _SyncLost("a lookup failed")
+            if self._master_watch is not None and subscribed and time.monotonic() >= next_check:
+                # Each health check, busy or idle: is this still the master Sentinel names?
+                next_check = time.monotonic() + PING_INTERVAL
+                new_master = await self._master_watch.moved_to(pubsub)
+                if new_master is not None:
+                    raise _MasterMoved(new_master)
             message: dict[str, Any] | None = await pubsub.get_message(timeout=PING_INTERVAL)
             now = time.monotonic()
             if message is None:
