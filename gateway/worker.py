@@ -19,19 +19,24 @@ import os
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging, stop_logging
-from gateway.watch import signature
+from gateway.watch import FileSignature, signature
 
 log = logging.getLogger("gateway.supervisor")
 
 START_FAILED = 78  # EX_CONFIG (sysexits.h): the files on disk do not make a gateway
 
 
-def run_worker(config: GatewayConfig, *, reuse_port: bool) -> int:
-    """Assemble and serve ``config`` in this process until SIGTERM/SIGINT."""
+def run_worker(
+    config: GatewayConfig, *, reuse_port: bool, read_as: FileSignature | None = None
+) -> int:
+    """Assemble and serve ``config`` in this process until SIGTERM/SIGINT.
+
+    ``read_as``: the config file's signature when ``config`` was read from it.
+    """
     from gateway.runtime import assemble
     from gateway.server import serve_forever
 
-    before = signature([config.source])
+    before = signature([config.source]) if read_as is None else read_as
     gateway = assemble(config)
     if signature([config.source]) != before and gateway.config_reloader is not None:
         gateway.config_reloader.reload()  # edited while this worker was starting
@@ -54,10 +59,11 @@ def forked_worker_main(parent: GatewayConfig, report_fd: int) -> int:
     code = 1
     try:
         try:
+            read_as = signature([parent.source])
             config = load_config(parent.source)
             if config.logging != parent.logging:
                 configure_logging(config.logging)
-            code = run_worker(config, reuse_port=True)
+            code = run_worker(config, reuse_port=True, read_as=read_as)
         except ConfigError as exc:
             _report(report_fd, "; ".join(exc.problems))
             code = START_FAILED
