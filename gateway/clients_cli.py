@@ -145,9 +145,8 @@ async def _dispatch(registry: WritableRegistry, args: argparse.Namespace) -> int
         return 0
     if command == "add":
         client = _client_from_flags(args)
-        if not args.replace and await registry.get(client.client_id) is not None:
-            raise ConfigError([f"client {client.client_id}: already exists (use --replace)"])
-        await registry.put(client)
+        # Decided with the write, under the lock (YAML) or in the script (Redis).
+        await registry.put(client, replace=args.replace)
         print(f"added {client.client_id} to {registry.description}")
         return 0
     if command == "remove":

@@ -155,3 +155,15 @@ def test_a_failed_write_is_one_line_and_changes_nothing(spec_dir: Path) -> None:
     assert line.startswith(f"{lock}: cannot open the lock file")
     assert registry.read_bytes() == before
     assert _debris(spec_dir.parent) == []
+
+
+def test_concurrent_adds_of_one_id_without_replace_let_exactly_one_in(spec_dir: Path) -> None:
+    registry = spec_dir.parent / "clients.yaml"
+    processes = [_start(spec_dir, "add", "same", "--dn", f"CN=writer {i}") for i in range(8)]
+    results = [p.communicate(timeout=CLI_TIMEOUT) for p in processes]
+    codes = sorted(p.returncode for p in processes)
+    assert codes == [0] + [1] * 7, results
+    refusals = {err.strip() for p, (_, err) in zip(processes, results, strict=True) if p.returncode}
+    assert refusals == {"mtls-gateway: client same: already exists (use --replace)"}
+    (winner,) = [c for c in load_registry_file(registry) if c.client_id == "same"]
+    assert len(winner.secrets) == 1

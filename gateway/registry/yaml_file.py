@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gateway.config import ConfigError
 from gateway.identity import CertificateIdentity
+from gateway.registry.base import RegistryWriteError, already_exists
 from gateway.registry.matching import ChainFacts, ClientIndex, MatchResult
 from gateway.registry.model import Client
 from gateway.registry.yaml_document import dump_registry_document as dump_registry_document
@@ -113,10 +114,14 @@ class YamlRegistry:
     # Writes (CLI): serialised, checked and durable (yaml_write.py); the running
     # gateways see the change through their watchers.
 
-    async def put(self, client: Client) -> None:
-        await self._write(
-            lambda now: [*(c for c in now if c.client_id != client.client_id), client]
-        )
+    async def put(self, client: Client, *, replace: bool = True) -> None:
+        def with_client(now: list[Client]) -> list[Client]:
+            others = [c for c in now if c.client_id != client.client_id]
+            if not replace and len(others) != len(now):
+                raise RegistryWriteError(already_exists(client.client_id))
+            return [*others, client]
+
+        await self._write(with_client)
 
     async def remove(self, client_id: str) -> bool:
         def without(now: list[Client]) -> list[Client] | None:

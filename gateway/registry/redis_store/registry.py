@@ -42,7 +42,7 @@ from redis.exceptions import ClusterDownError, RedisError, ResponseError
 
 from gateway.config import RegistryConfig
 from gateway.identity import CertificateIdentity
-from gateway.registry.base import RegistryUnavailable, RegistryWriteError
+from gateway.registry.base import RegistryUnavailable, RegistryWriteError, already_exists
 from gateway.registry.matching import (
     ChainFacts,
     MatchResult,
@@ -324,13 +324,13 @@ class RedisRegistry:
 
     # ------------------------------------------------------------------ writes
 
-    async def put(self, client: Client) -> None:
-        await self._write(client.client_id, client)
+    async def put(self, client: Client, *, replace: bool = True) -> None:
+        await self._write(client.client_id, client, replace=replace)
 
     async def remove(self, client_id: str) -> bool:
         return await self._write(client_id, None)
 
-    async def _write(self, client_id: str, client: Client | None) -> bool:
+    async def _write(self, client_id: str, client: Client | None, *, replace: bool = True) -> bool:
         new_doc = _document(client) if client is not None else ""
         new_fields = client_fields(client) if client is not None else []
         try:
@@ -338,6 +338,9 @@ class RedisRegistry:
                 old_doc = _text(await self._redis.hget(self._keys.clients, client_id))
                 if not old_doc and client is None:
                     return False
+                if old_doc and not replace:
+                    # The script writes only if the document is still old_doc: atomic.
+                    raise RegistryWriteError(already_exists(client_id))
                 old_fields = self._fields_of_document(client_id, old_doc)
                 payload = change_payload([client_id], [*old_fields, *new_fields])
                 result = await self._put(
