@@ -83,7 +83,11 @@ class _Slot:
 def _describe_exit(status: int) -> str:
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-code}"
+        return f"was killed by {name}"
     return f"exited with status {code}"
 
 

@@ -169,10 +169,19 @@ def _parse(data: bytes, path: Path) -> list[Client]:
     # Parsed as the gateway parses it: a file it would refuse is not edited.
     try:
         return parse_registry_document(yaml.safe_load(data.decode("utf-8")), str(path))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RegistryWriteError(f"{path}: not valid YAML, nothing written: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise RegistryWriteError(f"{path}: {_yaml_problem(exc)}; nothing written") from None
     except ConfigError as exc:
-        raise RegistryWriteError(f"{exc.problems[0]} (nothing written)") from None
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        raise RegistryWriteError(f"{exc.problems[0]}{more}; nothing written") from None
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """One line, with the line number when the parser gives one."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{where}invalid YAML: {' '.join(str(problem).split())}"
 
 
 def _digest(data: bytes) -> bytes:
@@ -192,7 +201,7 @@ def render(text: str, current: list[Client], wanted: list[Client], path: Path) -
         _, indent, sequence_indent = load_yaml_guess_indent(text)
         document = rt.load(text)
     except RoundTripYAMLError as exc:
-        raise RegistryWriteError(f"{path}: not valid YAML, nothing written: {exc}") from None
+        raise RegistryWriteError(f"{path}: {_yaml_problem(exc)}; nothing written") from None
     if indent is not None:
         rt.indent(mapping=indent, sequence=indent, offset=sequence_indent or 0)
     preamble = ""
@@ -246,9 +255,13 @@ def _verify(text: str, wanted: list[Client], path: Path) -> None:
     """What is about to be written must read back as exactly the intended registry."""
     try:
         written = parse_registry_document(yaml.safe_load(text), str(path))
-    except (yaml.YAMLError, ConfigError) as exc:
+    except yaml.YAMLError as exc:
         raise RegistryWriteError(
-            f"{path}: the edited file would not parse ({exc}); nothing written"
+            f"{path}: the edited file would not parse ({_yaml_problem(exc)}); nothing written"
+        ) from None
+    except ConfigError as exc:
+        raise RegistryWriteError(
+            f"{path}: the edited file would not load ({exc.problems[0]}); nothing written"
         ) from None
     if sorted(written, key=_key) != sorted(wanted, key=_key):
         raise RegistryWriteError(

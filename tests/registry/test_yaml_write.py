@@ -182,3 +182,17 @@ async def test_merge_keeps_the_clients_not_named(commented: Path) -> None:
     await registry.merge([_client("a", "CN=a2"), _client("b")])
     assert _ids(commented) == ["billing", "a", "b"]
     assert YamlRegistry(commented).index.get("a") == _client("a", "CN=a2")
+
+
+@pytest.mark.parametrize("broken", ["clients: [\n  - {client_id: a\n", "clients:\n\t- x\n"])
+async def test_a_file_made_unreadable_since_start_is_refused_in_one_line(
+    commented: Path, broken: str
+) -> None:
+    registry = YamlRegistry(commented)
+    commented.write_text(broken)
+    with pytest.raises(RegistryWriteError) as info:
+        await registry.put(_client("x"))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{commented}: line ")
+    assert "invalid YAML" in message and message.endswith("nothing written")
+    assert commented.read_text() == broken
