@@ -160,9 +160,8 @@ async def _dispatch(
         return 0
     if command == "add":
         client = _client_from_flags(args)
-        if not args.replace and await registry.get(client.client_id) is not None:
-            raise ConfigError([f"client {client.client_id}: already exists (use --replace)"])
-        await registry.put(client)
+        # Decided with the write, under the lock (YAML) or in the script (Redis).
+        await registry.put(client, replace=args.replace)
         print(f"added {client.client_id} to {registry.description}")
         # Added all the same: a CA may really issue names in that order.
         for line in config_dn_order_warnings(config, [client]):
@@ -182,12 +181,9 @@ async def _dispatch(
             sys.stdout.write(dump_registry_document(incoming))
             return 0
         if args.replace_all:
-            merged = incoming
+            await registry.replace_all(incoming)
         else:
-            by_id = {c.client_id: c for c in await registry.list_clients()}
-            by_id.update({c.client_id: c for c in incoming})
-            merged = list(by_id.values())
-        await registry.replace_all(merged)
+            await registry.merge(incoming)
         print(f"imported {len(incoming)} client(s) into {registry.description}")
         return 0
     if command == "export":

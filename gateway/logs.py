@@ -39,6 +39,14 @@ class JsonFormatter(logging.Formatter):
 _listener: logging.handlers.QueueListener | None = None
 
 
+def stop_logging() -> None:
+    """Write every queued line now: before ``os._exit``, which runs no atexit hook."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
 def configure_logging(config: LoggingConfig) -> None:
     """Log through a queue: formatting and writing happen on a background thread,
     off the event loop (a blocked stderr pipe must not stall request handling)."""

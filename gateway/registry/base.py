@@ -17,6 +17,10 @@ class RegistryWriteError(Exception):
     """A write was refused; the message names the client and field at fault."""
 
 
+def already_exists(client_id: str) -> str:
+    return f"client {client_id}: already exists (use --replace)"
+
+
 class Registry(Protocol):
     """Read side used on the request path, plus lifecycle hooks.
 
@@ -57,8 +61,15 @@ class Registry(Protocol):
 
 
 class WritableRegistry(Registry, Protocol):
-    async def put(self, client: Client) -> None: ...
+    async def put(self, client: Client, *, replace: bool = True) -> None:
+        """Add ``client``; with ``replace=False`` one already there is an error,
+        decided atomically with the write (two concurrent adds: one wins)."""
+        ...
 
     async def remove(self, client_id: str) -> bool: ...
 
     async def replace_all(self, clients: list[Client]) -> None: ...
+
+    async def merge(self, clients: list[Client]) -> None:
+        """Add or replace ``clients``; the others stay."""
+        ...

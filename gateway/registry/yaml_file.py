@@ -6,65 +6,20 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
-import stat
-import tempfile
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from gateway.config import ConfigError, read_yaml_file
+from gateway.config import ConfigError
 from gateway.identity import CertificateIdentity
-from gateway.registry.base import RegistryWriteError
+from gateway.registry.base import RegistryWriteError, already_exists
 from gateway.registry.matching import ChainFacts, ClientIndex, MatchResult
-from gateway.registry.model import Client, ClientError, parse_client
+from gateway.registry.model import Client
+from gateway.registry.yaml_document import dump_registry_document as dump_registry_document
+from gateway.registry.yaml_document import load_registry_file as load_registry_file
+from gateway.registry.yaml_document import parse_registry_document as parse_registry_document
+from gateway.registry.yaml_write import Compute, clean_stale_temp_files, write_clients
 from gateway.watch import ChangeDetector
 
 log = logging.getLogger("gateway.registry")
-
-
-def parse_registry_document(data: Any, source: str) -> list[Client]:
-    """Clients of a registry document; ConfigError with ``file:key: message`` lines."""
-    if data is None:
-        data = {"clients": []}
-    if not isinstance(data, dict) or set(data) - {"clients"}:
-        raise ConfigError([f"{source}:<top>: expected a mapping with one key, 'clients'"])
-    raw = data.get("clients") or []
-    if not isinstance(raw, list):
-        raise ConfigError([f"{source}:clients: expected a list of clients"])
-    problems: list[str] = []
-    clients: list[Client] = []
-    seen: dict[str, int] = {}
-    for i, item in enumerate(raw):
-        name = item.get("client_id") if isinstance(item, dict) else None
-        label = f" (client {name})" if isinstance(name, str) else ""
-        try:
-            client = parse_client(item)
-        except ClientError as exc:
-            problems += [f"{source}:clients[{i}].{p}{label}" for p in exc.problems]
-            continue
-        if client.client_id in seen:
-            problems.append(
-                f"{source}:clients[{i}].client_id: duplicate of clients[{seen[client.client_id]}]"
-                f" ({client.client_id})"
-            )
-            continue
-        seen[client.client_id] = i
-        clients.append(client)
-    if problems:
-        raise ConfigError(problems)
-    return clients
-
-
-def load_registry_file(path: Path) -> list[Client]:
-    return parse_registry_document(read_yaml_file(path), str(path))
-
-
-def dump_registry_document(clients: list[Client]) -> str:
-    return yaml.safe_dump(
-        {"clients": [c.to_dict() for c in clients]}, sort_keys=False, allow_unicode=True
-    )
 
 
 class YamlRegistry:
@@ -102,6 +57,8 @@ class YamlRegistry:
         return self._index
 
     async def start(self) -> None:
+        # Temporary files of a CLI killed mid-write; never one that is being written.
+        await asyncio.to_thread(clean_stale_temp_files, self._path)
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name="registry-watch")
 
@@ -154,40 +111,45 @@ class YamlRegistry:
     async def list_clients(self) -> list[Client]:
         return self._index.clients()
 
-    # Writes (CLI): rewrite the file atomically; the running gateways see the change.
+    # Writes (CLI): serialised, checked and durable (yaml_write.py); the running
+    # gateways see the change through their watchers.
 
-    async def put(self, client: Client) -> None:
-        clients = [c for c in self._index.clients() if c.client_id != client.client_id]
-        clients.append(client)
-        await self.replace_all(clients)
+    async def put(self, client: Client, *, replace: bool = True) -> None:
+        def with_client(now: list[Client]) -> list[Client]:
+            others = [c for c in now if c.client_id != client.client_id]
+            if not replace and len(others) != len(now):
+                raise RegistryWriteError(already_exists(client.client_id))
+            return [*others, client]
+
+        await self._write(with_client)
 
     async def remove(self, client_id: str) -> bool:
-        clients = self._index.clients()
-        kept = [c for c in clients if c.client_id != client_id]
-        if len(kept) == len(clients):
-            return False
-        await self.replace_all(kept)
-        return True
+        def without(now: list[Client]) -> list[Client] | None:
+            kept = [c for c in now if c.client_id != client_id]
+            return kept if len(kept) != len(now) else None
+
+        before = self._generation
+        await self._write(without)
+        return self._generation != before
 
     async def replace_all(self, clients: list[Client]) -> None:
-        try:
-            index = ClientIndex(clients)
-        except ValueError as exc:
-            raise RegistryWriteError(str(exc)) from None
-        text = dump_registry_document(clients)
-        target = self._path.resolve()
-        fd, tmp = tempfile.mkstemp(prefix=".clients-", suffix=".yaml", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                # mkstemp creates 0600; keep the file's own mode so that a gateway
-                # running as another user can still read what the CLI wrote.
-                with contextlib.suppress(FileNotFoundError):
-                    os.fchmod(fh.fileno(), stat.S_IMODE(os.stat(target).st_mode))
-                fh.write(text)
-            os.replace(tmp, target)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise RegistryWriteError(f"{self._path}: cannot write: {exc}") from None
+        await self._write(lambda _now: clients)
+
+    async def merge(self, clients: list[Client]) -> None:
+        """Add or replace ``clients``, keeping the others (``clients import``)."""
+        incoming = {c.client_id for c in clients}
+        await self._write(lambda now: [*(c for c in now if c.client_id not in incoming), *clients])
+
+    async def _write(self, compute: Compute) -> None:
+        changed = False
+
+        def tracked(now: list[Client]) -> list[Client] | None:
+            nonlocal changed
+            wanted = compute(now)
+            changed = wanted is not None
+            return wanted
+
+        index = await asyncio.to_thread(write_clients, self._path, tracked)
         self._index = index
-        self._generation += 1
+        if changed:
+            self._generation += 1

@@ -143,3 +143,104 @@ def pasted_thumbprints(thumbprint: str) -> dict[str, str]:
         "windows": " ".join(pairs),  # the certificate dialog's Thumbprint field
         "powershell": thumbprint.upper(),  # Get-ChildItem Cert:\ ... | Thumbprint
     }
+
+
+# ------------------------------------------------------------------- sentinel
+
+SENTINEL_MASTER = "mymaster"
+
+
+def _command(port: int, *args: str) -> object:
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=5) as r:
+        return r.execute_command(*args)
+
+
+@dataclass
+class SentinelGroup:
+    """One master, one replica, three sentinels, all on loopback."""
+
+    master: RedisServer
+    replica: RedisServer
+    sentinels: list[RedisServer]
+
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        return tuple(("127.0.0.1", s.port) for s in self.sentinels)
+
+    def master_port(self, sentinel: int = 0) -> int:
+        reply = _command(
+            self.sentinels[sentinel].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER
+        )
+        assert isinstance(reply, list)
+        return int(reply[1])
+
+    def failover(self, timeout: float = 30.0) -> RedisServer:
+        """A manual failover (SENTINEL FAILOVER); returns the new master once it is complete.
+
+        Complete means what clients act on: ``SENTINEL MASTERS`` (redis-py's
+        discover_master) names the new node.  GET-MASTER-ADDR-BY-NAME names it
+        earlier, while the failover is still reconfiguring replicas.
+        """
+        old = self.master_port()
+        promoted = self.replica if old == self.master.port else self.master
+        _command(self.sentinels[0].port, "SENTINEL", "FAILOVER", SENTINEL_MASTER)
+        deadline = time.monotonic() + timeout
+        while True:
+            state = _command(self.sentinels[0].port, "SENTINEL", "MASTER", SENTINEL_MASTER)
+            assert isinstance(state, dict)
+            if int(state["port"]) == promoted.port and "failover" not in str(state["flags"]):
+                return promoted
+            assert time.monotonic() < deadline, f"the failover never completed: {state}"
+            time.sleep(0.02)
+
+
+def _replica_linked(replica: RedisServer) -> bool:
+    info = _command(replica.port, "INFO", "replication")
+    return isinstance(info, dict) and info.get("master_link_status") == "up"
+
+
+def _sentinel_sees(sentinel: RedisServer, replica: RedisServer, others: int) -> bool:
+    replicas = _command(sentinel.port, "SENTINEL", "REPLICAS", SENTINEL_MASTER)
+    peers = _command(sentinel.port, "SENTINEL", "SENTINELS", SENTINEL_MASTER)
+    assert isinstance(replicas, list) and isinstance(peers, list)
+    known = [r for r in replicas if isinstance(r, dict) and str(r.get("port")) == str(replica.port)]
+    return bool(known) and "s_down" not in known[0].get("flags", "") and len(peers) >= others
+
+
+@pytest.fixture
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    require_redis_server()
+    master = RedisServer(tmp_path_factory.mktemp("master"))
+    replica = RedisServer(tmp_path_factory.mktemp("replica"))
+    replica.extra = ("--replicaof", "127.0.0.1", str(master.port))
+    started: list[RedisServer] = []
+    try:
+        for server in (master, replica):
+            server.start()
+            started.append(server)
+        sentinels = []
+        for _ in range(3):
+            directory = tmp_path_factory.mktemp("sentinel")
+            conf = directory / "sentinel.conf"
+            conf.write_text(
+                f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master.port} 2\n"
+                f"sentinel down-after-milliseconds {SENTINEL_MASTER} 5000\n"
+                f"sentinel failover-timeout {SENTINEL_MASTER} 15000\n"
+            )
+            node = RedisServer(directory, config_file=conf, extra=("--sentinel",))
+            node.start()
+            started.append(node)
+            sentinels.append(node)
+        group = SentinelGroup(master, replica, sentinels)
+        deadline = time.monotonic() + 30
+        while not (
+            _replica_linked(replica) and all(_sentinel_sees(s, replica, 2) for s in sentinels)
+        ):
+            assert time.monotonic() < deadline, "the sentinels never saw the replica and each other"
+            time.sleep(0.1)
+        yield group
+    finally:
+        for server in reversed(started):
+            server.stop()

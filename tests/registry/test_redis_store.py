@@ -360,6 +360,22 @@ async def test_update_and_remove_keep_the_index_exact(
     assert generation == 4  # every write bumped it; the refused remove did not
 
 
+async def test_concurrent_adds_without_replace_let_exactly_one_in(
+    make_registry: MakeRegistry,
+) -> None:
+    writers = [await make_registry(start=False) for _ in range(8)]
+    results = await asyncio.gather(
+        *(
+            w.put(client("same", ("X509SanDns", f"w{i}.example")), replace=False)
+            for i, w in enumerate(writers)
+        ),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, RegistryWriteError)]
+    assert len(refused) == len(writers) - 1, results
+    assert {str(r) for r in refused} == {"client same: already exists (use --replace)"}
+
+
 async def test_concurrent_writes_leave_indexes_and_documents_agreeing(
     make_registry: MakeRegistry, raw: aioredis.Redis
 ) -> None:

@@ -54,7 +54,9 @@ def registry_file(tmp_path: Path) -> Path:
 
 
 def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name != "clients.yaml")
+    # The lock file stays: removing it would race with a writer that just opened it.
+    kept = {"clients.yaml", ".clients.yaml.lock"}
+    return sorted(p.name for p in directory.iterdir() if p.name not in kept)
 
 
 # --------------------------------------------------------------------------- parsing

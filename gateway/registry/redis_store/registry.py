@@ -42,7 +42,7 @@ from redis.exceptions import ClusterDownError, RedisError, ResponseError
 
 from gateway.config import RegistryConfig
 from gateway.identity import CertificateIdentity
-from gateway.registry.base import RegistryUnavailable, RegistryWriteError
+from gateway.registry.base import RegistryUnavailable, RegistryWriteError, already_exists
 from gateway.registry.matching import (
     ChainFacts,
     MatchResult,
@@ -61,6 +61,7 @@ from gateway.registry.redis_store.keys import (
     parse_change,
 )
 from gateway.registry.redis_store.scripts import LOOKUP, PUT, SWAP
+from gateway.registry.redis_store.sentinel import MasterWatch
 
 log = logging.getLogger("gateway.registry")
 
@@ -77,6 +78,10 @@ _REDIS_ERRORS = (RedisError, OSError)
 
 class _SyncLost(Exception):
     pass
+
+
+class _MasterMoved(Exception):
+    """Sentinel names another master: follow it at once (not an outage)."""
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -131,6 +136,11 @@ class RedisRegistry:
         self._follower: asyncio.Task[None] | None = None
         self._closing = False
         self._expiry: asyncio.TimerHandle | None = None
+        self._master_watch = (
+            MasterWatch(self._clients.sentinel, config.sentinel_master, self._redis)
+            if self._clients.sentinel is not None and config.sentinel_master is not None
+            else None
+        )
 
     # ------------------------------------------------------------ protocol state
 
@@ -314,13 +324,13 @@ class RedisRegistry:
 
     # ------------------------------------------------------------------ writes
 
-    async def put(self, client: Client) -> None:
-        await self._write(client.client_id, client)
+    async def put(self, client: Client, *, replace: bool = True) -> None:
+        await self._write(client.client_id, client, replace=replace)
 
     async def remove(self, client_id: str) -> bool:
         return await self._write(client_id, None)
 
-    async def _write(self, client_id: str, client: Client | None) -> bool:
+    async def _write(self, client_id: str, client: Client | None, *, replace: bool = True) -> bool:
         new_doc = _document(client) if client is not None else ""
         new_fields = client_fields(client) if client is not None else []
         try:
@@ -328,6 +338,9 @@ class RedisRegistry:
                 old_doc = _text(await self._redis.hget(self._keys.clients, client_id))
                 if not old_doc and client is None:
                     return False
+                if old_doc and not replace:
+                    # The script writes only if the document is still old_doc: atomic.
+                    raise RegistryWriteError(already_exists(client_id))
                 old_fields = self._fields_of_document(client_id, old_doc)
                 payload = change_payload([client_id], [*old_fields, *new_fields])
                 result = await self._put(
@@ -364,6 +377,12 @@ class RedisRegistry:
         # An unreadable document leaves its index entries behind; harmless, as
         # every candidate is re-checked against its document.
         return client_fields(old) if old is not None else []
+
+    async def merge(self, clients: list[Client]) -> None:
+        # The merged registry is swapped in whole, as an import always was.
+        by_id = {c.client_id: c for c in await self.list_clients()}
+        by_id.update({c.client_id: c for c in clients})
+        await self.replace_all(list(by_id.values()))
 
     async def replace_all(self, clients: list[Client]) -> None:
         """Build the new registry under a private name, then swap it in atomically."""
@@ -463,9 +482,16 @@ class RedisRegistry:
         backoff = BACKOFF_MIN
         while True:
             pubsub: PubSub | None = None
+            moved = False
             try:
                 pubsub = await self._clients.pubsub()
                 await self._listen(pubsub)
+            except _MasterMoved as exc:
+                log.warning("registry: Sentinel names %s as master now; resubscribing", exc)
+                # Until the resync, lookups ask the new master rather than the cache.
+                self._synced = False
+                self._bump()
+                moved = True
             except (*_REDIS_ERRORS, _SyncLost) as exc:
                 self._lost(str(exc) or type(exc).__name__)
             except Exception as exc:
@@ -481,7 +507,9 @@ class RedisRegistry:
                         await asyncio.wait_for(close_pubsub(), self._config.connect_timeout)
             if self._closing:
                 return
-            if self._seen is not None and self._synced_at > time.monotonic() - BACKOFF_MAX:
+            if moved:
+                backoff = BACKOFF_MIN  # the new master is up: go there now
+            elif self._seen is not None and self._synced_at > time.monotonic() - BACKOFF_MAX:
                 backoff = BACKOFF_MIN  # it was working a moment ago: retry at once
             # Jitter: a fleet of replicas must not reconnect in lockstep.
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311
@@ -491,9 +519,16 @@ class RedisRegistry:
         await pubsub.subscribe(self._keys.channel)
         subscribed = False
         last_heard = time.monotonic()
+        next_check = last_heard + PING_INTERVAL
         while True:
             if subscribed and not self._synced:
                 raise _SyncLost("a lookup failed")
+            if self._master_watch is not None and subscribed and time.monotonic() >= next_check:
+                # Each health check, busy or idle: is this still the master Sentinel names?
+                next_check = time.monotonic() + PING_INTERVAL
+                new_master = await self._master_watch.moved_to(pubsub)
+                if new_master is not None:
+                    raise _MasterMoved(new_master)
             message: dict[str, Any] | None = await pubsub.get_message(timeout=PING_INTERVAL)
             now = time.monotonic()
             if message is None:
