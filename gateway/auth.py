@@ -40,6 +40,7 @@ from gateway.forwarded import HEADERS, ForwardedCertError, header_values, parse_
 from gateway.headers import identity_headers
 from gateway.identity import CertificateError, CertificateIdentity, cached_identity_from_der
 from gateway.metrics import Metrics
+from gateway.observability import facts
 from gateway.proxy_listener import TrustedSources
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
@@ -334,6 +335,9 @@ class Authenticator:
         """Log why (with the thumbprint) and count it under a bounded ``kind`` label."""
         if self._metrics is not None:
             self._metrics.auth_refusals.labels(kind).inc()
+        if identity is not None:
+            # The access line of a 401/403 names the certificate that was refused.
+            facts(request).thumbprint = identity.thumbprint
         log.warning(
             "authentication refused",
             extra={

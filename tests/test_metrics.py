@@ -99,10 +99,10 @@ async def test_metrics_after_traffic(
             await asyncio.sleep(0.1)
 
     req = "mtls_gateway_requests_total"
-    assert value(found, req, listener="0", route="/", method="read", status="200") == 4
+    assert value(found, req, listener="0", route="/", method="GET", status="200") == 4
     assert value(found, req, route="/", status="401") == 1
     assert value(found, req, route="/", status="403") == 1
-    assert value(found, req, route="/connect/token", method="write", status="200") == 1
+    assert value(found, req, route="/connect/token", method="POST", status="200") == 1
     assert value(found, "mtls_gateway_upstream_latency_seconds_count", route="/") == 4
     assert value(found, "mtls_gateway_auth_refusals_total", reason="no_match") == 1
     assert value(found, "mtls_gateway_tokens_total", client_id="mtls.client", outcome="issued") == 1
