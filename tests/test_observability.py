@@ -60,7 +60,8 @@ async def test_access_log_fields(
     stranger = pki.client("stranger")
     async with gw.session(client_cert) as session:
         async with session.get(
-            gw.url + "/hello?a=1&access_token=secret-value&x=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+            gw.url
+            + "/hello?a=1&access_token=secret-value&x=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
             headers={"User-Agent": "probe/1.0", "X-Request-Id": "req-42"},
         ) as r:
             assert r.status == 200
