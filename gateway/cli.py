@@ -62,11 +62,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.check import config_findings, registry_findings
     from gateway.runtime import assemble
 
     config = _load(args.config)
     gateway = assemble(config)
-    summary = _run(_count_clients(gateway.registry))
+    found = config_findings(config)
+
+    async def count_clients() -> int:
+        try:
+            return await registry_findings(config, gateway.registry, found)
+        finally:
+            await gateway.registry.close()
+
+    count = _run(count_clients())
+    for warning in found.warnings:
+        print(f"mtls-gateway: warning: {warning}", file=sys.stderr)
+    if found.problems:
+        raise UserError(*found.problems)
     listeners = ", ".join(
         f"{ls.bind} ({ls.tls.client_certs} client certs)" for ls in config.listeners
     )
@@ -74,18 +87,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config.outbound:
         bound = ", ".join(str(ob.bind) for ob in config.outbound)
         outbound = f" {len(config.outbound)} outbound listener(s) [{bound}],"
+    admin = (
+        f" admin on {config.admin.bind}," if config.admin.bind is not None else " no admin port,"
+    )
     print(
-        f"{config.source}: ok: {len(config.listeners)} listener(s) [{listeners}],{outbound} {summary}"
+        f"{config.source}: ok: {len(config.listeners)} listener(s) [{listeners}],{outbound}"
+        f"{admin} {count} client(s) in {gateway.registry.description}"
     )
     return 0
-
-
-async def _count_clients(registry: Any) -> str:
-    try:
-        clients = await registry.list_clients()
-    finally:
-        await registry.close()
-    return f"{len(clients)} client(s) in {registry.description}"
 
 
 def cmd_certs_init(args: argparse.Namespace) -> int:
