@@ -118,9 +118,22 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from gateway.quickstart import run_quickstart
+    from gateway.quickstart import Ports, run_quickstart
 
-    return run_quickstart(Path(args.dir), print_only=args.no_serve, outbound=args.outbound)
+    given = (args.port, args.admin_port, args.echo_port)
+    ports = None
+    if any(port is not None for port in given):
+        default = Ports()
+        ports = Ports(
+            gateway=args.port or default.gateway,
+            admin=args.admin_port or default.admin,
+            echo=args.echo_port or default.echo,
+        )
+        if len({ports.gateway, ports.admin, ports.echo}) != 3:
+            raise UserError("quickstart: --port, --admin-port and --echo-port must differ")
+    return run_quickstart(
+        Path(args.dir), print_only=args.no_serve, outbound=args.outbound, ports=ports
+    )
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
@@ -145,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", default="gateway-demo", help="working directory (default ./gateway-demo)"
     )
     p.add_argument("--no-serve", action="store_true", help="prepare files and print commands only")
+    p.add_argument("--port", type=_port, help="the gateway's HTTPS port (default 8443)")
+    p.add_argument("--admin-port", type=_port, help="the admin port (default 9901)")
+    p.add_argument("--echo-port", type=_port, help="the demo echo upstream's port (default 8081)")
     p.add_argument(
         "--outbound",
         action="store_true",
@@ -180,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_clients_parser(sub, cmd_clients)
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def _positive_int(text: str) -> int:
