@@ -112,7 +112,13 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     from gateway.oauth.keys import generate_signing_key
 
-    key = generate_signing_key(Path(args.file), args.alg, overwrite=args.force)
+    path = Path(args.file)
+    try:
+        # Like the quickstart's keys/: only the owner may list the directory.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path.parent}: cannot create the directory: {exc.strerror}") from None
+    key = generate_signing_key(path, args.alg, overwrite=args.force)
     print(f"wrote {args.alg} signing key {key.path} (kid {key.kid}, mode 0600)")
     return 0
 
