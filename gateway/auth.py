@@ -1,10 +1,10 @@
 """Who is on this TLS connection: certificate → identity → registered client.
 
-The peer certificate is fixed for the life of a connection (TLS-NOTES), so the
-result is cached per connection and recomputed only when the registry or the
-trust material has changed since: a client removed from the registry, or a
-pin removed from the trust store, is refused on its next request even on a
-keep-alive connection.
+The peer certificate is fixed for the life of a connection
+(docs/design/client-certificates.md), so the result is cached per connection
+and recomputed only when the registry or the trust material has changed
+since: a client removed from the registry, or a pin removed from the trust
+store, is refused on its next request even on a keep-alive connection.
 
 Behind a TLS-terminating load balancer (``forwarded_client_cert``), a
 connection from a trusted proxy carries many clients: the identity then comes
@@ -204,7 +204,7 @@ class Authenticator:
             self._refuse(request, identity, "certificate can issue certificates", "ca_certificate")
             raise access_denied()
         if ssl_object.session_reused and not trust.accepts(identity):
-            # Resumed sessions skip the current trust store (TLS-NOTES).
+            # Resumed sessions skip the current trust store (docs/design/reloading.md).
             self._refuse(
                 request,
                 identity,

@@ -55,7 +55,8 @@ class TlsConfig:
     client_certs: ClientCertMode
     crl: Path | None
     # Self-issued client certificates (X509CertificateThumbprint secrets) must be
-    # in the trust store for the stdlib ssl module to accept them (TLS-NOTES).
+    # in the trust store for the stdlib ssl module to accept them
+    # (docs/design/client-certificates.md).
     pinned_certs: tuple[Path, ...]
     min_version: Literal["1.2", "1.3"]
     # SPIFFE trust domain -> CA bundle: an X.509-SVID of that domain must chain

@@ -491,7 +491,10 @@ def _resumable_request(
 async def test_resumed_session_does_not_outlive_a_removed_pin(
     make_gateway: MakeGateway, pki: Pki, tmp_path: Path
 ) -> None:
-    """TLS-NOTES: a resumed session skips the current trust store; the gateway re-checks."""
+    """A resumed session skips the current trust store; the gateway re-checks.
+
+    docs/design/reloading.md.
+    """
     self_signed = pki.certificate(dn("pinned", ou=None), self_signed=True)
     pin_file = tmp_path / "pins.pem"
     pin_file.write_bytes(self_signed.pem)

@@ -297,7 +297,7 @@ def _blocking_get(
 async def test_a_resumed_session_is_rechecked_against_the_current_trust_store(
     make_gateway: MakeGateway, pki: Pki, client_cert: Issued, tmp_path: Path
 ) -> None:
-    # TLS-NOTES: a resumed session skips OpenSSL's verification, so a client
+    # docs/design/reloading.md: a resumed session skips OpenSSL's verification, so a client
     # whose CA was removed still completes a resumed handshake.  The gateway
     # must refuse it itself.
     bundle = tmp_path / "client-ca.pem"
