@@ -61,9 +61,16 @@ class TlsMaterialError(Exception):
 
 def load_pem_certificates(path: Path) -> list[x509.Certificate]:
     data = path.read_bytes()
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_certificates(data)
-    return [x509.load_der_x509_certificate(data)]
+    # cryptography's parse errors are Rust debug text (ParseError { kind: ... }):
+    # say what the file should have been instead.
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise ValueError(
+            "not PEM certificates (BEGIN CERTIFICATE) nor one DER certificate"
+        ) from None
 
 
 def load_spiffe_bundle(path: Path) -> list[x509.Certificate]:

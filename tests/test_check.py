@@ -161,3 +161,25 @@ async def test_admin_null_disables_the_admin_port(spec: Path) -> None:
         assert running.listener_ports[0] > 0
     finally:
         await running.stop(grace=0.1)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"this is not a certificate\n",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    ],
+    ids=["text", "broken-pem"],
+)
+def test_a_client_ca_that_is_not_certificates_is_one_line(spec: Path, content: bytes) -> None:
+    bad = spec.parent / "pki" / "not-a-ca.pem"
+    bad.write_bytes(content)
+    data = yaml.safe_load(spec.read_text())
+    data["listeners"][0]["tls"]["client_ca"] = "pki/not-a-ca.pem"
+    spec.write_text(yaml.safe_dump(data))
+    (line,) = error_lines(run_cli("check", "--config", spec))
+    assert line == (
+        f"{spec}:listeners[0].tls.client_ca: cannot read {bad}: "
+        "not PEM certificates (BEGIN CERTIFICATE) nor one DER certificate"
+    )
+    assert "ParseError" not in line
