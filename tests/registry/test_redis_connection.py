@@ -30,6 +30,7 @@ from tests.test_config import write_spec_example
 
 DOCS = REPO / "docs" / "redis.md"
 CLUSTER_PREFIX = "{mtls-gateway}:"
+PASSWORD = "s3cret"  # a throwaway test server's ACL user
 
 
 def documented_acl(*, cluster: bool) -> list[str]:
@@ -39,10 +40,10 @@ def documented_acl(*, cluster: bool) -> list[str]:
     return shlex.split(line)
 
 
-async def _as_user(node: RedisServer, acl: list[str], password: str = "s3cret") -> None:
+async def _as_user(node: RedisServer, acl: list[str]) -> None:
     raw = aioredis.Redis(port=node.port)
     try:
-        words = [w if not w.startswith(">") else f">{password}" for w in acl[2:]]
+        words = [w if not w.startswith(">") else f">{PASSWORD}" for w in acl[2:]]
         await raw.execute_command("ACL", "SETUSER", *words)
         await raw.execute_command("ACL", "SETUSER", "default", "off")
     finally:
