@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from gateway.deadlines import ConnectionLimit
 from gateway.framing import refuse_unsafe_framing
 from gateway.headers import managed_header_keys
 from gateway.listener.proxy_header import ProxyRefusals
-from gateway.metrics import Metrics, create_metrics
+from gateway.metrics import MULTIPROC_ENV, Metrics, create_metrics
 from gateway.observability import AccessLog, create_observer
 from gateway.proxy import Proxy, TokenChecker
 from gateway.registry.base import Registry
@@ -31,6 +32,7 @@ from gateway.registry.factory import create_registry
 from gateway.state_metrics import GatewayStateCollector
 from gateway.tls import ListenerTls, TlsMaterialError
 from gateway.upstream import UpstreamPool
+from gateway.worker_metrics import SYNC_SECONDS, CountersInMetrics
 
 if TYPE_CHECKING:
     from gateway.outbound.listener import OutboundListener
@@ -97,6 +99,9 @@ class Gateway:
         self.upstreams = UpstreamPool()
         await self.registry.start()
         self._tasks.append(asyncio.create_task(self._watch_files(), name="file-watch"))
+        if os.environ.get(MULTIPROC_ENV):
+            # Workers that are not scraped publish their counters each second.
+            self._tasks.append(asyncio.create_task(self._sync_metrics(), name="metrics-sync"))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -114,6 +119,11 @@ class Gateway:
             await self.session.close()
         if self.upstreams is not None:
             await self.upstreams.close()
+
+    async def _sync_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            self.metrics.sync()
 
     async def _watch_files(self) -> None:
         checks: list[Callable[[], bool]] = [ls.tls.reload_if_changed for ls in self.listeners]
@@ -226,4 +236,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     gateway.config_reloader = ConfigReloader(gateway)
     gateway.reload_parts.append(("config", gateway.config_reloader))
     metrics.add_state(GatewayStateCollector(gateway))
+    counters = CountersInMetrics(
+        gateway, metrics.registry, multiproc=bool(os.environ.get(MULTIPROC_ENV))
+    )
+    metrics.syncs.append(counters.sync)
     return gateway

@@ -1,10 +1,10 @@
 """Who is on this TLS connection: certificate → identity → registered client.
 
-The peer certificate is fixed for the life of a connection (TLS-NOTES), so the
-result is cached per connection and recomputed only when the registry or the
-trust material has changed since: a client removed from the registry, or a
-pin removed from the trust store, is refused on its next request even on a
-keep-alive connection.
+The peer certificate is fixed for the life of a connection
+(docs/design/client-certificates.md), so the result is cached per connection
+and recomputed only when the registry or the trust material has changed
+since: a client removed from the registry, or a pin removed from the trust
+store, is refused on its next request even on a keep-alive connection.
 
 Behind a TLS-terminating load balancer (``forwarded_client_cert``), a
 connection from a trusted proxy carries many clients: the identity then comes
@@ -42,6 +42,7 @@ from gateway.listener.proxy_header import TrustedSources
 from gateway.listener.session import TlsSession
 from gateway.listener.verdict import VerifyFailure
 from gateway.metrics import Metrics
+from gateway.observability import facts
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
 from gateway.registry.model import Client
@@ -354,6 +355,9 @@ class Authenticator:
         """Log why (with the thumbprint) and count it under a bounded ``kind`` label."""
         if self._metrics is not None:
             self._metrics.auth_refusals.labels(kind).inc()
+        if identity is not None:
+            # The access line of a 401/403 names the certificate that was refused.
+            facts(request).thumbprint = identity.thumbprint
         log.warning(
             "authentication refused",
             extra={

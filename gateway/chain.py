@@ -2,7 +2,7 @@
 
 OpenSSL verifies the handshake against one store (``client_ca`` + SPIFFE
 bundles + pins) and the stdlib ``ssl`` module of Python 3.11 does not say
-which anchor it used (TLS-NOTES).  Three decisions need that answer:
+which anchor it used (docs/design/client-certificates.md).  Three decisions need that answer:
 
 * an ``X509CertificateName`` or non-SPIFFE SAN secret needs the chain to end in
   ``client_ca``, not in some trust domain's bundle;
@@ -67,7 +67,8 @@ def _leaf_extended_key_usage(
 
 
 def _policies() -> tuple[xv.ExtensionPolicy, xv.ExtensionPolicy]:
-    # The webpki defaults want a SAN and an AKI on every certificate (TLS-NOTES):
+    # The webpki defaults want a SAN and an AKI on every certificate
+    # (docs/design/names-and-thumbprints.md):
     # enterprise client PKIs often have neither.  These are OpenSSL's rules instead.
     agnostic = xv.Criticality.AGNOSTIC
     ca = (

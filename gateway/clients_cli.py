@@ -32,21 +32,42 @@ _SECRET_FLAGS = {
 def add_clients_parser(
     sub: argparse._SubParsersAction[Any], handler: Callable[[argparse.Namespace], int]
 ) -> None:
-    clients = sub.add_parser("clients", help="manage the client registry")
+    from gateway.cli import described
+
+    clients = described(
+        sub,
+        "clients",
+        "manage the client registry",
+        "List, show, add, remove, import and export the clients of the registry the "
+        "config names (YAML file or Redis).",
+        "mtls-gateway clients list --config gateway.yaml",
+    )
     clients_sub = clients.add_subparsers(
         dest="clients_command", required=True, parser_class=type(clients)
     )
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = clients_sub.add_parser(name, help=help_text)
+    def command(name: str, help_text: str, *examples: str) -> argparse.ArgumentParser:
+        p = described(
+            clients_sub, name, help_text, help_text[0].upper() + help_text[1:] + ".", *examples
+        )
         p.add_argument("--config", required=True, help="gateway YAML config")
         p.set_defaults(func=handler)
         return p
 
-    command("list", "one line per client")
-    command("show", "one client in registry (YAML) form").add_argument("client_id")
-    p = command("add", "add or replace a client (flags, or --from-file)")
-    p.add_argument("client_id", nargs="?")
+    command("list", "one line per client", "mtls-gateway clients list --config gateway.yaml")
+    command(
+        "show",
+        "one client in registry (YAML) form",
+        "mtls-gateway clients show mtls.client --config gateway.yaml",
+    ).add_argument("client_id", help="the client to show")
+    p = command(
+        "add",
+        "add or replace a client (flags, or --from-file)",
+        "mtls-gateway clients add orders --config gateway.yaml --scope api1 "
+        "--dn 'CN=orders, O=company'",
+        "mtls-gateway clients add --config gateway.yaml --from-file client.yaml",
+    )
+    p.add_argument("client_id", nargs="?", help="the new client's id (or from --from-file)")
     p.add_argument("--from-file", help="YAML snippet with one client (- for stdin)")
     p.add_argument("--scope", action="append", default=[], help="allowed scope (repeat)")
     for flag, kind in _SECRET_FLAGS.items():
@@ -60,8 +81,15 @@ def add_clients_parser(
     p.add_argument("--lifetime", type=int, help="access token lifetime in seconds")
     p.add_argument("--disabled", action="store_true")
     p.add_argument("--replace", action="store_true", help="replace an existing client")
-    command("remove", "remove a client").add_argument("client_id")
-    p = command("import", "add clients from a registry YAML file or an IdentityServer export")
+    command(
+        "remove", "remove a client", "mtls-gateway clients remove orders --config gateway.yaml"
+    ).add_argument("client_id", help="the client to remove")
+    p = command(
+        "import",
+        "add clients from a registry YAML file or an IdentityServer export",
+        "mtls-gateway clients import clients.yaml --config gateway.yaml --dry-run",
+        "mtls-gateway clients import export.json --format identityserver --config gateway.yaml",
+    )
     p.add_argument("file", help="registry YAML (clients: [...]); - for stdin")
     p.add_argument("--replace-all", action="store_true", help="drop clients not in the file")
     p.add_argument(
@@ -74,7 +102,11 @@ def add_clients_parser(
     )
     p.add_argument("--dry-run", action="store_true", help="print the result; write nothing")
     p.add_argument("--report", help="write the not-carried-over list here instead of stderr")
-    p = command("export", "write the registry as YAML")
+    p = command(
+        "export",
+        "write the registry as YAML",
+        "mtls-gateway clients export backup.yaml --config gateway.yaml",
+    )
     p.add_argument("file", nargs="?", help="output file (default stdout)")
 
 
@@ -145,7 +177,14 @@ async def _dispatch(
 ) -> int:
     command = args.clients_command
     if command == "list":
-        for c in sorted(await registry.list_clients(), key=lambda c: c.client_id):
+        clients = await registry.list_clients()
+        if not clients:
+            # On stderr: stdout stays one line per client (empty) for scripts.
+            print(
+                f"no clients in {registry.description} (add one: mtls-gateway clients add --help)",
+                file=sys.stderr,
+            )
+        for c in sorted(clients, key=lambda c: c.client_id):
             kinds = ",".join(sorted({s.type.removeprefix("X509") for s in c.secrets}))
             state = "enabled " if c.enabled else "disabled"
             print(

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.route_rules import dead_prefix, routing_key
+
 ENV_PREFIX = "MTLS_GATEWAY_"
 
 AuthMode = Literal["client", "token", "none"]
@@ -265,6 +267,8 @@ class _Reader:
         self.base = base
         self.problems: list[str] = []
         self._path: list[str] = []
+        # (id(mapping), key) -> the environment variable that put the key there.
+        self.env_origins: dict[tuple[int, str], str] = {}
 
     @property
     def where(self) -> str:
@@ -293,9 +297,13 @@ class _Reader:
             return {}
         for key in data:
             if key not in allowed:
-                self.problem(
-                    f"unknown key (expected one of: {', '.join(sorted(allowed))})", str(key)
-                )
+                expected = f"expected one of: {', '.join(sorted(allowed))}"
+                variable = self.env_origins.get((id(data), str(key)))
+                if variable is not None:
+                    where = f"{self.where}.{key}" if self.where else str(key)
+                    self.problems.append(f"env:{variable}: unknown key {where} ({expected})")
+                else:
+                    self.problem(f"unknown key ({expected})", str(key))
         return data
 
     def get(
@@ -449,6 +457,10 @@ def _url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
             raise ValueError(f"expected a {' or '.join(schemes)} URL, got {text!r}")
         if parts.query or parts.fragment:
             raise ValueError(f"URL must not have a query or fragment: {text!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError when out of range
+        except ValueError:
+            raise ValueError(f"port out of range (0-65535) in {text!r}") from None
         return (
             text.rstrip("/") if parts.path not in ("", "/") else f"{parts.scheme}://{parts.netloc}"
         )
@@ -468,8 +480,17 @@ def _header_name(value: Any) -> str | None:
 # --------------------------------------------------------------------------- env
 
 
-def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
-    """Apply ``MTLS_GATEWAY_A__B__0__C`` variables in place; return problems."""
+def apply_env_overrides(
+    data: dict[str, Any],
+    env: Mapping[str, str],
+    origins: dict[tuple[int, str], str] | None = None,
+) -> list[str]:
+    """Apply ``MTLS_GATEWAY_A__B__0__C`` variables in place; return problems.
+
+    ``origins`` learns which mapping key each variable set ((id of the
+    mapping, key) -> variable name), so a misspelt key is reported as the
+    environment variable it came from, not as a key of the file.
+    """
     problems: list[str] = []
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
@@ -494,6 +515,8 @@ def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> list[st
                 else:
                     node = node[int(part)]
             elif isinstance(node, dict):
+                if origins is not None and part not in node:
+                    origins[(id(node), part)] = name
                 if last:
                     node[part] = value
                 elif node.get(part) is None:
@@ -541,10 +564,12 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:<top>: expected a mapping of settings, got {_kind(data)}"])
-    problems = apply_env_overrides(data, os.environ if env is None else env)
+    origins: dict[tuple[int, str], str] = {}
+    problems = apply_env_overrides(data, os.environ if env is None else env, origins)
     # absolute(), not resolve(): a config mounted from a ConfigMap is a symlink into a
     # timestamped directory the kubelet replaces; paths must stay on the stable side.
     reader = _Reader(source, source.absolute().parent)
+    reader.env_origins = origins
     config = _build(reader, data)
     problems += reader.problems
     if problems:
@@ -571,12 +596,17 @@ def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
     issuer = r.get(top, "issuer", _url(("https",)))
     listeners = _listeners(r, top.get("listeners"))
     with r.at("admin"):
-        admin_data = r.mapping(top.get("admin"), {"bind", "allowed_hosts", "metrics_client_labels"})
-        admin = AdminConfig(
-            bind=r.get(admin_data, "bind", parse_bind, BindAddress("127.0.0.1", 9901)),
-            allowed_hosts=r.get(admin_data, "allowed_hosts", _host_names, ()),
-            metrics_client_labels=r.get(admin_data, "metrics_client_labels", _boolean, False),
-        )
+        if "admin" in top and top["admin"] is None:
+            admin = AdminConfig(bind=None)  # ``admin: null``: no admin port at all
+        else:
+            admin_data = r.mapping(
+                top.get("admin"), {"bind", "allowed_hosts", "metrics_client_labels"}
+            )
+            admin = AdminConfig(
+                bind=r.get(admin_data, "bind", parse_bind, BindAddress("127.0.0.1", 9901)),
+                allowed_hosts=r.get(admin_data, "allowed_hosts", _host_names, ()),
+                metrics_client_labels=r.get(admin_data, "metrics_client_labels", _boolean, False),
+            )
     registry = _registry(r, top.get("registry"))
     tokens = _tokens(r, top.get("tokens"), issuer)
     routes = _routes(r, top.get("routes"))
@@ -1022,10 +1052,19 @@ def _routes(r: _Reader, data: Any) -> tuple[RouteConfig, ...]:
                 if route.scopes and route.auth != "token":
                     r.problem("scopes apply only to auth: token routes", "scopes")
                 result.append(route)
-        prefixes = [rt.prefix for rt in result if rt.prefix is not None]
-        dupes = {p for p in prefixes if prefixes.count(p) > 1}
-        if dupes:
-            r.problem(f"duplicate route prefix: {', '.join(sorted(dupes))}")
+        for i, loaded in enumerate(result):
+            dead = dead_prefix(loaded.prefix) if loaded.prefix is not None else None
+            if dead is not None:
+                with r.at(i):
+                    r.problem(f"{loaded.prefix!r} matches no request: {dead}", "prefix")
+        # /api and /api/ are one route to the table: the second would be dead.
+        by_key: dict[str, list[str]] = {}
+        for loaded in result:
+            if loaded.prefix is not None:
+                by_key.setdefault(routing_key(loaded.prefix), []).append(loaded.prefix)
+        for spelled in sorted(sorted(set(ps)) for ps in by_key.values() if len(ps) > 1):
+            hint = " (one route: a trailing slash makes no difference)" if len(spelled) > 1 else ""
+            r.problem(f"duplicate route prefix: {' and '.join(spelled)}{hint}")
     return tuple(result)
 
 

@@ -413,8 +413,9 @@ def _load(directory: Path, server_san: Sequence[x509.GeneralName]) -> DevPki:
         _check_issued(paths[name], certs[name], ca, paths[CA_CERT])
     for name in (CLIENT_CERT, SELF_SIGNED_CERT):
         if can_sign_certificates(certs[name]):
-            # The gateway refuses such a client certificate (TLS-NOTES: a pinned
-            # cert that can sign lets its key mint more accepted clients).
+            # The gateway refuses such a client certificate: a pinned cert that
+            # can sign lets its key mint more accepted clients
+            # (docs/design/client-certificates.md).
             raise DevPkiError(f"{paths[name]}: a client certificate must not be able to sign")
 
     try:

@@ -1,4 +1,9 @@
-"""Logging: one JSON object per line by default (machine-read in production)."""
+"""Logging: one JSON object per line by default (machine-read in production).
+
+``logging.format: text`` writes the same fields as ``key=value`` pairs
+(gateway.logfmt): the reason, thumbprint and subject of a refusal are in
+both, and neither lets an input value start a new line.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,10 @@ import logging
 import logging.handlers
 import queue
 import sys
-import time
 from typing import Any
 
 from gateway.config import LoggingConfig
+from gateway.logfmt import rfc3339, text_line
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -19,21 +24,32 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 }
 
 
+def record_fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str, Any]:
+    """Every field of a record: the standard four, the ``extra`` ones, the exception."""
+    entry: dict[str, Any] = {
+        "time": rfc3339(record.created),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "message": record.getMessage(),
+    }
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD and not key.startswith("_"):
+            entry[key] = value
+    if record.exc_info:
+        entry["exception"] = formatter.formatException(record.exc_info)
+    return entry
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(record_fields(record, self), default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The JSON formatter's fields as ``key=value`` pairs, one line per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return text_line(record_fields(record, self))
 
 
 _listener: logging.handlers.QueueListener | None = None
@@ -55,7 +71,7 @@ def configure_logging(config: LoggingConfig) -> None:
     if config.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     if _listener is not None:
         _listener.stop()
     log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()

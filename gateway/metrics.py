@@ -3,12 +3,19 @@
 One registry per process.  With ``serve --workers N`` each worker writes its
 samples to a shared directory (prometheus-client's multiprocess mode, enabled
 by the supervisor through PROMETHEUS_MULTIPROC_DIR) and any worker answering
-``/metrics`` reports the sum over all of them.
+``/metrics`` reports the sum over all of them.  Counters the components keep
+as plain integers (handshakes, connections, cache hits) are copied into
+prometheus-client metrics by gateway.worker_metrics, so they are summed too.
+
+No ``*_created`` series: they double the series count and nothing reads
+them (prometheus-client's ``disable_created_metrics``).  ``process_*``
+metrics come from prometheus-client's ProcessCollector, one set per worker.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
@@ -17,12 +24,16 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
 from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Upstream latencies from sub-millisecond loopback to slow legacy backends.
 LATENCY_BUCKETS = (
@@ -44,9 +55,16 @@ LATENCY_BUCKETS = (
 )
 
 
-def method_class(method: str) -> str:
-    """Bounded label: safe (read-only) vs unsafe methods, WebSocket upgrades apart."""
-    return "read" if method in ("GET", "HEAD", "OPTIONS") else "write"
+# RFC 9110 §9 and PATCH (RFC 5789): any other token is one "other" label, so a
+# caller cannot grow the series count by inventing methods.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
+def method_label(method: str) -> str:
+    """The request's HTTP method, or ``other`` for one outside RFC 9110 and PATCH."""
+    return method if method in KNOWN_METHODS else "other"
 
 
 @dataclass(frozen=True)
@@ -65,13 +83,20 @@ class Metrics:
     # Off (the default), the admin port names no client and no CA: client_id
     # is "" and a CA is its SHA-256 fingerprint (state_metrics.py).
     client_labels: bool = False
+    # Called before each scrape (and each second in workers): copy plain counters in.
+    syncs: list[Callable[[], None]] = field(default_factory=list)
 
     def add_state(self, collector: Collector) -> None:
         """A collector read at scrape time (reload counts, expiry dates, Redis state)."""
         self.state.append(collector)
         self.registry.register(collector)
 
+    def sync(self) -> None:
+        for sync in self.syncs:
+            sync()
+
     def render(self) -> bytes:
+        self.sync()
         if os.environ.get(MULTIPROC_ENV):
             # Counters and histograms summed over every worker; state read from
             # the worker answering (it is the same files and Redis for all).
@@ -86,12 +111,12 @@ class Metrics:
 def create_metrics(*, client_labels: bool = False) -> Metrics:
     registry = CollectorRegistry(auto_describe=True)
     multiproc = bool(os.environ.get(MULTIPROC_ENV))
-    return Metrics(
+    metrics = Metrics(
         client_labels=client_labels,
         registry=registry,
         requests=Counter(
             "mtls_gateway_requests",
-            "Requests answered, by listener, route prefix, method class and status.",
+            "Requests answered, by listener, route prefix, HTTP method and status.",
             ["listener", "route", "method", "status"],
             registry=registry,
         ),
@@ -134,6 +159,13 @@ def create_metrics(*, client_labels: bool = False) -> Metrics:
             **({"multiprocess_mode": "livesum"} if multiproc else {}),  # type: ignore[arg-type]
         ),
     )
+    if multiproc:
+        from gateway.worker_metrics import WorkersProcessCollector
+
+        metrics.add_state(WorkersProcessCollector(os.environ[MULTIPROC_ENV]))
+    else:
+        ProcessCollector(registry=registry)
+    return metrics
 
 
-__all__ = ["CONTENT_TYPE", "Metrics", "create_metrics", "method_class"]
+__all__ = ["CONTENT_TYPE", "Metrics", "create_metrics", "method_label"]

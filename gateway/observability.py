@@ -4,12 +4,20 @@ Handlers record what they learn on the request (``RequestFacts``); this
 middleware turns it into one JSON access-log line and the counters after the
 response is sent.  Never a token, a key or a full certificate: only the
 client_id and the thumbprint identify the caller.
+
+Access-log fields (docs/logging.md): ``time`` (RFC 3339 UTC), ``event``,
+``listener``, ``client_id``, ``thumbprint`` (of the presented certificate,
+on refusals too), ``route``, ``method``, ``path``, ``query`` (raw, values of
+credential-like parameters and JWT-shaped values redacted),
+``status``, ``upstream_status``, ``upstream_error``, ``latency_ms``,
+``bytes`` (body bytes sent to the caller, framing and headers excluded),
+``peer``, ``user_agent`` and ``request_id`` (the caller's X-Request-Id).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -19,7 +27,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.deadlines import HeaderDeadlineProtocol
-from gateway.metrics import Metrics, method_class
+from gateway.logfmt import json_line, rfc3339, text_line
+from gateway.metrics import Metrics, method_label
 
 
 @dataclass(slots=True)
@@ -31,6 +40,26 @@ class RequestFacts:
     thumbprint: str | None = None
     upstream_status: int | None = None
     oauth_outcome: str | None = None  # token endpoint: "issued" or the RFC 6749 error code
+    upstream_error: str | None = None  # why a 502/504 (or a cut relay) happened
+    body_bytes: int | None = None  # set by a handler that counts what it sent itself
+
+
+class CountingResponse(web.StreamResponse):
+    """A streamed response that counts the body bytes it was given to send.
+
+    aiohttp's ``body_length`` counts the head too, and chunked framing: the
+    access log's ``bytes`` is the body alone, as the caller's client sees it.
+    """
+
+    sent_body_bytes = 0
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent_body_bytes += len(data)
+        await super().write(data)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        self.sent_body_bytes += len(data)
+        await super().write_eof(data)
 
 
 FACTS_KEY = "gateway.facts"
@@ -68,10 +97,7 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
 
     def write(self, entry: dict[str, Any]) -> None:
-        if self.format == "json":
-            line = json.dumps(entry, separators=(",", ":"), default=str)
-        else:
-            line = " ".join(f"{key}={value}" for key, value in entry.items() if value is not None)
+        line = json_line(entry) if self.format == "json" else text_line(entry)
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self.FLUSH_BYTES:
@@ -134,6 +160,7 @@ def create_observer(
             return response
         except web.HTTPException as exc:
             status = exc.status
+            response = exc  # aiohttp sends the exception itself as the answer
             raise
         finally:
             if watchdog is not None:
@@ -142,7 +169,7 @@ def create_observer(
             route = info.route
             if route == "-" and request.match_info.route.resource is not None:
                 route = request.match_info.route.resource.canonical
-            kind = method_class(request.method)
+            kind = method_label(request.method)
             child = children.get((route, kind, status))
             if child is None:
                 child = requests.labels(listener, route, kind, str(status))
@@ -153,9 +180,10 @@ def create_observer(
                 client = (info.client_id or "-") if client_labels else ""
                 tokens.labels(client, info.oauth_outcome).inc()
             if access_log is not None:
+                headers = request.headers
                 access_log.write(
                     {
-                        "time": round(time.time(), 3),
+                        "time": rfc3339(time.time()),
                         "event": "request",
                         "listener": listener,
                         "client_id": info.client_id,
@@ -163,12 +191,51 @@ def create_observer(
                         "route": route,
                         "method": request.method,
                         "path": request.path,
+                        "query": _logged_query(request.raw_path.partition("?")[2]),
                         "status": status,
                         "upstream_status": info.upstream_status,
+                        "upstream_error": info.upstream_error,
                         "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                        "bytes": response.body_length if response is not None else 0,
+                        "bytes": body_bytes(request, response, info),
                         "peer": request.remote,
+                        "user_agent": headers.get("User-Agent"),
+                        "request_id": headers.get("X-Request-Id"),
                     }
                 )
 
     return observe
+
+
+# Parameters whose values are credentials (RFC 6750 §2.3 access_token, and the
+# like), and any value shaped like a JWS compact serialisation (RFC 7515 §7.1):
+# their values are replaced, the rest of the query is logged as sent.
+_SECRET_NAME = re.compile(r"token|secret|password|passwd|key|code|signature|sig$|auth", re.I)
+_JWS_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]*(\.|%2E)[A-Za-z0-9_-]*(\.|%2E)", re.I)
+
+
+def _logged_query(query: str) -> str | None:
+    if not query:
+        return None
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, sep, value = part.partition("=")
+        if sep and (_SECRET_NAME.search(name) or _JWS_SHAPED.search(value)):
+            parts[i] = f"{name}=REDACTED"
+    return "&".join(parts)
+
+
+def body_bytes(
+    request: web.Request, response: web.StreamResponse | None, info: RequestFacts
+) -> int:
+    """Body bytes sent to the caller: what a handler counted, else the answer's body."""
+    if info.body_bytes is not None:
+        return info.body_bytes
+    if response is None or request.method == "HEAD":
+        return 0
+    if isinstance(response, CountingResponse):
+        return response.sent_body_bytes
+    if isinstance(response, web.Response):
+        body = response.body
+        if isinstance(body, bytes | bytearray):
+            return len(body)
+    return 0

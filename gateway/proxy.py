@@ -24,7 +24,7 @@ from gateway.headers import (
     upstream_request_headers,
 )
 from gateway.metrics import Metrics
-from gateway.observability import RequestFacts, facts
+from gateway.observability import CountingResponse, RequestFacts, facts
 from gateway.paths import (
     ambiguous_dot_segment,
     encode_path,
@@ -232,8 +232,10 @@ class Proxy:
                 origin, min(policy.connect_timeout, policy.timeout)
             )
         except UpstreamTimeout:
+            info.upstream_error = "connect timeout"
             raise gateway_timeout("the upstream did not answer in time") from None
-        except UpstreamUnreachable:
+        except UpstreamUnreachable as exc:
+            info.upstream_error = f"unreachable: {exc}" if str(exc) else "unreachable"
             raise bad_gateway("the upstream is unreachable") from None
         conn.start(head, head_only=method == "HEAD", timeout=policy.timeout, deadline=deadline)
         sender: asyncio.Task[None] | None = None
@@ -245,12 +247,15 @@ class Proxy:
         except UpstreamTimeout as exc:
             _abandon(conn, sender)
             if exc.waiting_on_caller:
+                info.upstream_error = "request body stalled"
                 raise GatewayError(
                     408, "request_timeout", "the request body stopped arriving"
                 ) from None
+            info.upstream_error = "response timeout"
             raise gateway_timeout("the upstream did not answer in time") from None
         except UpstreamError as exc:
             _abandon(conn, sender)
+            info.upstream_error = exc.label
             raise bad_gateway(f"the upstream failed: {exc.label}") from None
         except BaseException:
             _abandon(conn, sender)
@@ -287,6 +292,7 @@ class Proxy:
             # cut the connection, so the client sees a truncated response.
             name = exc.label if isinstance(exc, UpstreamError) else type(exc).__name__
             log.warning("upstream failed mid-response: %s", name)
+            info.upstream_error = f"mid-response: {name}"
             _abandon(conn, sender)
             if request.transport is not None:
                 request.transport.abort()
@@ -325,12 +331,15 @@ class Proxy:
                     autoping=False,
                 )
         except TimeoutError:
+            facts(request).upstream_error = "response timeout"
             raise gateway_timeout("the upstream did not answer in time") from None
         except aiohttp.WSServerHandshakeError as exc:
+            facts(request).upstream_error = f"WebSocket upgrade refused ({exc.status})"
             raise bad_gateway(
                 f"the upstream refused the WebSocket upgrade ({exc.status})"
             ) from None
-        except (aiohttp.ClientError, OSError):
+        except (aiohttp.ClientError, OSError) as exc:
+            facts(request).upstream_error = f"unreachable: {type(exc).__name__}"
             raise bad_gateway("the upstream is unreachable") from None
         downstream = web.WebSocketResponse(
             protocols=[upstream_ws.protocol] if upstream_ws.protocol else (), autoping=False
@@ -383,7 +392,7 @@ def _is_websocket(request: web.Request) -> bool:
     )
 
 
-class _RelayResponse(web.StreamResponse):
+class _RelayResponse(CountingResponse):
     """A StreamResponse whose head waits for the first body bytes.
 
     aiohttp's StreamResponse writes its head at once, so every relayed

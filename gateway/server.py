@@ -143,6 +143,8 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
     try:
         options = http_options(limits)
         for listener in gateway.listeners:
+            for line in listener.tls.material.ignored_pins:
+                log.warning("%s", line)  # `check` prints the same lines as warnings
             server = await _http_runner(running, gateway.listener_app(listener.index), options)
             gate = ConnectionLimit(limits.max_connections) if limits.max_connections else None
             listener.connections = gate
@@ -167,11 +169,6 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
             where = f"{config.source}:listeners[{listener.index}].bind"
             bound = await _listen(running, factory, where, listener.config.bind, reuse_port)
             running.listener_addresses.append(bound)
-            log.info(
-                "listener %d: %s",
-                listener.index,
-                describe(listener.config.proxy_protocol, "http/1.1 (aiohttp)"),
-            )
             if not listener.public_url:
                 listener.public_url = f"https://{_url_host(listener.config.bind.host)}:{bound[1]}"
         for outbound in gateway.outbound:
@@ -244,8 +241,17 @@ async def serve_forever(
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    # A supervisor forks workers with these blocked (supervisor.py): one that
+    # arrived during start-up is delivered now, to the handlers above.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
     for (host, port), listener in zip(running.listener_addresses, gateway.listeners, strict=True):
-        log.info("listening on https://%s:%d (public %s)", host, port, listener.public_url)
+        log.info(
+            "listening on https://%s:%d (public %s): %s",
+            host,
+            port,
+            listener.public_url,
+            describe(listener.config.proxy_protocol, "http/1.1"),
+        )
     for host, port in running.outbound_addresses:
         log.info("outbound on http://%s:%d", host, port)
     if running.admin_address:

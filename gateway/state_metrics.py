@@ -1,5 +1,9 @@
 """Metrics read at scrape time from the running parts: reloads, expiry dates, registry state.
 
+Every worker reads the same files and registry, so the worker answering a
+scrape speaks for all of them here; counters that differ per worker
+(handshakes, connections, cache hits) are in gateway.worker_metrics.
+
 These are facts the components already keep (counters on the TLS listeners,
 the registry and the token service; the certificates in force), so nothing
 is added to the request path to publish them.
@@ -7,7 +11,9 @@ is added to the request path to publish them.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -16,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.dn import format_name
+from gateway.tls import load_pem_certificates
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -24,6 +31,24 @@ if TYPE_CHECKING:
 class GatewayStateCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
+        # listener index -> (notAfter in force, its subject): the file is read
+        # again only when a reload changed the certificate.
+        self._server_subjects: dict[int, tuple[dt.datetime, str]] = {}
+
+    def _server_subject(self, index: int, path: Path, not_after: dt.datetime) -> str:
+        cached = self._server_subjects.get(index)
+        if cached is not None and cached[0] == not_after:
+            return cached[1]
+        subject = "unknown"
+        try:
+            leaf = load_pem_certificates(path)[0]
+        except (OSError, ValueError, IndexError):
+            leaf = None
+        # The file may already hold the next certificate, not yet loaded.
+        if leaf is not None and leaf.not_valid_after_utc == not_after:
+            subject = format_name(leaf.subject)
+            self._server_subjects[index] = (not_after, subject)
+        return subject
 
     def _ca_label(self, ca: x509.Certificate) -> str:
         # The subject names the PKI; without admin.metrics_client_labels a
@@ -43,15 +68,6 @@ class GatewayStateCollector(Collector):
         up.add_metric([registry.description], 1.0 if registry.ready else 0.0)
         yield up
 
-        cache = CounterMetricFamily(
-            "mtls_gateway_registry_cache",
-            "Registry cache lookups by result (Redis registry; the YAML registry is all in memory).",
-            labels=["result"],
-        )
-        cache.add_metric(["hit"], float(getattr(registry, "cache_hits", 0)))
-        cache.add_metric(["miss"], float(getattr(registry, "cache_misses", 0)))
-        yield cache
-
         reloads = CounterMetricFamily(
             "mtls_gateway_reloads",
             "Reloads of watched files by component and outcome (a failure keeps the running state).",
@@ -68,33 +84,6 @@ class GatewayStateCollector(Collector):
                 reloads.add_metric([name, "failed"], float(getattr(part, "reload_failures", 0)))
         yield reloads
 
-        handshakes = CounterMetricFamily(
-            "mtls_gateway_tls_handshakes",
-            "TLS handshakes started (connection accepted) and completed. "
-            "started - completed: failed or in progress; "
-            "mtls_gateway_tls_handshake_failures_total says why.",
-            labels=["listener", "outcome"],
-        )
-        open_connections = GaugeMetricFamily(
-            "mtls_gateway_connections_open", "Open client connections.", labels=["listener"]
-        )
-        refused = CounterMetricFamily(
-            "mtls_gateway_connections_refused",
-            "Connections closed at once because limits.max_connections was reached.",
-            labels=["listener"],
-        )
-        for listener in gateway.listeners:
-            label = str(listener.index)
-            handshakes.add_metric([label, "started"], float(listener.tls.handshakes.started))
-            handshakes.add_metric([label, "completed"], float(listener.tls.handshakes.completed))
-            limit = listener.connections
-            if limit is not None:
-                open_connections.add_metric([label], float(limit.open))
-                refused.add_metric([label], float(limit.refused))
-        yield handshakes
-        yield open_connections
-        yield refused
-
         expiry = GaugeMetricFamily(
             "mtls_gateway_certificate_expiry_timestamp_seconds",
             "notAfter of the server certificate and of each client CA, as a Unix time "
@@ -104,7 +93,9 @@ class GatewayStateCollector(Collector):
         for listener in gateway.listeners:
             material = listener.tls.material
             label = str(listener.index)
-            expiry.add_metric([label, "server", ""], material.server_not_after.timestamp())
+            not_after = material.server_not_after
+            subject = self._server_subject(listener.index, listener.config.tls.cert, not_after)
+            expiry.add_metric([label, "server", subject], not_after.timestamp())
             for ca in material.trust.ca_certificates:
                 expiry.add_metric(
                     [label, "client_ca", self._ca_label(ca)], ca.not_valid_after_utc.timestamp()

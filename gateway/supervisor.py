@@ -229,7 +229,9 @@ class Supervisor:
                     os.close(self._wake_w)
                     for sig in _HANDLED:
                         signal.signal(sig, signal.SIG_DFL)
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
+                    # Still blocked: a SIGTERM that arrives while the worker
+                    # starts waits until serve_forever has its handler (it
+                    # unblocks them), so it drains instead of dying mid-start.
                     code = forked_worker_main(self._config, report_w)
                 finally:
                     os._exit(code)

@@ -295,8 +295,6 @@ class ListenerTls:
         self._config = tls
         self._where = where
         self._material = load_material(tls, where)
-        for line in self._material.ignored_pins:
-            log.warning("%s", line)
         self._changes = ChangeDetector(self.watched_files())
         self.reload_failures = 0
         self.reloads_ok = 0

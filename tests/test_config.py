@@ -394,3 +394,16 @@ def test_env_override_problems(spec_config: Path) -> None:
         "env:MTLS_GATEWAY_TOKENS____LIFETIME: malformed variable name",
         f"{spec_config}:tokens.lifetime: expected a positive whole number, got 'soon'",
     ]
+
+
+def test_an_env_variable_typo_is_reported_as_the_variable(spec_config: Path) -> None:
+    problems = _problems(
+        spec_config,
+        env={"MTLS_GATEWAY_LISTENERS__0__BND": "0.0.0.0:1", "MTLS_GATEWAY_ADMN__BIND": "x:1"},
+    )
+    assert problems == [
+        "env:MTLS_GATEWAY_ADMN__BIND: unknown key admn (expected one of: admin, headers, "
+        "issuer, limits, listeners, logging, outbound, registry, routes, tokens)",
+        "env:MTLS_GATEWAY_LISTENERS__0__BND: unknown key listeners[0].bnd (expected one of: "
+        "bind, forwarded_client_cert, proxy_protocol, public_url, tls)",
+    ]

@@ -1,7 +1,8 @@
 """gateway.dn: .NET's X500DistinguishedName.Name form, parsing, and comparison keys.
 
-The expected strings are written out by hand from the rules in TLS-NOTES
-("Names and hashes"), never derived from the formatter under test.
+The expected strings are written out by hand from the rules in
+docs/design/names-and-thumbprints.md ("Distinguished names"), never derived
+from the formatter under test.
 """
 
 from __future__ import annotations

@@ -108,10 +108,10 @@ async def test_metrics_after_traffic(
             await asyncio.sleep(0.1)
 
     req = "mtls_gateway_requests_total"
-    assert value(found, req, listener="0", route="/", method="read", status="200") == 4
+    assert value(found, req, listener="0", route="/", method="GET", status="200") == 4
     assert value(found, req, route="/", status="401") == 1
     assert value(found, req, route="/", status="403") == 2
-    assert value(found, req, route="/connect/token", method="write", status="200") == 1
+    assert value(found, req, route="/connect/token", method="POST", status="200") == 1
     assert value(found, "mtls_gateway_upstream_latency_seconds_count", route="/") == 4
     assert value(found, "mtls_gateway_auth_refusals_total", reason="no_match") == 1
     assert value(found, "mtls_gateway_auth_refusals_total", reason="untrusted_ca") == 1
@@ -126,6 +126,11 @@ async def test_metrics_after_traffic(
         value(found, "mtls_gateway_reloads_total", component="tls:listeners[0]", outcome="failed")
         == 0
     )
+    # A subject on every certificate series, process metrics, no *_created series.
+    expiry = [lb for n, lb, _ in found if n.startswith("mtls_gateway_certificate_expiry")]
+    assert expiry and all(lb["subject"] for lb in expiry)
+    assert value(found, "process_resident_memory_bytes") > 0
+    assert not [n for n, _, _ in found if n.endswith("_created")]
     server_expiry = value(found, "mtls_gateway_certificate_expiry_timestamp_seconds", kind="server")
     assert server_expiry == pytest.approx(pki.server.cert.not_valid_after_utc.timestamp())
     assert value(found, "mtls_gateway_certificate_expiry_timestamp_seconds", kind="client_ca") > 0

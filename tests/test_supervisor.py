@@ -284,7 +284,7 @@ async def test_sigterm_right_after_a_worker_death_stops_everything(
         # The supervisor's own lines, and those of the worker that was still running.
         assert "shutting down (SIGTERM)" in log and log.rstrip().endswith("stopped"), log
         assert "shutting down: draining" in log, log
-        assert log.count("gateway: stopped") >= 1, log
+        assert log.count("logger=gateway message=stopped") >= 1, log
     finally:
         served.close()
 
@@ -311,7 +311,7 @@ async def test_a_worker_failing_at_start_backs_off_and_recovers_when_fixed(
         reasons = [line for line in log.splitlines() if "failed to start:" in line]
         assert len(reasons) == 1 and "server.pem" in reasons[0], log  # once per distinct reason
         delays = [
-            float(line.rsplit("restarting in ", 1)[1].rstrip("s"))
+            float(line.rsplit("restarting in ", 1)[1].rstrip('"').rstrip("s"))
             for line in log.splitlines()
             if "as logged above" in line
         ]

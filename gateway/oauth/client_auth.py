@@ -23,6 +23,7 @@ from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
 from gateway.oauth.errors import InvalidClientError, InvalidRequestError, MethodNotAllowedError
 from gateway.oauth.forms import read_form
+from gateway.observability import facts
 from gateway.registry.matching import ClientMatch
 
 log = logging.getLogger("gateway.oauth")
@@ -82,11 +83,15 @@ def _basic_client_id(header: str) -> str:
 async def connection_auth(request: web.Request, authenticator: Authenticator) -> ConnectionAuth:
     """The connection's certificate identity; its refusals become invalid_client."""
     try:
-        return await authenticator.authenticate(request)
+        auth = await authenticator.authenticate(request)
     except GatewayError as exc:
         if exc.status >= 500:  # registry unreachable: a retryable 503, not the client's fault
             raise
         raise InvalidClientError(exc.description) from None
+    if auth.identity is not None:
+        # In the access log whether or not the client is then accepted.
+        facts(request).thumbprint = auth.identity.thumbprint
+    return auth
 
 
 def authenticated_client(

@@ -1,8 +1,15 @@
-"""Discovery (RFC 8414, OpenID Connect Discovery 1.0 §4) and the JWKS (RFC 7517 §5).
+"""Discovery (RFC 8414) and the JWKS (RFC 7517 §5).
 
 Both are public: a client reads them before it has a token, and with
 ``client_certs: optional`` before it presents a certificate (IdentityModel's
 ``GetDiscoveryDocumentAsync`` uses the same HttpClient, certificate or not).
+
+The one document is RFC 8414 authorization server metadata.  It is also
+served at ``/.well-known/openid-configuration`` because IdentityModel and
+openid-client look there first, but it claims nothing of OpenID Connect: the
+gateway issues no ID tokens and has no authorization or userinfo endpoint,
+so ``subject_types_supported`` and ``id_token_signing_alg_values_supported``
+(required of an OpenID provider, OIDC Discovery §3) are deliberately absent.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app import ListenerContext
+from gateway.app import GATEWAY_KEY, ListenerContext
+from gateway.config import RouteConfig
 from gateway.oauth import paths
 from gateway.oauth.errors import MethodNotAllowedError
 from gateway.oauth.keys import SigningKeySet
@@ -29,7 +37,21 @@ PUBLIC_CACHE = {"Cache-Control": "public, max-age=300"}
 _READ_METHODS = ("GET", "HEAD")
 
 
-def metadata(issuer: str, base_url: str) -> dict[str, Any]:
+# RFC 8414 §2 makes response_types_supported REQUIRED even for a server without
+# an authorization endpoint.  "none" (OAuth 2.0 Multiple Response Type
+# Encoding Practices §4) is the one value that promises no code or token from
+# one; no authorization_endpoint is published, and Authlib's validator, like
+# RFC 8414, needs none when no grant type uses it.
+RESPONSE_TYPES = ("none",)
+
+
+def route_scopes(routes: tuple[RouteConfig, ...]) -> list[str]:
+    """The scopes the gateway's own routes require (RFC 8414 §2: a server MAY
+    leave out others its clients are allowed, as the registry's are here)."""
+    return sorted({scope for route in routes for scope in route.scopes})
+
+
+def metadata(issuer: str, base_url: str, scopes: list[str] | None = None) -> dict[str, Any]:
     """The authorization server metadata, endpoints on this listener's public URL."""
     return {
         "issuer": issuer,
@@ -37,6 +59,8 @@ def metadata(issuer: str, base_url: str) -> dict[str, Any]:
         "token_endpoint": base_url + paths.TOKEN,
         "introspection_endpoint": base_url + paths.INTROSPECT,
         "grant_types_supported": list(GRANT_TYPES),
+        "response_types_supported": list(RESPONSE_TYPES),
+        "scopes_supported": scopes or [],
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
         # RFC 8705 §3.3: every token this server issues is certificate-bound.
@@ -58,19 +82,23 @@ class Discovery:
     listener: ListenerContext
     # The public URL is resolved when the listener binds (after the routes
     # are added), so the document is rendered on first use, then reused.
-    _rendered: tuple[str, str] | None = field(default=None, init=False)
+    # Keyed by the route table too: a config reload can change the scopes.
+    _rendered: tuple[str, tuple[RouteConfig, ...], str] | None = field(default=None, init=False)
 
-    def _document(self) -> str:
+    def _document(self, routes: tuple[RouteConfig, ...]) -> str:
         base_url = self.listener.public_url
-        if self._rendered is None or self._rendered[0] != base_url:
-            self._rendered = (base_url, json.dumps(metadata(self.issuer, base_url)))
-        return self._rendered[1]
+        rendered = self._rendered
+        if rendered is None or rendered[0] != base_url or rendered[1] is not routes:
+            document = metadata(self.issuer, base_url, route_scopes(routes))
+            rendered = self._rendered = (base_url, routes, json.dumps(document))
+        return rendered[2]
 
     async def handle_metadata(self, request: web.Request) -> web.Response:
         if request.method not in _READ_METHODS:
             raise MethodNotAllowedError(_READ_METHODS)
+        routes = request.app[GATEWAY_KEY].config.routes
         return web.Response(
-            text=self._document(), content_type="application/json", headers=PUBLIC_CACHE
+            text=self._document(routes), content_type="application/json", headers=PUBLIC_CACHE
         )
 
     async def handle_jwks(self, request: web.Request) -> web.Response:

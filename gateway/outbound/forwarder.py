@@ -33,6 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import GatewayError, bad_gateway, gateway_timeout
 from gateway.headers import downstream_response_headers, upstream_request_headers
+from gateway.observability import CountingResponse, facts
 from gateway.outbound.client_tls import Trust
 from gateway.outbound.pool import Lease, SessionPool
 from gateway.outbound.routing import OutboundRoute, OutboundRouteTable, request_host
@@ -193,14 +194,18 @@ class Forwarder:
                     skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
                 )
         except TimeoutError:
+            facts(request).upstream_error = "response timeout"
             raise gateway_timeout("the destination did not answer in time") from None
         except aiohttp.ClientConnectorCertificateError as exc:
+            facts(request).upstream_error = f"certificate refused: {exc.certificate_error}"
             raise bad_gateway(
                 f"the destination's certificate was refused: {exc.certificate_error}"
             ) from None
-        except aiohttp.ClientConnectorError:
+        except aiohttp.ClientConnectorError as exc:
+            facts(request).upstream_error = f"unreachable: {exc.os_error}"
             raise bad_gateway("the destination is unreachable") from None
         except (aiohttp.ClientError, OSError) as exc:
+            facts(request).upstream_error = type(exc).__name__
             raise bad_gateway(f"the destination failed: {type(exc).__name__}") from None
 
     def _stream(self, request: web.Request, deadline: asyncio.Timeout) -> AsyncIterator[bytes]:
@@ -216,7 +221,8 @@ class Forwarder:
     @staticmethod
     async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         try:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            facts(request).upstream_status = upstream.status
+            response = CountingResponse(status=upstream.status, reason=upstream.reason)
             response.headers.extend(downstream_response_headers(upstream.headers))
             length = upstream.headers.get("Content-Length")
             if (
@@ -233,6 +239,7 @@ class Forwarder:
                 # The head is gone already: cutting the connection is the only
                 # way left to tell the app the body is incomplete.
                 log.warning("destination failed mid-response: %s", type(exc).__name__)
+                facts(request).upstream_error = f"mid-response: {type(exc).__name__}"
                 if request.transport is not None:
                     request.transport.abort()
                 return response

@@ -38,6 +38,8 @@ async def test_metadata_without_a_client_certificate(gateway: Any) -> None:
         "token_endpoint": f"{base}/connect/token",
         "introspection_endpoint": f"{base}/connect/introspect",
         "grant_types_supported": ["client_credentials"],
+        "response_types_supported": ["none"],
+        "scopes_supported": [],
         "token_endpoint_auth_methods_supported": ["tls_client_auth", "self_signed_tls_client_auth"],
         "introspection_endpoint_auth_methods_supported": [
             "tls_client_auth",
@@ -102,3 +104,36 @@ async def test_head_and_wrong_methods(gateway: Any) -> None:
             assert resp.status == 405
             assert resp.headers["Allow"] == "GET, HEAD"
             assert (await resp.json())["error"] == "invalid_request"
+
+
+async def test_metadata_passes_authlibs_rfc8414_validation(make_gateway: MakeGateway) -> None:
+    from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
+
+    gateway = await make_gateway(
+        clients=[registry_client("mtls.client", name_secret(CLIENT_DN))],
+        routes=[
+            {
+                "prefix": "/api",
+                "upstream": "http://127.0.0.1:1",
+                "auth": "token",
+                "scopes": ["api1"],
+            },
+            {
+                "prefix": "/b",
+                "upstream": "http://127.0.0.1:1",
+                "auth": "token",
+                "scopes": ["b", "api1"],
+            },
+        ],
+    )
+    async with (
+        gateway.session(None) as session,
+        session.get(gateway.url + "/.well-known/oauth-authorization-server") as resp,
+    ):
+        document = await resp.json()
+    AuthorizationServerMetadata(document).validate()  # raises on any RFC 8414 violation
+    assert document["scopes_supported"] == ["api1", "b"]
+    # Nothing claimed that the gateway does not do: no OpenID provider members.
+    assert not {"authorization_endpoint", "userinfo_endpoint", "subject_types_supported"} & set(
+        document
+    )

@@ -12,6 +12,7 @@ the connection, then forwards the caller's identity.
 from __future__ import annotations
 
 import base64
+import io
 import json
 from typing import Any
 
@@ -100,12 +101,16 @@ async def test_app_reaches_a_token_route_through_the_outbound_listener(
     destination = await _destination(make_gateway, pki, echo_upstream)
     caller = await _caller(make_gateway, pki, destination, client_cert)
     outbound = f"http://127.0.0.1:{caller.running.outbound_addresses[0][1]}"
+    assert caller.gateway.access_log is not None
+    caller.gateway.access_log.stream = access = io.BytesIO()
+    caller.gateway.access_log.format = "json"
 
     async with aiohttp.ClientSession() as app:
         for _ in range(2):
             async with app.post(outbound + "/orders?id=7", json={"n": 1}) as response:
                 assert response.status == 200, await response.text()
-                body = await response.json()
+                raw = await response.read()
+                body = json.loads(raw)
     assert body["method"] == "POST" and body["path"] == "/orders?id=7"
     headers = echoed_headers(body)
 
@@ -139,6 +144,13 @@ async def test_app_reaches_a_token_route_through_the_outbound_listener(
         and 'status="200"' in line
     ]
     assert counted and float(counted[0].rsplit(" ", 1)[1]) == 2
+
+    # ... and logged like them: the destination's status and the body bytes relayed.
+    caller.gateway.access_log.flush()
+    logged = [json.loads(line) for line in access.getvalue().decode().splitlines()]
+    assert [e["listener"] for e in logged] == ["outbound[0]", "outbound[0]"]
+    assert all(e["upstream_status"] == 200 and e["query"] == "id=7" for e in logged)
+    assert logged[-1]["bytes"] == len(raw)
 
 
 async def test_an_unregistered_workload_gets_502_naming_the_token_error(

@@ -50,8 +50,8 @@ def test_outbound_flag_adds_a_caller_config_and_one_curl_line(tmp_path: Path) ->
     result = run_cli("quickstart", "--dir", "demo", "--no-serve", "--outbound", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = _curl_lines(result.stdout)
-    assert lines[:4] == _curl_lines(plain.stdout)
-    assert lines[4:] == [OUTBOUND_LINE]
+    assert lines[:5] == _curl_lines(plain.stdout)
+    assert lines[5:] == [OUTBOUND_LINE]
     check = run_cli("check", "--config", "demo/outbound.yaml", cwd=tmp_path)
     assert check.returncode == 0, check.stderr
 

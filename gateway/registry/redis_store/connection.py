@@ -18,10 +18,27 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.config import RegistryConfig
 
 CommandClient = Redis | RedisCluster
+
+# RedisClusterException is not a RedisError: without it here, a cluster that
+# cannot be initialised escaped as a traceback from `check` and `clients import`.
+REDIS_ERRORS = (RedisError, OSError, RedisClusterException)
+
+
+def explain(exc: BaseException) -> str:
+    """One line for a Redis failure, naming the likely cause where redis-py's hides it."""
+    text = str(exc)
+    if isinstance(exc, RedisClusterException) and "Cluster mode is not enabled" in text:
+        # redis-py reads any error to CLUSTER SLOTS, NOPERM included, as "not a cluster".
+        return (
+            "CLUSTER SLOTS was refused: the node is not in cluster mode, or the ACL user "
+            "lacks +cluster|slots (docs/redis.md, Cluster)"
+        )
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def redacted_url(url: str) -> str:

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio.client import PubSub
-from redis.exceptions import ClusterDownError, RedisError, ResponseError
+from redis.exceptions import ClusterDownError, ResponseError
 
 from gateway.config import RegistryConfig
 from gateway.identity import CertificateIdentity
@@ -52,7 +52,7 @@ from gateway.registry.matching import (
 )
 from gateway.registry.model import Client, ClientError, parse_client
 from gateway.registry.redis_store.cache import LookupCache
-from gateway.registry.redis_store.connection import describe, open_clients
+from gateway.registry.redis_store.connection import REDIS_ERRORS, describe, explain, open_clients
 from gateway.registry.redis_store.keys import (
     KeySchema,
     change_payload,
@@ -73,7 +73,7 @@ WRITE_ATTEMPTS = 16
 STAGING_TTL = 3600  # an import that dies half-way leaves nothing behind for long
 CHUNK = 5000  # hash fields per HSET while staging an import
 
-_REDIS_ERRORS = (RedisError, OSError)
+_REDIS_ERRORS = REDIS_ERRORS
 
 
 class _SyncLost(Exception):
@@ -216,7 +216,7 @@ class RedisRegistry:
         except _REDIS_ERRORS as exc:
             if not _is_outage(exc):
                 log.error("registry: lookup refused by Redis: %s", exc)
-                raise RegistryUnavailable(f"{self._description}: {exc}") from None
+                raise RegistryUnavailable(f"{self._description}: {explain(exc)}") from None
             self._lost(f"lookup failed: {exc}")
             return self._stale_match(fields, identity, pinned, chains)
         return self._evaluate(clients, identity, pinned, chains)
@@ -233,7 +233,7 @@ class RedisRegistry:
             doc = _text(await self._redis.hget(self._keys.clients, client_id))
         except _REDIS_ERRORS as exc:
             if not _is_outage(exc):
-                raise RegistryUnavailable(f"{self._description}: {exc}") from None
+                raise RegistryUnavailable(f"{self._description}: {explain(exc)}") from None
             self._lost(f"read failed: {exc}")
             return self._stale_client(client_id)
         client = self._parse(client_id, doc) if doc else None
@@ -249,7 +249,7 @@ class RedisRegistry:
                 if client is not None:
                     clients.append(client)
         except _REDIS_ERRORS as exc:
-            raise RegistryUnavailable(f"{self._description}: {exc}") from None
+            raise RegistryUnavailable(f"{self._description}: {explain(exc)}") from None
         return clients
 
     def _evaluate(
@@ -365,7 +365,9 @@ class RedisRegistry:
                     return True
                 # Another writer changed this client in between: read it again.
         except _REDIS_ERRORS as exc:
-            raise RegistryWriteError(f"client {client_id}: {self._description}: {exc}") from None
+            raise RegistryWriteError(
+                f"client {client_id}: {self._description}: {explain(exc)}"
+            ) from None
         raise RegistryWriteError(
             f"client {client_id}: kept changing under concurrent writes; try again"
         )
@@ -414,7 +416,9 @@ class RedisRegistry:
                 with contextlib.suppress(*_REDIS_ERRORS):
                     await self._redis.unlink(staged_clients, staged_index)
         except _REDIS_ERRORS as exc:
-            raise RegistryWriteError(f"{self._description}: import failed: {exc}") from None
+            raise RegistryWriteError(
+                f"{self._description}: import failed: {explain(exc)}"
+            ) from None
         if int(result) < 0:
             raise RegistryWriteError(
                 f"{self._description}: import failed: the staged copy was incomplete"
