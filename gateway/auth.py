@@ -257,15 +257,20 @@ class Authenticator:
             raise registry_unavailable() from None
         self._count_lookup("match" if result.client is not None else "no_match")
         if result.client is None:
+            # The log gets the registry's whole reasoning; the caller only what
+            # is wrong with its certificate, never other clients' ids or state.
             reason, kind = result.reason, "no_match"
+            public = "not registered: no enabled client has a secret that matches it"
             if result.matches:
                 ids = sorted({m.client.client_id for m in result.matches})
                 reason, kind = f"certificate matches several clients: {', '.join(ids)}", "ambiguous"
+                public = "it matches several registered clients"
             elif unverified is not None:
                 # Say first what is wrong with the certificate itself.
                 kind, why = unverified
                 reason = f"{why}, and no X509CertificateThumbprint secret names it ({reason})"
-            result = MatchResult(result.matches, reason)
+                public = f"{why}, and no X509CertificateThumbprint secret names it"
+            result = MatchResult(result.matches, public)
             self._refuse(request, identity, reason, kind)
         client_id = result.client.client_id if result.client is not None else None
         headers = identity_headers(self._names, client_id, identity)

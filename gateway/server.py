@@ -214,7 +214,11 @@ async def _listen(
 
 
 async def serve_forever(
-    gateway: Gateway, *, reuse_port: bool = False, grace: float | None = None
+    gateway: Gateway,
+    *,
+    reuse_port: bool = False,
+    grace: float | None = None,
+    lifeline: int | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads every file.
 
@@ -244,6 +248,14 @@ async def serve_forever(
     # A supervisor forks workers with these blocked (supervisor.py): one that
     # arrived during start-up is delivered now, to the handlers above.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+    if lifeline is not None:
+
+        def supervisor_gone() -> None:
+            loop.remove_reader(lifeline)
+            log.warning("the supervisor is gone: shutting down")
+            stop.set()
+
+        loop.add_reader(lifeline, supervisor_gone)
     for (host, port), listener in zip(running.listener_addresses, gateway.listeners, strict=True):
         log.info(
             "listening on https://%s:%d (public %s): %s",

@@ -103,6 +103,10 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
+        # The lifeline: only the supervisor holds the write end, so when it is
+        # gone (SIGKILL, OOM killer) every worker reads EOF and drains and
+        # exits instead of serving on as an orphan nobody supervises.
+        self._lifeline_r, self._lifeline_w = os.pipe()
 
     # --------------------------------------------------------------- the loop
 
@@ -227,12 +231,13 @@ class Supervisor:
                     signal.set_wakeup_fd(-1)
                     os.close(self._wake_r)
                     os.close(self._wake_w)
+                    os.close(self._lifeline_w)
                     for sig in _HANDLED:
                         signal.signal(sig, signal.SIG_DFL)
                     # Still blocked: a SIGTERM that arrives while the worker
                     # starts waits until serve_forever has its handler (it
                     # unblocks them), so it drains instead of dying mid-start.
-                    code = forked_worker_main(self._config, report_w)
+                    code = forked_worker_main(self._config, report_w, self._lifeline_r)
                 finally:
                     os._exit(code)
             os.close(report_w)

@@ -27,11 +27,16 @@ START_FAILED = 78  # EX_CONFIG (sysexits.h): the files on disk do not make a gat
 
 
 def run_worker(
-    config: GatewayConfig, *, reuse_port: bool, read_as: FileSignature | None = None
+    config: GatewayConfig,
+    *,
+    reuse_port: bool,
+    read_as: FileSignature | None = None,
+    lifeline: int | None = None,
 ) -> int:
     """Assemble and serve ``config`` in this process until SIGTERM/SIGINT.
 
     ``read_as``: the config file's signature when ``config`` was read from it.
+    ``lifeline``: a pipe end that reads EOF once the supervisor is gone.
     """
     from gateway.runtime import assemble
     from gateway.server import serve_forever
@@ -42,7 +47,7 @@ def run_worker(
         gateway.config_reloader.reload()  # edited while this worker was starting
 
     async def main() -> int:
-        await serve_forever(gateway, reuse_port=reuse_port)
+        await serve_forever(gateway, reuse_port=reuse_port, lifeline=lifeline)
         return 0
 
     try:
@@ -52,7 +57,7 @@ def run_worker(
     return uvloop.run(main())
 
 
-def forked_worker_main(parent: GatewayConfig, report_fd: int) -> int:
+def forked_worker_main(parent: GatewayConfig, report_fd: int, lifeline: int | None = None) -> int:
     """The body of a forked worker; returns its exit status (the caller ``os._exit``s)."""
     # The parent's log-writer thread did not survive the fork.
     configure_logging(parent.logging)
@@ -63,7 +68,7 @@ def forked_worker_main(parent: GatewayConfig, report_fd: int) -> int:
             config = load_config(parent.source)
             if config.logging != parent.logging:
                 configure_logging(config.logging)
-            code = run_worker(config, reuse_port=True, read_as=read_as)
+            code = run_worker(config, reuse_port=True, read_as=read_as, lifeline=lifeline)
         except ConfigError as exc:
             _report(report_fd, "; ".join(exc.problems))
             code = START_FAILED

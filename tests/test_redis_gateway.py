@@ -25,7 +25,7 @@ from tests.conftest import (
     free_port,
     write_config,
 )
-from tests.pki import Issued, Pki
+from tests.pki import Issued, Pki, dn
 from tests.registry.conftest import RedisServer, require_redis_server
 
 PREFIX = "gw-test:"
@@ -407,3 +407,32 @@ async def test_two_gateway_processes_and_the_cli_agree(
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("can_issue", [False, True], ids=["leaf", "ca-true"])
+async def test_a_self_issued_client_added_to_redis_works_on_two_gateways_within_a_second(
+    make_gateway: MakeGateway,
+    redis_server: RedisServer,
+    writer: RedisRegistry,
+    pki: Pki,
+    can_issue: bool,
+) -> None:
+    """The seed's self-issued client: a thumbprint in the registry, no file on any replica."""
+    self_issued = (
+        pki.certificate(dn("fleet-self-ca"), ca=True)  # `openssl req -x509` defaults
+        if can_issue
+        else pki.certificate(dn("fleet-self"), self_signed=True)
+    )
+    await writer.replace_all([client("mtls.client", ("X509CertificateName", CLIENT_DN))])
+    gateways = [
+        await make_gateway(clients=[], extra=redis_registry(redis_server.url)) for _ in range(2)
+    ]
+    assert [await fresh_status(gw, self_issued) for gw in gateways] == [403, 403]
+    await writer.put(client("fleet.self", ("X509CertificateThumbprint", self_issued.thumbprint)))
+    for gw in gateways:
+
+        async def accepted(gw: GatewayUnderTest = gw) -> bool:
+            return await fresh_status(gw, self_issued) == 200
+
+        # The issue's bound for a fleet: live on every replica in under 1 s.
+        assert await poll(accepted, f"gateway {gw.port} accepts the new client") < 1.0

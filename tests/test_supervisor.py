@@ -198,6 +198,7 @@ class Served:
 
     def close(self) -> None:
         if self.process.poll() is None:
+            # SIGKILL, as an OOM killer would: the workers must not outlive it.
             self.process.kill()
             self.process.wait(timeout=10)
 
@@ -332,3 +333,22 @@ async def test_a_worker_failing_at_start_backs_off_and_recovers_when_fixed(
         assert await served.statuses(context, 10) == {200: 10}
     finally:
         served.close()
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(
+    tmp_path: Path, pki: Pki, client_cert: Issued, echo_upstream: Upstream
+) -> None:
+    config_path = _config(tmp_path, pki, echo_upstream)
+    served = Served(config_path, free_port(), tmp_path / "serve.log")
+    context = pki.client_context(client_cert)
+    try:
+        await served.ready(context)
+        workers = served.workers()
+        assert len(workers) == 2
+    finally:
+        served.close()  # SIGKILL: no chance to stop its workers
+    deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+    while _gateway_processes(config_path):
+        assert time.monotonic() < deadline, f"orphaned workers: {_gateway_processes(config_path)}"
+        await asyncio.sleep(0.1)
+    assert "the supervisor is gone: shutting down" in served.log

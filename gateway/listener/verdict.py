@@ -19,7 +19,10 @@ _REASONS: Final[dict[int, tuple[str, str]]] = {
     20: ("untrusted_ca", "not issued by a trusted CA"),
     21: ("untrusted_ca", "not issued by a trusted CA (no chain to verify)"),
     18: ("self_signed", "self-signed certificate that chains to no trusted CA"),
-    19: ("untrusted_ca", "chain ends in a self-signed CA that is not trusted"),
+    19: (
+        "untrusted_ca",
+        "not issued by a trusted CA (the chain ends in an untrusted self-signed CA)",
+    ),
     9: ("not_yet_valid", "certificate is not yet valid"),
     10: ("expired", "certificate has expired"),
     13: ("malformed", "certificate notBefore is malformed"),
@@ -53,7 +56,9 @@ class VerifyFailure:
         text = (
             _REASONS.get(self.errno, ("", ""))[1] or f"certificate verification error {self.errno}"
         )
-        return text if self.depth == 0 else f"{text} (at chain depth {self.depth})"
+        return (
+            text if self.depth == 0 or self.errno == 19 else f"{text} (at chain depth {self.depth})"
+        )
 
 
 def first_failure(errors: list[tuple[int, int]]) -> VerifyFailure | None:

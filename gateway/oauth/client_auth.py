@@ -121,15 +121,16 @@ def authenticated_client(
                 request, auth, None, auth.result.reason or "certificate matches several clients"
             )
             raise InvalidClientError(
-                "the client certificate does not identify one registered client"
+                "the client certificate does not identify one registered client: "
+                f"{auth.result.reason}"
             )
         return match
     match = auth.result.for_client(client_id)
     if match is None:
         _refuse(request, auth, client_id, auth.result.reason or "certificate is another client's")
+        why = auth.result.reason if auth.result.client is None else "it is another client's"
         raise InvalidClientError(
-            "the client certificate does not authenticate this client_id "
-            "(unknown or disabled client, or not registered for this certificate)"
+            f"the client certificate does not authenticate this client_id: {why}"
         )
     return match
 
