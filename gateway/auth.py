@@ -235,7 +235,7 @@ class Authenticator:
         identity: CertificateIdentity,
         trust: TrustState,
         registry_generation: int,
-        pinned: bool,
+        exact_only: bool,
         chains: CertificateTrust,
         unverified: tuple[str, str] | None = None,
     ) -> ConnectionAuth:
@@ -250,7 +250,7 @@ class Authenticator:
             self._refuse(request, identity, "certificate revoked (CRL)", "revoked")
             raise access_denied("certificate refused: revoked (CRL)", identity.thumbprint)
         try:
-            result = await self._registry.match(identity, pinned=pinned, chains=chains)
+            result = await self._registry.match(identity, exact_only=exact_only, chains=chains)
         except RegistryUnavailable:
             self._count_lookup("unavailable")
             self._refuse(request, identity, "registry unavailable", "registry_unavailable")

@@ -413,9 +413,9 @@ def _load(directory: Path, server_san: Sequence[x509.GeneralName]) -> DevPki:
         _check_issued(paths[name], certs[name], ca, paths[CA_CERT])
     for name in (CLIENT_CERT, SELF_SIGNED_CERT):
         if can_sign_certificates(certs[name]):
-            # The gateway refuses such a client certificate: a pinned cert that
-            # can sign lets its key mint more accepted clients
-            # (docs/design/client-certificates.md).
+            # A dev client that can sign would teach the wrong habit: such a
+            # certificate is never a PKI client (RFC 5280 §4.2.1.9), and by
+            # thumbprint only its exact self is admitted (docs/design/tls-layer.md).
             raise DevPkiError(f"{paths[name]}: a client certificate must not be able to sign")
 
     try:

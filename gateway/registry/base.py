@@ -42,7 +42,7 @@ class Registry(Protocol):
     async def close(self) -> None: ...
 
     async def match(
-        self, identity: CertificateIdentity, *, pinned: bool, chains: ChainFacts | None = None
+        self, identity: CertificateIdentity, *, exact_only: bool, chains: ChainFacts | None = None
     ) -> MatchResult:
         """Clients the certificate authenticates; raises RegistryUnavailable.
 

@@ -6,12 +6,12 @@ probes whatever the number of clients.  A match needs a positive hit on a
 secret that is eligible for how the certificate was accepted:
 
 * ``X509CertificateThumbprint`` (RFC 8705 §2.2, self_signed_tls_client_auth)
-  matches the exact certificate, whether pinned or CA-issued.
+  matches the exact certificate, whatever its chain or extensions.
 * Every other type (RFC 8705 §2.1, tls_client_auth) relies on the chain having
   verified against ``client_ca``, and never matches a certificate that can
-  issue certificates (``CertificateIdentity.is_ca``, RFC 5280 §4.2.1.9).  A certificate that the TLS layer accepted only
-  because it is itself a pinned trust anchor never matches them: otherwise a
-  self-signed certificate, pinned for client B, could carry client A's DN.
+  issue certificates (``CertificateIdentity.is_ca``, RFC 5280 §4.2.1.9).  A
+  certificate whose chain did not verify (``exact_only``) never matches them:
+  otherwise a self-signed certificate could carry a PKI client's DN.
 * A SPIFFE ``X509SanUri`` secret (value ``spiffe://...``) follows X.509-SVID:
   exactly one URI SAN (§2), a leaf key usage (§4.3), and a chain to the
   bundle of that ID's own trust domain (§5.1).  Wildcards (``.../ns/prod/*``)
@@ -176,7 +176,7 @@ def evaluate(
     candidates: Iterable[tuple[Client, Secret]],
     identity: CertificateIdentity,
     *,
-    pinned: bool,
+    exact_only: bool,
     now: dt.datetime,
     chains: ChainFacts | None = None,
 ) -> MatchResult:
@@ -195,8 +195,10 @@ def evaluate(
         if secret.expired(now):
             reasons.append(f"secret of client {client.client_id} expired")
             continue
-        if secret.type in PKI_SECRET_TYPES and pinned:
-            reasons.append(f"pinned certificate cannot match {secret.type} of {client.client_id}")
+        if secret.type in PKI_SECRET_TYPES and exact_only:
+            reasons.append(
+                f"an unverified certificate cannot match {secret.type} of {client.client_id}"
+            )
             continue
         if secret.type in PKI_SECRET_TYPES and identity.is_ca:
             # RFC 5280 §4.2.1.9: a certificate that can issue is never a PKI
@@ -261,11 +263,13 @@ class ClientIndex:
         self,
         identity: CertificateIdentity,
         *,
-        pinned: bool,
+        exact_only: bool,
         now: dt.datetime,
         chains: ChainFacts | None = None,
     ) -> MatchResult:
-        return evaluate(self.candidates(identity), identity, pinned=pinned, now=now, chains=chains)
+        return evaluate(
+            self.candidates(identity), identity, exact_only=exact_only, now=now, chains=chains
+        )
 
     def shared_secrets(self) -> list[tuple[LookupKey, list[str]]]:
         """Lookup keys that more than one client claims (ambiguous: check warns)."""

@@ -99,10 +99,10 @@ class YamlRegistry:
         return True
 
     async def match(
-        self, identity: CertificateIdentity, *, pinned: bool, chains: ChainFacts | None = None
+        self, identity: CertificateIdentity, *, exact_only: bool, chains: ChainFacts | None = None
     ) -> MatchResult:
         return self._index.match(
-            identity, pinned=pinned, now=dt.datetime.now(dt.UTC), chains=chains
+            identity, exact_only=exact_only, now=dt.datetime.now(dt.UTC), chains=chains
         )
 
     async def get(self, client_id: str) -> Client | None:

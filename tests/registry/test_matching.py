@@ -26,8 +26,8 @@ def _identity(issued: Issued) -> CertificateIdentity:
     return identity_from_der(issued.der)
 
 
-def _match(clients: list[Client], issued: Issued, *, pinned: bool = False) -> MatchResult:
-    return ClientIndex(clients).match(_identity(issued), pinned=pinned, now=NOW)
+def _match(clients: list[Client], issued: Issued, *, exact_only: bool = False) -> MatchResult:
+    return ClientIndex(clients).match(_identity(issued), exact_only=exact_only, now=NOW)
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +76,14 @@ def test_each_pki_secret_type_matches_a_ca_issued_cert(
 
 
 @pytest.mark.parametrize("secret", PKI_SECRETS, ids=[s["type"] for s in PKI_SECRETS])
-def test_pinned_certificates_never_match_pki_secret_types(
+def test_unverified_certificates_never_match_pki_secret_types(
     full_cert: Issued, secret: dict[str, str]
 ) -> None:
-    # Accepted by TLS only because it is itself a trust anchor: no chain vouches
+    # Its chain did not verify (say, self-signed): no chain vouches
     # for its names (RFC 8705 §2.1 needs one).
-    result = _match([_client("api", secret)], full_cert, pinned=True)
+    result = _match([_client("api", secret)], full_cert, exact_only=True)
     assert result.client is None and result.matches == ()
-    assert f"pinned certificate cannot match {secret['type']} of api" in result.reason
+    assert f"an unverified certificate cannot match {secret['type']} of api" in result.reason
 
 
 @pytest.mark.parametrize("secret", PKI_SECRETS, ids=[s["type"] for s in PKI_SECRETS])
@@ -111,9 +111,9 @@ def test_a_certificate_that_can_issue_never_matches_pki_secret_types(
 
 
 @pytest.mark.parametrize("pinned", [False, True])
-def test_thumbprint_matches_pinned_or_not(self_signed: Issued, pinned: bool) -> None:
+def test_thumbprint_matches_verified_or_not(self_signed: Issued, pinned: bool) -> None:
     client = _client("self", thumbprint_secret(self_signed.thumbprint.upper()))
-    result = _match([client], self_signed, pinned=pinned)
+    result = _match([client], self_signed, exact_only=pinned)
     assert result.client is client
     assert result.matches[0].auth_method == "self_signed_tls_client_auth"
 
@@ -198,7 +198,7 @@ def test_rotation_two_thumbprints(pki: Pki) -> None:
     new = pki.certificate(dn("svc", ou=None), self_signed=True)
     client = _client("svc", thumbprint_secret(old.thumbprint), thumbprint_secret(new.thumbprint))
     for cert in (old, new):
-        result = _match([client], cert, pinned=True)
+        result = _match([client], cert, exact_only=True)
         assert result.client is client
         assert result.matches[0].secret.match_value == cert.thumbprint
 
@@ -270,4 +270,4 @@ def test_index_of_100k_clients_yields_only_the_hits(full_cert: Issued) -> None:
 
     hits = index.candidates(_identity(full_cert))
     assert hits == [(target, target.secrets[0]), (target, target.secrets[1])]
-    assert index.match(_identity(full_cert), pinned=False, now=NOW).client is target
+    assert index.match(_identity(full_cert), exact_only=False, now=NOW).client is target

@@ -79,7 +79,7 @@ async def test_a_replica_follows_the_new_master_right_after_a_failover(
         await _write(sentinel_group, "put", _client("mtls.client", CLIENT_DN))
 
         async def matched() -> bool:
-            return bool((await replica.match(identity, pinned=False)).matches)
+            return bool((await replica.match(identity, exact_only=False)).matches)
 
         await _seconds_until(matched, "the replica sees the client")
         assert replica.cached_entries > 0  # answered from the cache from here on
@@ -88,7 +88,7 @@ async def test_a_replica_follows_the_new_master_right_after_a_failover(
         await _write(sentinel_group, "remove", _client("mtls.client", CLIENT_DN))
 
         async def refused() -> bool:
-            return not (await replica.match(identity, pinned=False)).matches
+            return not (await replica.match(identity, exact_only=False)).matches
 
         took = await _seconds_until(refused, "the replica drops the removed client")
         print(f"removal seen after {took:.3f}s")

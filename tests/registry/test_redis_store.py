@@ -241,8 +241,8 @@ async def test_lookup_by_each_secret_type(
     await registry.replace_all(registered)
     identity = identity_from_der(san_cert.der)
 
-    miss = await registry.match(identity, pinned=False)  # from Redis
-    hit = await registry.match(identity, pinned=False)  # from the cache
+    miss = await registry.match(identity, exact_only=False)  # from Redis
+    hit = await registry.match(identity, exact_only=False)  # from the cache
     assert ids(miss) == ids(hit) == ["the.client"]
     assert miss.client is not None and miss.client.client_id == "the.client"
     assert miss.matches[0].auth_method == (
@@ -296,10 +296,10 @@ async def test_fail_closed_rules_are_the_yaml_registrys(
         await registry.replace_all([registered])
         identity = identity_from_der(cert.der)
         expected = ClientIndex([registered]).match(
-            identity, pinned=pinned, now=dt.datetime.now(dt.UTC)
+            identity, exact_only=pinned, now=dt.datetime.now(dt.UTC)
         )
         for _ in range(2):  # a miss, then a cache hit
-            got = await registry.match(identity, pinned=pinned)
+            got = await registry.match(identity, exact_only=pinned)
             assert (ids(got), got.reason) == (ids(expected), expected.reason), label
 
 
@@ -310,7 +310,7 @@ async def test_unreadable_document_matches_nothing(
     keys = KeySchema(PREFIX)
     await raw.hset(keys.index, "dns:api.example.org", "broken")
     await raw.hset(keys.clients, "broken", '{"client_id": "broken", "secrets": "nope"}')
-    result = await registry.match(identity_from_der(san_cert.der), pinned=False)
+    result = await registry.match(identity_from_der(san_cert.der), exact_only=False)
     assert result.client is None
 
 
@@ -321,7 +321,7 @@ async def test_stale_index_entry_cannot_let_a_certificate_in(
     registry = await make_registry()
     await registry.put(client("victim", ("X509SanDns", "victim.example")))
     await raw.hset(KeySchema(PREFIX).index, "dns:api.example.org", "victim")
-    result = await registry.match(identity_from_der(san_cert.der), pinned=False)
+    result = await registry.match(identity_from_der(san_cert.der), exact_only=False)
     assert result.matches == ()
 
 
@@ -333,9 +333,9 @@ async def test_a_refused_lookup_fails_that_lookup_only(
     await registry.put(client("api", ("X509SanDns", "api.example.org")))
     odd = pki.client("many-names", dns=[f"n{i}.example.org" for i in range(9000)])
     with pytest.raises(RegistryUnavailable):
-        await registry.match(identity_from_der(odd.der), pinned=False)
+        await registry.match(identity_from_der(odd.der), exact_only=False)
     assert registry.ready
-    assert ids(await registry.match(identity_from_der(san_cert.der), pinned=False)) == ["api"]
+    assert ids(await registry.match(identity_from_der(san_cert.der), exact_only=False)) == ["api"]
 
 
 # ------------------------------------------------------------------ writes
@@ -411,13 +411,13 @@ async def test_a_change_reaches_another_replica(
     replica = await make_registry()
     identity = identity_from_der(san_cert.der)
     await writer.put(client("api", ("X509SanDns", "api.example.org")))
-    assert ids(await replica.match(identity, pinned=False)) == ["api"]
+    assert ids(await replica.match(identity, exact_only=False)) == ["api"]
     generation = replica.generation
 
     await writer.remove("api")
 
     async def refused() -> bool:
-        return not (await replica.match(identity, pinned=False)).matches
+        return not (await replica.match(identity, exact_only=False)).matches
 
     await eventually(refused, "the replica refuses the removed client")
     assert replica.generation > generation
@@ -426,7 +426,7 @@ async def test_a_change_reaches_another_replica(
     await writer.put(client("api2", ("X509SanUri", "spiffe://example.org/ns/prod/sa/api")))
 
     async def accepted() -> bool:
-        return ids(await replica.match(identity, pinned=False)) == ["api2"]
+        return ids(await replica.match(identity, exact_only=False)) == ["api2"]
 
     await eventually(accepted, "the replica accepts the added client")
 
@@ -438,19 +438,19 @@ async def test_a_replica_that_missed_messages_resyncs(
     replica = await make_registry()
     identity = identity_from_der(san_cert.der)
     await writer.put(client("api", ("X509SanDns", "api.example.org")))
-    assert ids(await replica.match(identity, pinned=False)) == ["api"]
-    assert ids(await replica.match(identity, pinned=False)) == ["api"]  # cached now
+    assert ids(await replica.match(identity, exact_only=False)) == ["api"]
+    assert ids(await replica.match(identity, exact_only=False)) == ["api"]  # cached now
 
     # A change the replica never hears of (no PUBLISH), then its subscription drops.
     keys = KeySchema(PREFIX)
     await raw.hdel(keys.clients, "api")
     await raw.hdel(keys.index, "dns:api.example.org")
     await raw.hincrby(keys.meta, "generation", 1)
-    assert ids(await replica.match(identity, pinned=False)) == ["api"]  # still cached
+    assert ids(await replica.match(identity, exact_only=False)) == ["api"]  # still cached
     await raw.client_kill_filter(_type="pubsub")
 
     async def resynced() -> bool:
-        return replica.ready and not (await replica.match(identity, pinned=False)).matches
+        return replica.ready and not (await replica.match(identity, exact_only=False)).matches
 
     await eventually(resynced, "the replica drops its cache after reconnecting")
 
@@ -467,21 +467,21 @@ async def test_redis_outage_serves_cached_matches_until_max_stale(
         return registry.applied_generation == 1
 
     await eventually(applied, "the registry hears of its own write")
-    assert ids(await registry.match(known, pinned=False)) == ["api"]  # now in the cache
+    assert ids(await registry.match(known, exact_only=False)) == ["api"]  # now in the cache
     assert registry.ready
     generation = registry.generation
 
     redis_server.kill()
     # Cached: served.  Not cached: 503, never a guess.
-    assert ids(await registry.match(known, pinned=False)) == ["api"]
+    assert ids(await registry.match(known, exact_only=False)) == ["api"]
     with pytest.raises(RegistryUnavailable):
-        await registry.match(unknown, pinned=False)
+        await registry.match(unknown, exact_only=False)
     assert not registry.ready
     assert registry.generation > generation  # connections re-check now
 
     async def expired() -> bool:
         try:
-            await registry.match(known, pinned=False)
+            await registry.match(known, exact_only=False)
         except RegistryUnavailable:
             return True
         return False
@@ -501,7 +501,7 @@ async def test_redis_outage_serves_cached_matches_until_max_stale(
     await writer.put(client("api", ("X509SanDns", "api.example.org")))
 
     async def served_again() -> bool:
-        return ids(await registry.match(known, pinned=False)) == ["api"]
+        return ids(await registry.match(known, exact_only=False)) == ["api"]
 
     await eventually(served_again, "lookups succeed again")
 
@@ -613,12 +613,12 @@ def sentinel(redis_server: RedisServer) -> Iterator[RedisServer]:
 async def _two_replicas_agree(writer: RedisRegistry, replica: RedisRegistry, cert: Issued) -> None:
     identity = identity_from_der(cert.der)
     await writer.replace_all([client("a", ("X509SanDns", "api.example.org"))])
-    assert ids(await replica.match(identity, pinned=False)) == ["a"]
+    assert ids(await replica.match(identity, exact_only=False)) == ["a"]
     await writer.put(client("b", ("X509SanUri", "spiffe://example.org/ns/prod/sa/api")))
     await writer.remove("a")
 
     async def moved() -> bool:
-        return ids(await replica.match(identity, pinned=False)) == ["b"]
+        return ids(await replica.match(identity, exact_only=False)) == ["b"]
 
     await eventually(moved, "the replica follows the writer")
     assert replica.ready

@@ -70,7 +70,7 @@ def _ids(result: MatchResult) -> set[str]:
 def test_index(pki: Pki, uri: str, expected: set[str]) -> None:
     identity = identity_from_der(pki.client("w", uris=[uri]).der)
     result = ClientIndex(CLIENTS).match(
-        identity, pinned=False, now=dt.datetime.now(dt.UTC), chains=Facts()
+        identity, exact_only=False, now=dt.datetime.now(dt.UTC), chains=Facts()
     )
     assert _ids(result) == expected
 
@@ -79,12 +79,12 @@ def test_other_domain_matches_once_its_bundle_vouches(pki: Pki) -> None:
     identity = identity_from_der(pki.client("w", uris=["spiffe://other.org/a/b"]).der)
     facts = Facts(domains=frozenset({"other.org"}))
     result = ClientIndex(CLIENTS).match(
-        identity, pinned=False, now=dt.datetime.now(dt.UTC), chains=facts
+        identity, exact_only=False, now=dt.datetime.now(dt.UTC), chains=facts
     )
     assert _ids(result) == {"domain"}
     bad_leaf = Facts(domains=frozenset({"other.org"}), svid_problem_text="no digitalSignature")
     result = ClientIndex(CLIENTS).match(
-        identity, pinned=False, now=dt.datetime.now(dt.UTC), chains=bad_leaf
+        identity, exact_only=False, now=dt.datetime.now(dt.UTC), chains=bad_leaf
     )
     assert result.client is None and "no digitalSignature" in result.reason
 
@@ -109,7 +109,7 @@ async def test_redis_finds_the_same_candidates(pki: Pki, tmp_path: Path) -> None
         for uri, expected in CASES:
             identity = identity_from_der(pki.client("w", uris=[uri]).der)
             for _ in range(2):  # a miss, then a cache hit
-                result = await registry.match(identity, pinned=False, chains=Facts())
+                result = await registry.match(identity, exact_only=False, chains=Facts())
                 assert _ids(result) == expected, uri
     finally:
         await registry.close()

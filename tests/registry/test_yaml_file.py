@@ -148,7 +148,7 @@ def test_dump_then_parse_round_trips(registry_file: Path) -> None:
 
 async def test_match_get_and_list(registry_file: Path, client_cert: Issued) -> None:
     registry = YamlRegistry(registry_file)
-    result = await registry.match(identity_from_der(client_cert.der), pinned=False)
+    result = await registry.match(identity_from_der(client_cert.der), exact_only=False)
     assert result.client is not None and result.client.client_id == "mtls.client"
     assert (await registry.get("mtls.tb")) is not None
     assert await registry.get("nobody") is None
@@ -166,7 +166,7 @@ async def test_broken_reload_keeps_the_old_index(registry_file: Path, client_cer
     assert await registry.reload() is False
     assert registry.reload_failures == 1
     assert registry.index is index and registry.generation == generation
-    assert (await registry.match(identity, pinned=False)).client is not None
+    assert (await registry.match(identity, exact_only=False)).client is not None
 
     _write(registry_file, [registry_client("x", thumbprint_secret("zz"))])  # valid YAML, bad client
     assert await registry.reload() is False
@@ -177,7 +177,7 @@ async def test_broken_reload_keeps_the_old_index(registry_file: Path, client_cer
     assert await registry.reload() is True
     assert registry.reload_failures == 2
     assert registry.generation == generation + 1
-    result = await registry.match(identity, pinned=False)
+    result = await registry.match(identity, exact_only=False)
     assert result.client is not None and result.client.client_id == "renamed"
 
 

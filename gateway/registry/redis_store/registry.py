@@ -200,16 +200,16 @@ class RedisRegistry:
     # ------------------------------------------------------------------- reads
 
     async def match(
-        self, identity: CertificateIdentity, *, pinned: bool, chains: ChainFacts | None = None
+        self, identity: CertificateIdentity, *, exact_only: bool, chains: ChainFacts | None = None
     ) -> MatchResult:
         fields = identity_fields(identity)
         if self._synced:
             cached = self._cache.candidates(fields)
             if cached is not None:
                 self.cache_hits += 1
-                return self._evaluate(cached, identity, pinned, chains)
+                return self._evaluate(cached, identity, exact_only, chains)
         elif not self._reachable:
-            return self._stale_match(fields, identity, pinned, chains)
+            return self._stale_match(fields, identity, exact_only, chains)
         self.cache_misses += 1
         try:
             clients = await self._fetch(fields)
@@ -218,8 +218,8 @@ class RedisRegistry:
                 log.error("registry: lookup refused by Redis: %s", exc)
                 raise RegistryUnavailable(f"{self._description}: {explain(exc)}") from None
             self._lost(f"lookup failed: {exc}")
-            return self._stale_match(fields, identity, pinned, chains)
-        return self._evaluate(clients, identity, pinned, chains)
+            return self._stale_match(fields, identity, exact_only, chains)
+        return self._evaluate(clients, identity, exact_only, chains)
 
     async def get(self, client_id: str) -> Client | None:
         if self._synced:
@@ -256,7 +256,7 @@ class RedisRegistry:
         self,
         clients: Iterable[Client],
         identity: CertificateIdentity,
-        pinned: bool,
+        exact_only: bool,
         chains: ChainFacts | None = None,
     ) -> MatchResult:
         wanted = set(identity_lookup_keys(identity))
@@ -267,7 +267,7 @@ class RedisRegistry:
             if secret_lookup_key(secret) in wanted
         ]
         return evaluate(
-            candidates, identity, pinned=pinned, now=dt.datetime.now(dt.UTC), chains=chains
+            candidates, identity, exact_only=exact_only, now=dt.datetime.now(dt.UTC), chains=chains
         )
 
     async def _fetch(self, fields: Sequence[str]) -> list[Client]:
@@ -302,7 +302,7 @@ class RedisRegistry:
         self,
         fields: Sequence[str],
         identity: CertificateIdentity,
-        pinned: bool,
+        exact_only: bool,
         chains: ChainFacts | None = None,
     ) -> MatchResult:
         # Only a positive answer is served stale: a certificate that matched
@@ -310,7 +310,7 @@ class RedisRegistry:
         if self._within_max_stale():
             cached = self._cache.candidates(fields)
             if cached is not None:
-                result = self._evaluate(cached, identity, pinned, chains)
+                result = self._evaluate(cached, identity, exact_only, chains)
                 if result.matches:
                     return result
         raise RegistryUnavailable(f"{self._description} is unreachable")
