@@ -24,7 +24,7 @@ from gateway.headers import (
     upstream_request_headers,
 )
 from gateway.metrics import Metrics
-from gateway.observability import CountingResponse, RequestFacts, facts
+from gateway.observability import RequestFacts, facts
 from gateway.paths import (
     ambiguous_dot_segment,
     encode_path,
@@ -277,22 +277,31 @@ class Proxy:
             # connection back first, then send head and body in one write.
             body = conn.take_body()
             conn.finish()
+            # Counted here, not in a write() override: that cost a coroutine
+            # frame per write on the hot path.
+            info.body_bytes = 0 if method == "HEAD" else len(body)
             await response.prepare(request)
             await response.write_eof(body)
             return response
+        sent = 0
         try:
             await response.prepare(request)
             # The head goes out with the first body chunk, or alone at once
             # when none is buffered yet (a slow stream must see its head).
-            await response.write(conn.take_body())
-            while chunk := await conn.read():
+            chunk = conn.take_body()
+            while True:
+                sent += len(chunk)
                 await response.write(chunk)
+                chunk = await conn.read()
+                if not chunk:
+                    break
         except (UpstreamError, aiohttp.ClientError, OSError) as exc:
             # Headers are gone already: the only honest signal left is to
             # cut the connection, so the client sees a truncated response.
             name = exc.label if isinstance(exc, UpstreamError) else type(exc).__name__
             log.warning("upstream failed mid-response: %s", name)
             info.upstream_error = f"mid-response: {name}"
+            info.body_bytes = sent
             _abandon(conn, sender)
             if request.transport is not None:
                 request.transport.abort()
@@ -306,6 +315,7 @@ class Proxy:
             _abandon(conn, sender)
         else:
             conn.finish()
+        info.body_bytes = sent
         await response.write_eof()
         return response
 
@@ -392,7 +402,7 @@ def _is_websocket(request: web.Request) -> bool:
     )
 
 
-class _RelayResponse(CountingResponse):
+class _RelayResponse(web.StreamResponse):
     """A StreamResponse whose head waits for the first body bytes.
 
     aiohttp's StreamResponse writes its head at once, so every relayed

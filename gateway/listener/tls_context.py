@@ -102,6 +102,10 @@ def build_server_context(
     mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if client_certs == "required" else 0)
     ctx.set_verify(mode, _end_untrusted if untrusted == "alert" else _record_verdict)
     ctx.set_session_id(_SESSION_ID_CONTEXT)
+    # Stateless tickets (RFC 8446 §4.6.1, RFC 5077) resume without a server-side
+    # cache; OpenSSL's internal cache would keep every session, peer
+    # certificate included, for up to 20,000 connections after they closed.
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_alpn_select_callback(_select_alpn)
     return ctx
 

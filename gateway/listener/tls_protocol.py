@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
+from gateway.listener.records import RecordFramer
 from gateway.listener.session import TlsSession
 from gateway.listener.tls_context import openssl_reason
 from gateway.listener.verdict import handshake_failure_kind
@@ -63,6 +64,7 @@ class TlsServerProtocol(asyncio.Protocol):
         "_closing",
         "_conn",
         "_context",
+        "_framer",
         "_got_bytes",
         "_loop",
         "_observer",
@@ -71,6 +73,7 @@ class TlsServerProtocol(asyncio.Protocol):
         "_timeout",
         "_timer",
         "_transport",
+        "_unread",
     )
 
     def __init__(
@@ -95,6 +98,8 @@ class TlsServerProtocol(asyncio.Protocol):
         self._closing = False
         self._read_paused = False
         self._got_bytes = False
+        self._framer = RecordFramer()
+        self._unread = 0  # complete records not yet read through recv
 
     # -- from the transport below -------------------------------------------------
 
@@ -116,6 +121,9 @@ class TlsServerProtocol(asyncio.Protocol):
             self._handshake_step(conn, data)
             return
         conn.bio_write(data)
+        records = self._framer.feed(data)
+        if self._unread >= 0:
+            self._unread += records
         self._deliver(conn)
 
     def eof_received(self) -> bool | None:
@@ -163,6 +171,7 @@ class TlsServerProtocol(asyncio.Protocol):
                 self._close_transport()
                 return
         conn.bio_write(data)
+        self._framer.feed(data)  # record boundaries are followed from the first byte
         try:
             conn.do_handshake()
         except SSL.WantReadError:
@@ -213,18 +222,31 @@ class TlsServerProtocol(asyncio.Protocol):
         self._app = app
         app.connection_made(self._app_transport)
         if self._app is not None and not self._closing:
-            # TLS 1.3 clients often send the first request with their Finished.
+            # TLS 1.3 clients often send the first request with their Finished:
+            # records that arrived with the handshake are read until none is
+            # left (they were not counted), then counting takes over.
+            self._unread = -1
             self._deliver(conn)
 
     # -- plaintext both ways -------------------------------------------------------
 
     def _deliver(self, conn: SSL.Connection) -> None:
+        """Read the complete records' plaintext into the protocol, one recv each.
+
+        ``_unread`` counts complete records not read yet; -1 means "uncounted:
+        read until OpenSSL has nothing", once, right after the handshake.
+        """
         app = self._app
-        while app is not None and not self._read_paused and not self._closing:
+        while self._unread and app is not None and not self._read_paused and not self._closing:
+            if self._unread > 0:
+                self._unread -= 1
             try:
                 plaintext = conn.recv(RECORD_PLAINTEXT)
             except SSL.WantReadError:
-                return
+                if self._unread < 0:
+                    self._unread = 0  # drained: counting from here on
+                    return
+                continue  # a record without application data (KeyUpdate, ticket)
             except SSL.ZeroReturnError:
                 self._close_notify_received(app)
                 return

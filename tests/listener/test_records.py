@@ -1,0 +1,45 @@
+"""gateway.listener.records: record boundaries under any segmentation."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.listener.records import RecordFramer
+
+
+def _record(body_length: int) -> bytes:
+    return bytes([23, 3, 3]) + body_length.to_bytes(2, "big") + b"x" * body_length
+
+
+@given(
+    lengths=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+)
+def test_complete_records_are_counted_once_whatever_the_segments(
+    lengths: list[int], cuts: list[int]
+) -> None:
+    stream = b"".join(_record(n) for n in lengths)
+    points = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    framer = RecordFramer()
+    seen = 0
+    for start, end in itertools.pairwise(points):
+        seen += framer.feed(stream[start:end])
+        # Never more than the records whose last byte has arrived.
+        ends, total = 0, 0
+        for n in lengths:
+            total += 5 + n
+            ends += total <= end
+        assert seen == ends
+    assert seen == len(lengths)
+
+
+def test_a_header_split_across_segments() -> None:
+    framer = RecordFramer()
+    record = _record(10)
+    assert framer.feed(record[:2]) == 0
+    assert framer.feed(record[2:7]) == 0
+    assert framer.feed(record[7:] + record[:3]) == 1
+    assert framer.feed(record[3:]) == 1
