@@ -331,7 +331,9 @@ _values = st.text(
     ),
     min_size=1,
     max_size=40,
-)
+    # cryptography refuses a CN longer than 64 UTF-8 bytes (X.520 ub-common-name
+    # is 64 characters; it counts bytes): such names cannot exist here.
+).filter(lambda value: len(value.encode("utf-8")) <= 64)
 
 
 @st.composite
