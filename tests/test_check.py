@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,8 @@ import yaml
 from gateway.config import load_config
 from gateway.runtime import assemble
 from gateway.server import start_gateway
-from tests.registry.conftest import RedisServer, require_redis_server
+from tests.registry.conftest import RedisServer
+from tests.registry.conftest import redis_server as redis_server  # the fixture
 from tests.test_cli import error_lines, run_cli
 from tests.test_config import write_spec_example
 
@@ -20,17 +20,6 @@ from tests.test_config import write_spec_example
 @pytest.fixture
 def spec(tmp_path: Path) -> Path:
     return write_spec_example(tmp_path / "conf")
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    require_redis_server()
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _variant(spec: Path, change: dict[str, Any]) -> Path:

@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,12 @@ from tests.conftest import (
     write_config,
 )
 from tests.pki import Issued, Pki, dn
-from tests.registry.conftest import RedisServer, require_redis_server
+from tests.registry.conftest import RedisServer
+from tests.registry.conftest import redis_server as redis_server  # the fixture
 
 PREFIX = "gw-test:"
 CLIENT_DN = "CN=client, OU=production, O=company"
 POLL_LIMIT = 10.0  # bound for polling loops; the latency itself is reported, not asserted
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    require_redis_server()
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def redis_registry(url: str, **options: Any) -> dict[str, Any]:
