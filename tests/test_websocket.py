@@ -56,6 +56,10 @@ def _upstream_app(record: asyncio.Queue[tuple[int | None, str]]) -> web.Applicat
             if msg.type is WSMsgType.TEXT and msg.data.startswith("close "):
                 _, code, reason = msg.data.split(" ", 2)
                 await sock.close(code=int(code), message=reason.encode())
+            elif msg.type is WSMsgType.TEXT and msg.data == "vanish":
+                assert request.transport is not None
+                request.transport.abort()  # no close frame: the TCP connection just ends
+                break
             elif msg.type is WSMsgType.TEXT and msg.data.startswith("send "):
                 await sock.send_bytes(b"u" * int(msg.data.split()[1]))
             elif msg.type is WSMsgType.TEXT:
@@ -138,6 +142,28 @@ async def test_caller_close_code_and_reason_reach_the_upstream_and_are_echoed(
         assert await _upstream_saw(ws_upstream) == (4002, "user logged out")
         # RFC 6455 §5.5.1: the answer to a close frame echoes its code.
         assert ws.close_code == 4002
+
+
+async def test_upstream_vanishing_without_a_close_frame_closes_the_caller_with_1014(
+    make_gateway: MakeGateway, ws_upstream: WsUpstream, client_cert: Issued
+) -> None:
+    gw = await _gateway(make_gateway, ws_upstream)
+    async with gw.session(client_cert) as session, session.ws_connect(gw.url + "/ws") as ws:
+        await ws.send_str("vanish")
+        assert await _closed_with(ws) == (1014, "the upstream connection was lost")
+
+
+async def test_gateway_stopping_with_a_socket_open_tells_the_upstream_with_1001(
+    make_gateway: MakeGateway, ws_upstream: WsUpstream, client_cert: Issued
+) -> None:
+    gw = await _gateway(make_gateway, ws_upstream)
+    async with gw.session(client_cert) as session, session.ws_connect(gw.url + "/ws") as ws:
+        await ws.send_str("hello")
+        assert await ws.receive_str(timeout=PATIENCE) == "hello"
+        # The grace period runs out with the socket still open.  (The caller's
+        # connection is closed by aiohttp's server before the relay hears of it.)
+        await gw.running.stop(grace=0.2)
+    assert await _upstream_saw(ws_upstream) == (1001, "the gateway is shutting down")
 
 
 # --- the message-size limit ----------------------------------------------------------
@@ -324,3 +350,27 @@ async def test_socket_closed_with_1008_when_its_certificate_is_revoked(
     assert code == 1008
     assert "revoked" in reason
     assert elapsed < 5.0, elapsed
+
+
+async def test_socket_on_a_token_route_closed_with_1008_when_its_client_is_disabled(
+    make_gateway: MakeGateway, ws_upstream: WsUpstream, pki: Pki
+) -> None:
+    alice = pki.client("alice")
+    gw = await make_gateway(
+        clients=[ALICE, BOB],
+        routes=[{"prefix": "/", "upstream": ws_upstream.url, "auth": "token"}],
+    )
+    async with gw.session(alice) as session:
+        grant = {"grant_type": "client_credentials", "client_id": "alice"}
+        async with session.post(gw.url + "/connect/token", data=grant) as response:
+            assert response.status == 200
+            token = (await response.json())["access_token"]
+        async with session.ws_connect(
+            gw.url + "/ws", headers={"Authorization": f"Bearer {token}"}
+        ) as ws:
+            await ws.send_str("hello")
+            assert await ws.receive_str(timeout=PATIENCE) == "hello"
+            _write_registry(gw, [{**ALICE, "enabled": False}, BOB])
+            code, reason = await _closed_with(ws)
+    assert code == 1008
+    assert reason == "the token's client is no longer registered or enabled"
