@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,12 +19,15 @@ import pytest
 import yaml
 from aiohttp import WSMsgType, web
 
+from gateway.config import ConfigError, load_config
+from gateway.websocket import WebSocketLimits
 from tests.conftest import (
     GatewayUnderTest,
     MakeGateway,
     Upstream,
     name_secret,
     registry_client,
+    write_config,
 )
 from tests.pki import Issued, Pki
 from tests.test_revocation import write_crl
@@ -116,6 +120,45 @@ async def _closed_with(ws: aiohttp.ClientWebSocketResponse[bool]) -> tuple[int, 
 async def _upstream_saw(upstream: WsUpstream) -> tuple[int | None, str]:
     async with asyncio.timeout(PATIENCE):
         return await upstream.closes.get()
+
+
+# --- the configuration keys ---------------------------------------------------------
+
+ROUTES = [{"prefix": "/", "upstream": "http://127.0.0.1:1", "auth": "client"}]
+
+
+def test_limits_default_to_4_mib_and_300_s_and_are_read_from_limits(
+    tmp_path: Path, pki: Pki
+) -> None:
+    path, _ = write_config(tmp_path, pki, clients=[], routes=ROUTES)
+    assert WebSocketLimits.from_config(load_config(path, env={}).limits) == WebSocketLimits(
+        4 * MiB, 300.0
+    )
+    limits = {"websocket_max_message_bytes": 1024, "websocket_idle_timeout": 2.5}
+    path, _ = write_config(tmp_path, pki, clients=[], routes=ROUTES, extra={"limits": limits})
+    assert WebSocketLimits.from_config(load_config(path, env={}).limits) == WebSocketLimits(
+        1024, 2.5
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("websocket_max_message_bytes", 0),
+        ("websocket_max_message_bytes", "4MiB"),
+        ("websocket_max_message_bytes", True),
+        ("websocket_idle_timeout", 0),
+        ("websocket_idle_timeout", -1),
+    ],
+)
+def test_a_bad_limit_is_one_problem_naming_file_and_key(
+    tmp_path: Path, pki: Pki, key: str, value: Any
+) -> None:
+    path, _ = write_config(tmp_path, pki, clients=[], routes=ROUTES, extra={"limits": {key: value}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(f"{path}:limits.{key}: expected a positive")
 
 
 # --- close codes and reasons ---------------------------------------------------------
@@ -338,7 +381,7 @@ async def test_socket_closed_with_1008_when_its_client_is_disabled(
 
 
 async def test_socket_closed_with_1008_when_its_certificate_is_revoked(
-    make_gateway: MakeGateway, ws_upstream: WsUpstream, pki: Pki, tmp_path: Any
+    make_gateway: MakeGateway, ws_upstream: WsUpstream, pki: Pki, tmp_path: Path
 ) -> None:
     alice, bob = pki.client("alice"), pki.client("bob")
     crl_path = tmp_path / "ca.crl"
