@@ -188,7 +188,7 @@ class LimitsConfig:
     # 503 and is closed after its handshake.  Each idle TLS connection holds
     # memory until a timeout ends it, so the number must be bounded.
     max_connections: int = 10000
-    # WebSocket messages (gateway/websocket.py): the largest one relayed either
+    # WebSocket messages (gateway/websocket/): the largest one relayed either
     # way (one byte more closes both sides with 1009, RFC 6455 §7.4.1), and the
     # seconds without any frame either way (pings count) before both sides are
     # closed with 1001.

@@ -1,6 +1,6 @@
 """Forwarding: route by longest prefix, enforce the route's policy, stream both ways.
 
-WebSocket upgrades are admitted here and relayed by gateway/websocket.py.
+WebSocket upgrades are admitted here and relayed by gateway/websocket/.
 """
 
 from __future__ import annotations
@@ -339,7 +339,7 @@ class Proxy:
         policy: RouteConfig,
         auth: ConnectionAuth | None,
     ) -> web.StreamResponse:
-        """Upgrade, then relay (gateway/websocket.py) while the caller stays admitted."""
+        """Upgrade, then relay (gateway/websocket/) while the caller stays admitted."""
         upstream = await connect_upstream(
             self._session,
             target,

@@ -8,6 +8,7 @@ and sockets closed when their client is removed, disabled or revoked.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -319,6 +320,7 @@ async def test_pings_pass_through_and_keep_the_socket_open(
 
 ALICE_DN = "CN=alice, OU=production, O=company"
 BOB_DN = "CN=bob, OU=production, O=company"
+CAROL_DN = "CN=carol, OU=production, O=company"
 ALICE = registry_client("alice", name_secret(ALICE_DN))
 BOB = registry_client("bob", name_secret(BOB_DN))
 
@@ -417,3 +419,19 @@ async def test_socket_on_a_token_route_closed_with_1008_when_its_client_is_disab
             code, reason = await _closed_with(ws)
     assert code == 1008
     assert reason == "the token's client is no longer registered or enabled"
+
+
+async def test_socket_closed_with_1008_when_its_certificate_expires(
+    make_gateway: MakeGateway, ws_upstream: WsUpstream, pki: Pki
+) -> None:
+    # Valid for a few seconds more: the socket outlives it.
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=3)
+    carol = pki.client("carol", not_after=soon)
+    gw = await _gateway(
+        make_gateway, ws_upstream, clients=[registry_client("carol", name_secret(CAROL_DN))]
+    )
+    async with gw.session(carol) as session, session.ws_connect(gw.url + "/ws") as ws:
+        await ws.send_str("hello")
+        assert await ws.receive_str(timeout=PATIENCE) == "hello"
+        assert await _closed_with(ws) == (1008, "certificate refused: certificate has expired")
+    assert dt.datetime.now(dt.UTC) >= soon

@@ -81,6 +81,11 @@ class OpenSockets:
 
     def forget(self, relay: Relay) -> None:
         self._watched.pop(relay, None)
+        if not self._watched and self._task is not None:
+            # Nothing left to watch: no task lingers (a gateway stopping
+            # would otherwise leave it pending when its loop closes).
+            self._task.cancel()
+            self._task = None
 
     async def _run(self) -> None:
         while self._watched:
