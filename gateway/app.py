@@ -32,6 +32,7 @@ from gateway.registry.factory import create_registry
 from gateway.state_metrics import GatewayStateCollector
 from gateway.tls import ListenerTls, TlsMaterialError
 from gateway.upstream import UpstreamPool
+from gateway.websocket import WebSocketLimits
 from gateway.worker_metrics import SYNC_SECONDS, CountersInMetrics
 
 if TYPE_CHECKING:
@@ -182,6 +183,7 @@ class Gateway:
             managed_headers=managed_header_keys(self.config.headers),
             token_checker=self.token_checker,
             metrics=self.metrics,
+            websocket_limits=WebSocketLimits.from_config(self.config.limits),
         )
         self.proxies.append(proxy)
         app.router.add_route("*", "/{tail:.*}", proxy.handle)

@@ -135,6 +135,10 @@ class Authenticator:
         self._forwarded = config
         self._proxies = TrustedSources(config.trusted_proxies if config else ())
 
+    def generation(self) -> tuple[int, int]:
+        """(registry, trust) generations now; a ConnectionAuth made at others is stale."""
+        return self._registry.generation, self._tls.trust.generation
+
     def from_trusted_proxy(self, request: web.Request) -> bool:
         """Is this request's peer one of the trusted proxies (after PROXY protocol)?"""
         return self._forwarded is not None and request.remote in self._proxies

@@ -188,6 +188,12 @@ class LimitsConfig:
     # 503 and is closed after its handshake.  Each idle TLS connection holds
     # memory until a timeout ends it, so the number must be bounded.
     max_connections: int = 10000
+    # WebSocket messages (gateway/websocket/): the largest one relayed either
+    # way (one byte more closes both sides with 1009, RFC 6455 §7.4.1), and the
+    # seconds without any frame either way (pings count) before both sides are
+    # closed with 1001.
+    websocket_max_message_bytes: int = 4 * 1024 * 1024
+    websocket_idle_timeout: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,6 +654,12 @@ def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
                 lim, "shutdown_timeout", _non_negative_number, d.shutdown_timeout
             ),
             max_connections=r.get(lim, "max_connections", _positive_int, d.max_connections),
+            websocket_max_message_bytes=r.get(
+                lim, "websocket_max_message_bytes", _positive_int, d.websocket_max_message_bytes
+            ),
+            websocket_idle_timeout=r.get(
+                lim, "websocket_idle_timeout", _positive_number, d.websocket_idle_timeout
+            ),
         )
     with r.at("logging"):
         lg = r.mapping(top.get("logging"), {"level", "format", "access_log"})

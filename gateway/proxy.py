@@ -1,4 +1,7 @@
-"""Forwarding: route by longest prefix, enforce the route's policy, stream both ways."""
+"""Forwarding: route by longest prefix, enforce the route's policy, stream both ways.
+
+WebSocket upgrades are admitted here and relayed by gateway/websocket/.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
-import yarl
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import Histogram
 
@@ -20,7 +22,6 @@ from gateway.errors import GatewayError, access_denied, bad_gateway, gateway_tim
 from gateway.headers import (
     OVERRIDE_HEADERS,
     downstream_response_fields,
-    header_key,
     upstream_request_headers,
 )
 from gateway.metrics import Metrics
@@ -40,6 +41,17 @@ from gateway.upstream import (
     UpstreamTimeout,
     UpstreamUnreachable,
     parse_origin,
+)
+from gateway.websocket import (
+    Closing,
+    OpenSockets,
+    WebSocketLimits,
+    accept_caller,
+    connect_upstream,
+    is_upgrade,
+    offered_protocols,
+    refusal,
+    relay,
 )
 
 log = logging.getLogger("gateway.proxy")
@@ -110,6 +122,7 @@ class Proxy:
         managed_headers: frozenset[str],
         token_checker: TokenChecker | None = None,
         metrics: Metrics | None = None,
+        websocket_limits: WebSocketLimits | None = None,
     ) -> None:
         self._metrics = metrics
         self._table = RouteTable(routes)
@@ -124,6 +137,9 @@ class Proxy:
         self._managed = managed_headers
         self._stripped = _stripped_per_route(routes, managed_headers)
         self._tokens = token_checker or TokenChecker()
+        self._ws_limits = websocket_limits or WebSocketLimits()
+        # Open WebSockets, re-admitted when the registry or trust generation moves.
+        self._sockets = OpenSockets(authenticator.generation)
 
     def reconfigure(self, routes: Sequence[RouteConfig]) -> None:
         """Swap the route table (config reload); no await, so no request sees half of it."""
@@ -176,20 +192,9 @@ class Proxy:
         info = facts(request)
         info.route = route.prefix
         injected: tuple[tuple[str, str], ...] = ()
+        auth: ConnectionAuth | None = None
         if policy.auth != "none":
-            auth = await self._auth.authenticate(request)
-            if auth.identity is not None:
-                info.thumbprint = auth.identity.thumbprint
-                info.client_id = auth.result.client.client_id if auth.result.client else None
-            if policy.auth == "token":
-                # The token names the client (a certificate may authenticate
-                # several), so the checker applies the client checks to it.
-                injected = await self._tokens.check(request, policy, auth)
-            else:
-                client = auth.require_client()
-                if policy.clients and client.client_id not in policy.clients:
-                    raise access_denied("this client is not allowed on this route")
-                injected = auth.headers
+            auth, injected = await self._admit(request, policy, info)
         if request.query_string:
             target += "?" + request.raw_path.partition("?")[2]
         host = _caller_authority(request) if policy.preserve_host else _authority(policy.upstream)
@@ -201,9 +206,26 @@ class Proxy:
             host=host,
             keep=_forwarded(request, via_proxy=self._auth.from_trusted_proxy(request)),
         )
-        if _is_websocket(request):
-            return await self._websocket(request, policy.upstream + target, headers, policy)
+        if is_upgrade(request.headers):
+            return await self._websocket(request, policy.upstream + target, headers, policy, auth)
         return await self._forward(request, target, headers, policy, info)
+
+    async def _admit(
+        self, request: web.Request, policy: RouteConfig, info: RequestFacts | None
+    ) -> tuple[ConnectionAuth, tuple[tuple[str, str], ...]]:
+        """The caller's identity and the headers it gets on this route, or GatewayError."""
+        auth = await self._auth.authenticate(request)
+        if info is not None and auth.identity is not None:
+            info.thumbprint = auth.identity.thumbprint
+            info.client_id = auth.result.client.client_id if auth.result.client else None
+        if policy.auth == "token":
+            # The token names the client (a certificate may authenticate
+            # several), so the checker applies the client checks to it.
+            return auth, await self._tokens.check(request, policy, auth)
+        client = auth.require_client()
+        if policy.clients and client.client_id not in policy.clients:
+            raise access_denied("this client is not allowed on this route")
+        return auth, auth.headers
 
     async def _forward(
         self,
@@ -320,86 +342,50 @@ class Proxy:
         return response
 
     async def _websocket(
-        self, request: web.Request, target: str, headers: CIMultiDict[str], policy: RouteConfig
+        self,
+        request: web.Request,
+        target: str,
+        headers: CIMultiDict[str],
+        policy: RouteConfig,
+        auth: ConnectionAuth | None,
     ) -> web.StreamResponse:
-        protocols = [
-            p.strip()
-            for v in request.headers.getall("Sec-WebSocket-Protocol", ())
-            for p in v.split(",")
-            if p.strip()
-        ]
-        for name in list(headers):
-            if header_key(name).startswith("sec-websocket-"):
-                del headers[name]
-        ws_target = "ws" + target[4:] if target.startswith("http") else target
-        try:
-            async with asyncio.timeout(policy.timeout):
-                upstream_ws = await self._session.ws_connect(
-                    yarl.URL(ws_target, encoded=True),
-                    headers=headers,
-                    protocols=protocols,
-                    autoping=False,
-                )
-        except TimeoutError:
-            facts(request).upstream_error = "response timeout"
-            raise gateway_timeout("the upstream did not answer in time") from None
-        except aiohttp.WSServerHandshakeError as exc:
-            facts(request).upstream_error = f"WebSocket upgrade refused ({exc.status})"
-            raise bad_gateway(
-                f"the upstream refused the WebSocket upgrade ({exc.status})"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            facts(request).upstream_error = f"unreachable: {type(exc).__name__}"
-            raise bad_gateway("the upstream is unreachable") from None
-        downstream = web.WebSocketResponse(
-            protocols=[upstream_ws.protocol] if upstream_ws.protocol else (), autoping=False
+        """Upgrade, then relay (gateway/websocket/) while the caller stays admitted."""
+        upstream = await connect_upstream(
+            self._session,
+            target,
+            headers,
+            protocols=offered_protocols(request.headers),
+            within=policy.timeout,
+            limits=self._ws_limits,
+            info=facts(request),
         )
-        await downstream.prepare(request)
         try:
-            await _relay_websocket(downstream, upstream_ws)
-        finally:
-            await upstream_ws.close()
-            await downstream.close()
-        return downstream
+            caller = await accept_caller(request, upstream.protocol, self._ws_limits)
+        except BaseException:
+            await upstream.close()
+            raise
+        recheck = None
+        if auth is not None:
 
+            async def recheck() -> Closing | None:
+                # The same decision as for the upgrade, at the registry and
+                # trust state of now (on token routes the token is verified again).
+                try:
+                    await self._admit(request, policy, None)
+                except GatewayError as exc:
+                    return refusal(exc)
+                return None
 
-async def _relay_websocket(
-    downstream: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
-) -> None:
-    async def pump(
-        source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    ) -> None:
-        async for msg in source:
-            if msg.type is WSMsgType.TEXT:
-                await sink.send_str(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                await sink.send_bytes(msg.data)
-            elif msg.type is WSMsgType.PING:
-                await sink.ping(msg.data)
-            elif msg.type is WSMsgType.PONG:
-                await sink.pong(msg.data)
-            else:
-                break
-        await sink.close()
-
-    tasks = [
-        asyncio.create_task(pump(downstream, upstream)),
-        asyncio.create_task(pump(upstream, downstream)),
-    ]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _is_websocket(request: web.Request) -> bool:
-    return (
-        request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in request.headers.get("Connection", "").lower()
-    )
+        await relay(
+            caller,
+            upstream,
+            self._ws_limits,
+            self._sockets,
+            recheck,
+            admitted_at=(auth.registry_generation, auth.trust_generation) if auth else None,
+            expires_at=auth.valid_until if auth else float("inf"),
+        )
+        return caller
 
 
 class _RelayResponse(web.StreamResponse):
