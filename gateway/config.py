@@ -188,6 +188,16 @@ class LimitsConfig:
     # 503 and is closed after its handshake.  Each idle TLS connection holds
     # memory until a timeout ends it, so the number must be bounded.
     max_connections: int = 10000
+    # A response write may stay blocked this long because the caller does not
+    # read (NGINX's send_timeout); then the connection is aborted and the
+    # upstream connection released.
+    send_timeout: float = 60.0
+    # A request body gets request_body_timeout seconds, plus one second per
+    # request_body_min_rate bytes received (Apache mod_reqtimeout's
+    # body=…,MinRate=…): a trickled body is cut (408), a large upload at a
+    # decent rate never is.  min_rate 0: the timeout is a total.
+    request_body_timeout: float = 30.0
+    request_body_min_rate: float = 500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,6 +658,13 @@ def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
                 lim, "shutdown_timeout", _non_negative_number, d.shutdown_timeout
             ),
             max_connections=r.get(lim, "max_connections", _positive_int, d.max_connections),
+            send_timeout=r.get(lim, "send_timeout", _positive_number, d.send_timeout),
+            request_body_timeout=r.get(
+                lim, "request_body_timeout", _positive_number, d.request_body_timeout
+            ),
+            request_body_min_rate=r.get(
+                lim, "request_body_min_rate", _non_negative_number, d.request_body_min_rate
+            ),
         )
     with r.at("logging"):
         lg = r.mapping(top.get("logging"), {"level", "format", "access_log"})

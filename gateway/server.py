@@ -183,6 +183,7 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
                 listener.tls,
                 http,
                 handshake_timeout=timeout,
+                send_timeout=limits.send_timeout,
                 proxy_protocol=listener.config.proxy_protocol,
                 proxy_refusals=listener.proxy_refusals,
             )
