@@ -21,7 +21,7 @@ from gateway.server import RunningGateway, start_gateway
 from tests.conftest import GatewayUnderTest, Upstream, write_config
 from tests.pki import Issued, Pki
 from tests.security.conftest import MTLS_CLIENT
-from tests.test_proxy import RawConnection, get
+from tests.test_proxy import RawConnection, RawResponse, get
 
 SHUTDOWN_TIMEOUT = 2.0
 # The issue's bound: the timeout as written, within 10 %.
@@ -73,13 +73,13 @@ async def _stop(running: RunningGateway) -> float:
     return time.monotonic() - started
 
 
-async def _cut_or_answered(conn: RawConnection) -> tuple[float, int | None]:
-    """When the connection ended (monotonic), and the status if an answer came first."""
+async def _cut_or_answered(conn: RawConnection) -> tuple[float, RawResponse | None]:
+    """When the connection ended (monotonic), and the answer if one came first."""
     try:
         response = await conn.read_response(timeout=4 * SHUTDOWN_TIMEOUT)
     except (asyncio.IncompleteReadError, ConnectionError, OSError):
         return time.monotonic(), None
-    return time.monotonic(), response.status
+    return time.monotonic(), response
 
 
 async def test_shutdown_timeout_lets_short_requests_finish_and_cuts_long_ones_on_time(
@@ -92,14 +92,16 @@ async def test_shutdown_timeout_lets_short_requests_finish_and_cuts_long_ones_on
     await asyncio.sleep(0.2)  # both requests are in flight upstream
     stop_started = time.monotonic()
     stopping = asyncio.create_task(_stop(own_gateway.running))
-    (_, short_status), (long_end, long_status) = await asyncio.gather(
+    (_, short_answer), (long_end, long_answer) = await asyncio.gather(
         _cut_or_answered(short), _cut_or_answered(long)
     )
     stop_took = await stopping
     await short.close()
     await long.close()
-    assert short_status == 200, "a request finishing inside shutdown_timeout was cut"
-    assert long_status is None, "a request outlasting shutdown_timeout was answered"
+    assert short_answer is not None, "a request finishing inside shutdown_timeout was cut"
+    assert short_answer.status == 200
+    assert short_answer.headers["Connection"] == "close"  # answered during the drain
+    assert long_answer is None, "a request outlasting shutdown_timeout was answered"
     cut_after = long_end - stop_started
     assert SHUTDOWN_TIMEOUT * (1 - TOLERANCE) <= cut_after <= SHUTDOWN_TIMEOUT * (1 + TOLERANCE), (
         f"the long request was cut {cut_after:.2f} s after stop (timeout {SHUTDOWN_TIMEOUT} s)"
@@ -116,3 +118,23 @@ async def test_stop_with_only_idle_keep_alive_connections_does_not_wait_for_the_
     assert await idle.at_eof()
     await idle.close()
     assert stop_took < SHUTDOWN_TIMEOUT / 2, f"stop took {stop_took:.2f} s with nothing in flight"
+
+
+async def test_answers_during_the_drain_carry_connection_close(
+    own_gateway: GatewayUnderTest, client_cert: Issued
+) -> None:
+    caller = await RawConnection.open(own_gateway, client_cert)
+    before = await caller.request(get("/now"))
+    assert before.status == 200 and "Connection" not in before.headers  # keep-alive
+    # What serve_forever does on SIGTERM for limits.drain_delay: /readyz fails,
+    # the listeners still accept and answer.
+    own_gateway.gateway.shutting_down = True
+    during = await caller.request(get("/now"))
+    assert during.status == 200
+    assert during.headers["Connection"] == "close"
+    assert await caller.at_eof()  # and the gateway closes it after the answer
+    await caller.close()
+    refused = await RawConnection.open(own_gateway, None)
+    answer = await refused.request(get("/now"))  # a refusal too
+    await refused.close()
+    assert (answer.status, answer.headers["Connection"]) == (401, "close")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import GatewayUnderTest, MakeGateway
+from tests.conftest import GatewayUnderTest, MakeGateway, Upstream
 from tests.pki import Issued
 from tests.security.conftest import MTLS_CLIENT
 from tests.test_proxy import RawConnection, get
@@ -127,3 +127,98 @@ async def test_a_caller_that_reads_slowly_but_steadily_is_not_cut(
     finally:
         await caller.close()
     assert received > 0
+
+
+BODY_TIMEOUT = 2.0
+TRICKLE_GAP = 1.5  # one byte every 1.5 s: far below any minimum rate, inside the route timeout
+
+
+@dataclass
+class SinkUpstream:
+    """Reads request bodies without answering; notes when the gateway lets go."""
+
+    port: int = 0
+    body: bytearray = field(default_factory=bytearray)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def sink_upstream() -> AsyncIterator[SinkUpstream]:
+    upstream = SinkUpstream()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            while data := await reader.read(65536):
+                upstream.body += data
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            upstream.released.set()
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    upstream.port = server.sockets[0].getsockname()[1]
+    yield upstream
+    server.close()
+    await server.wait_closed()
+
+
+async def _body_gateway(make_gateway: MakeGateway, upstream_url: str) -> GatewayUnderTest:
+    return await make_gateway(
+        clients=[MTLS_CLIENT],
+        routes=[{"prefix": "/", "upstream": upstream_url, "auth": "client", "timeout": 30}],
+        extra={"limits": {"request_body_timeout": BODY_TIMEOUT}},
+    )
+
+
+async def test_a_trickled_body_is_cut_with_408_and_the_upstream_released(
+    make_gateway: MakeGateway, sink_upstream: SinkUpstream, client_cert: Issued
+) -> None:
+    gw = await _body_gateway(make_gateway, sink_upstream.url)
+    caller = await RawConnection.open(gw, client_cert)
+    await caller.send("POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            for _ in range(100):
+                await caller.send("x")
+                await asyncio.sleep(TRICKLE_GAP)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        response = await caller.read_response(timeout=BODY_TIMEOUT + 6)
+    finally:
+        trickling.cancel()
+    took = time.monotonic() - started
+    assert response.status == 408
+    assert response.json()["error"] == "request_timeout"
+    assert response.headers["Connection"] == "close"  # the rest of the body is not awaited
+    assert took < BODY_TIMEOUT + TRICKLE_GAP, f"answered after {took:.2f} s"
+    async with asyncio.timeout(2):
+        await sink_upstream.released.wait()
+    assert 0 < len(sink_upstream.body) < 10
+    await caller.close()
+
+
+async def test_an_upload_longer_than_the_body_timeout_at_a_steady_rate_passes(
+    make_gateway: MakeGateway, echo_upstream: Upstream, client_cert: Issued
+) -> None:
+    gw = await _body_gateway(make_gateway, echo_upstream.url)
+    chunk, chunks, gap = b"y" * 16384, 16, 0.2  # 80 KiB/s, over 3.2 s > BODY_TIMEOUT
+    caller = await RawConnection.open(gw, client_cert)
+    await caller.send(
+        f"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(chunk) * chunks}\r\n\r\n"
+    )
+    for _ in range(chunks):
+        await caller.send("", chunk)
+        await asyncio.sleep(gap)
+    response = await caller.read_response()
+    await caller.close()
+    assert response.status == 200
+    assert response.json()["body_bytes"] == len(chunk) * chunks
