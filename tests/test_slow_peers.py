@@ -124,6 +124,7 @@ async def test_a_caller_that_reads_slowly_but_steadily_is_not_cut(
                         received += len(data)
                     pytest.fail("the gateway cut a caller that kept reading")
             await asyncio.sleep(SEND_TIMEOUT / 2)
+        assert not streaming_upstream.released.is_set()
     finally:
         await caller.close()
     assert received > 0

@@ -166,9 +166,9 @@ class TlsServerProtocol(asyncio.Protocol):
             self._app.resume_writing()
 
     def _send_expired(self) -> None:
+        # Also when already closing: a graceful close waits for the buffer to
+        # drain, which a caller that does not read would postpone for ever.
         self._timer = None
-        if self._closing:
-            return
         _send_timeouts.warning(
             "send_timeout: the caller stopped reading; connection aborted",
             event="send_timeout",
