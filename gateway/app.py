@@ -26,9 +26,10 @@ from gateway.headers import managed_header_keys
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.metrics import MULTIPROC_ENV, Metrics, create_metrics
 from gateway.observability import AccessLog, create_observer
-from gateway.proxy import BODY_LIMITS_KEY, Proxy, TokenChecker, defer_expectation
+from gateway.proxy import Proxy, TokenChecker
 from gateway.registry.base import Registry
 from gateway.registry.factory import create_registry
+from gateway.request_body import BODY_LIMITS_KEY, defer_expectation
 from gateway.state_metrics import GatewayStateCollector
 from gateway.tls import ListenerTls, TlsMaterialError
 from gateway.upstream import UpstreamPool

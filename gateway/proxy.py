@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from multidict import CIMultiDict
 from prometheus_client import Histogram
 
 from gateway.auth import Authenticator, ConnectionAuth
-from gateway.config import LimitsConfig, RouteConfig
+from gateway.config import RouteConfig
 from gateway.errors import GatewayError, access_denied, bad_gateway, gateway_timeout
 from gateway.headers import (
     OVERRIDE_HEADERS,
@@ -33,6 +32,7 @@ from gateway.paths import (
     readings_disagree,
     refused_character,
 )
+from gateway.request_body import body_too_slow, continue_if_expected, send_body
 from gateway.upstream import (
     Origin,
     UpstreamConnection,
@@ -45,13 +45,10 @@ from gateway.upstream import (
 
 log = logging.getLogger("gateway.proxy")
 
-STREAM_CHUNK = 64 * 1024
 # Routing results kept per decoded path (Proxy._handle): bounded in count and
 # in key length, so at most ~1 MiB of keys.
 _CACHED_PATHS = 4096
 _CACHED_PATH_LENGTH = 256
-# limits.request_body_* for _send_body, set on each listener app (app.py).
-BODY_LIMITS_KEY: web.AppKey[LimitsConfig] = web.AppKey("request_body_limits", LimitsConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +191,7 @@ class Proxy:
                     raise access_denied("this client is not allowed on this route")
                 injected = auth.headers
         if "Expect" in request.headers:
-            await _continue_if_expected(request)
+            await continue_if_expected(request)
         if request.query_string:
             target += "?" + request.raw_path.partition("?")[2]
         host = _caller_authority(request) if policy.preserve_host else _authority(policy.upstream)
@@ -246,7 +243,7 @@ class Proxy:
         sender: asyncio.Task[bool] | None = None
         if has_body:
             conn.body_sent = False
-            sender = self._loop.create_task(_send_body(request, conn, "Content-Length" in headers))
+            sender = self._loop.create_task(send_body(request, conn, "Content-Length" in headers))
         try:
             await conn.response_head()
         except UpstreamTimeout as exc:
@@ -260,7 +257,7 @@ class Proxy:
             raise gateway_timeout("the upstream did not answer in time") from None
         except UpstreamError as exc:
             _abandon(conn, sender)
-            if _body_too_slow(sender):
+            if body_too_slow(sender):
                 info.upstream_error = "request body too slow"
                 raise GatewayError(
                     408, "request_timeout", "the request body arrived too slowly"
@@ -439,104 +436,6 @@ def _request_head(method: str, target: str, headers: CIMultiDict[str], has_body:
     if head.count("\n") != len(lines) or head.count("\r") != len(lines):
         raise GatewayError(400, "invalid_request", "line break in a forwarded header")
     return head.encode("utf-8", "surrogateescape")
-
-
-async def defer_expectation(request: web.Request) -> None:
-    """The proxy route's expect handler: nothing is sent before the policy ran.
-
-    aiohttp's default handler answers ``100 Continue`` before any handler,
-    inviting the body of a request about to be refused with 401/403 (RFC 9110
-    §10.1.1: a 100 says the request will be accepted).  The proxy sends it
-    itself once routing and authentication passed (``_continue_if_expected``).
-    """
-
-
-async def _continue_if_expected(request: web.Request) -> None:
-    if request.version < (1, 1):
-        return  # RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue is ignored
-    if request.headers["Expect"].strip().lower() != "100-continue":
-        raise GatewayError(
-            417, "expectation_failed", "only the 100-continue expectation is supported"
-        )
-    if request.body_exists and not request.content.is_eof():
-        # As aiohttp's own handler does; the interim answer is not the response.
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
-
-
-async def _send_body(request: web.Request, conn: UpstreamConnection, has_length: bool) -> bool:
-    """Stream the caller's body upstream, one chunk in flight (backpressure both ways).
-
-    The route timeout is an idle timer while the body streams, not a total:
-    counting the whole upload against it turned every upload slower than the
-    timeout into a 504 although the upstream kept up, and pausing it while the
-    caller is silent would let a stalled caller hold an upstream connection
-    for ever.  So every chunk that moves re-arms it, and when it fires the
-    side we were waiting on is the one blamed (408 caller, 504 upstream).
-
-    A body trickled a byte per gap shorter than that timer would still hold
-    the route for ever, so the caller's whole body is also bounded, as
-    Apache's mod_reqtimeout does: ``limits.request_body_timeout`` seconds,
-    plus one second per ``request_body_min_rate`` bytes received.  Time spent
-    waiting for the upstream to take a chunk is not the caller's and is not
-    counted.  Returns True when the body was cut for that (proxy answers 408).
-    """
-    content = request.content
-    limits: LimitsConfig | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    allowed = 0.0  # loop time by which the caller must have sent the body
-    if not content.is_eof():  # else the whole body came with the head: nothing to bound
-        limits = request.app.get(BODY_LIMITS_KEY, _DEFAULT_LIMITS)
-        loop = asyncio.get_running_loop()
-        allowed = loop.time() + limits.request_body_timeout
-    try:
-        async with asyncio.timeout_at(allowed) if loop else _UNBOUNDED as window:
-            while True:
-                conn.progress(waiting_on_caller=True)
-                chunk = await content.read(STREAM_CHUNK)
-                if not chunk:
-                    break
-                conn.progress(waiting_on_caller=False)
-                if has_length:
-                    conn.write(chunk)
-                else:
-                    conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                if window is None:
-                    await conn.drain()  # returns once the upstream connection took the chunk
-                    continue
-                assert limits is not None and loop is not None
-                if limits.request_body_min_rate:
-                    allowed += len(chunk) / limits.request_body_min_rate
-                window.reschedule(None)  # the upstream's pace is not the caller's
-                paused = loop.time()
-                await conn.drain()
-                allowed += loop.time() - paused
-                window.reschedule(allowed)
-        if not has_length:
-            conn.write(b"0\r\n\r\n")
-        # All sent: from now on only the upstream's answer is awaited.
-        conn.progress(waiting_on_caller=False)
-        conn.body_sent = True
-    except UpstreamError:
-        pass  # the connection failed: the response side reports it
-    except TimeoutError:
-        # Too slow for limits.request_body_*: the exchange is dropped, and the
-        # response side answers 408 if no answer has started.
-        conn.close()
-        return True
-    except Exception:
-        # The caller's side failed (reset, malformed chunk): the upstream got
-        # a partial body, so the exchange is abandoned (502, as before).
-        conn.close()
-    return False
-
-
-def _body_too_slow(sender: asyncio.Task[bool] | None) -> bool:
-    return sender is not None and sender.done() and not sender.cancelled() and sender.result()
-
-
-_DEFAULT_LIMITS = LimitsConfig()
-_UNBOUNDED: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 def _abandon(conn: UpstreamConnection, sender: asyncio.Task[bool] | None) -> None:
