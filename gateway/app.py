@@ -21,7 +21,7 @@ from gateway.auth import Authenticator
 from gateway.config import ConfigError, GatewayConfig, ListenerConfig
 from gateway.config_reload import ConfigReloader
 from gateway.deadlines import ConnectionLimit
-from gateway.framing import refuse_unsafe_framing
+from gateway.framing import answer_policy, refuse_unsafe_framing
 from gateway.headers import managed_header_keys
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.metrics import MULTIPROC_ENV, Metrics, create_metrics
@@ -29,6 +29,7 @@ from gateway.observability import AccessLog, create_observer
 from gateway.proxy import Proxy, TokenChecker
 from gateway.registry.base import Registry
 from gateway.registry.factory import create_registry
+from gateway.request_body import BODY_LIMITS_KEY, defer_expectation
 from gateway.state_metrics import GatewayStateCollector
 from gateway.tls import ListenerTls, TlsMaterialError
 from gateway.upstream import UpstreamPool
@@ -173,6 +174,8 @@ class Gateway:
         )
         app[GATEWAY_KEY] = self
         app[LISTENER_KEY] = listener
+        app[BODY_LIMITS_KEY] = self.config.limits
+        app.on_response_prepare.append(answer_policy(lambda: self.shutting_down))
         for extend in self.extensions:
             extend(app, listener)
         proxy = Proxy(
@@ -186,7 +189,8 @@ class Gateway:
             websocket_limits=WebSocketLimits.from_config(self.config.limits),
         )
         self.proxies.append(proxy)
-        app.router.add_route("*", "/{tail:.*}", proxy.handle)
+        # 100 Continue only once the policy accepted the request (proxy.py).
+        app.router.add_route("*", "/{tail:.*}", proxy.handle, expect_handler=defer_expectation)
         return app
 
 

@@ -194,6 +194,16 @@ class LimitsConfig:
     # closed with 1001.
     websocket_max_message_bytes: int = 4 * 1024 * 1024
     websocket_idle_timeout: float = 300.0
+    # A response write may stay blocked this long because the caller does not
+    # read (NGINX's send_timeout); then the connection is aborted and the
+    # upstream connection released.
+    send_timeout: float = 60.0
+    # A request body gets request_body_timeout seconds, plus one second per
+    # request_body_min_rate bytes received (Apache mod_reqtimeout's
+    # body=…,MinRate=…): a trickled body is cut (408), a large upload at a
+    # decent rate never is.  min_rate 0: the timeout is a total.
+    request_body_timeout: float = 30.0
+    request_body_min_rate: float = 500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,6 +669,13 @@ def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
             ),
             websocket_idle_timeout=r.get(
                 lim, "websocket_idle_timeout", _positive_number, d.websocket_idle_timeout
+            ),
+            send_timeout=r.get(lim, "send_timeout", _positive_number, d.send_timeout),
+            request_body_timeout=r.get(
+                lim, "request_body_timeout", _positive_number, d.request_body_timeout
+            ),
+            request_body_min_rate=r.get(
+                lim, "request_body_min_rate", _non_negative_number, d.request_body_min_rate
             ),
         )
     with r.at("logging"):

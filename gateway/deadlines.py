@@ -22,13 +22,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from gateway.errors import GatewayError
 from gateway.forwarded import folded_certificate_hint
+from gateway.framing import SERVER_NAME
 from gateway.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway")
@@ -40,7 +41,7 @@ _OVER_CAPACITY_BODY = json.dumps(
 ).encode()
 _OVER_CAPACITY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Retry-After: 1\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nServer: " + SERVER_NAME.encode() + b"\r\n"
     b"Content-Length: " + str(len(_OVER_CAPACITY_BODY)).encode() + b"\r\n\r\n"
 ) + _OVER_CAPACITY_BODY
 
@@ -80,6 +81,9 @@ class JsonErrorRequestHandler(RequestHandler):
     The parser refuses bad framing, oversized heads and garbage before any
     handler runs, and aiohttp answers those in text/plain; callers of this
     gateway get every error in one shape: ``{"error", "error_description"}``.
+    These answers never reach the apps' ``on_response_prepare`` hook, so the
+    ``Server`` product name (framing.answer_policy) is set here; aiohttp would
+    fill in its version banner.
     """
 
     def handle_error(
@@ -101,6 +105,7 @@ class JsonErrorRequestHandler(RequestHandler):
             if hint is not None:
                 description = f"{description} ({hint})"
         response = GatewayError(status, error, description).response()
+        response.headers[hdrs.SERVER] = SERVER_NAME
         response.force_close()
         return response
 

@@ -33,6 +33,7 @@ from gateway.paths import (
     readings_disagree,
     refused_character,
 )
+from gateway.request_body import body_too_slow, continue_if_expected, send_body
 from gateway.upstream import (
     Origin,
     UpstreamConnection,
@@ -56,7 +57,6 @@ from gateway.websocket import (
 
 log = logging.getLogger("gateway.proxy")
 
-STREAM_CHUNK = 64 * 1024
 # Routing results kept per decoded path (Proxy._handle): bounded in count and
 # in key length, so at most ~1 MiB of keys.
 _CACHED_PATHS = 4096
@@ -195,6 +195,8 @@ class Proxy:
         auth: ConnectionAuth | None = None
         if policy.auth != "none":
             auth, injected = await self._admit(request, policy, info)
+        if "Expect" in request.headers:
+            await continue_if_expected(request)
         if request.query_string:
             target += "?" + request.raw_path.partition("?")[2]
         host = _caller_authority(request) if policy.preserve_host else _authority(policy.upstream)
@@ -260,10 +262,10 @@ class Proxy:
             info.upstream_error = f"unreachable: {exc}" if str(exc) else "unreachable"
             raise bad_gateway("the upstream is unreachable") from None
         conn.start(head, head_only=method == "HEAD", timeout=policy.timeout, deadline=deadline)
-        sender: asyncio.Task[None] | None = None
+        sender: asyncio.Task[bool] | None = None
         if has_body:
             conn.body_sent = False
-            sender = self._loop.create_task(_send_body(request, conn, "Content-Length" in headers))
+            sender = self._loop.create_task(send_body(request, conn, "Content-Length" in headers))
         try:
             await conn.response_head()
         except UpstreamTimeout as exc:
@@ -277,6 +279,11 @@ class Proxy:
             raise gateway_timeout("the upstream did not answer in time") from None
         except UpstreamError as exc:
             _abandon(conn, sender)
+            if body_too_slow(sender):
+                info.upstream_error = "request body too slow"
+                raise GatewayError(
+                    408, "request_timeout", "the request body arrived too slowly"
+                ) from None
             info.upstream_error = exc.label
             raise bad_gateway(f"the upstream failed: {exc.label}") from None
         except BaseException:
@@ -427,43 +434,7 @@ def _request_head(method: str, target: str, headers: CIMultiDict[str], has_body:
     return head.encode("utf-8", "surrogateescape")
 
 
-async def _send_body(request: web.Request, conn: UpstreamConnection, has_length: bool) -> None:
-    """Stream the caller's body upstream, one chunk in flight (backpressure both ways).
-
-    The route timeout is an idle timer while the body streams, not a total:
-    counting the whole upload against it turned every upload slower than the
-    timeout into a 504 although the upstream kept up, and pausing it while the
-    caller is silent would let a stalled caller hold an upstream connection
-    for ever.  So every chunk that moves re-arms it, and when it fires the
-    side we were waiting on is the one blamed (408 caller, 504 upstream).
-    """
-    content = request.content
-    try:
-        while True:
-            conn.progress(waiting_on_caller=True)
-            chunk = await content.read(STREAM_CHUNK)
-            if not chunk:
-                break
-            conn.progress(waiting_on_caller=False)
-            if has_length:
-                conn.write(chunk)
-            else:
-                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            await conn.drain()  # returns once the upstream connection took the chunk
-        if not has_length:
-            conn.write(b"0\r\n\r\n")
-        # All sent: from now on only the upstream's answer is awaited.
-        conn.progress(waiting_on_caller=False)
-        conn.body_sent = True
-    except UpstreamError:
-        pass  # the connection failed: the response side reports it
-    except Exception:
-        # The caller's side failed (reset, malformed chunk): the upstream got
-        # a partial body, so the exchange is abandoned (502, as before).
-        conn.close()
-
-
-def _abandon(conn: UpstreamConnection, sender: asyncio.Task[None] | None) -> None:
+def _abandon(conn: UpstreamConnection, sender: asyncio.Task[bool] | None) -> None:
     conn.close()
     if sender is not None and not sender.done():
         sender.cancel()

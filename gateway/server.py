@@ -26,6 +26,10 @@ from gateway.outbound.listener import OutboundListener
 
 log = logging.getLogger("gateway")
 
+# After shutdown_timeout: how long a cancelled handler gets to unwind before its
+# connection is closed under it (aiohttp's own second wait, kept short).
+_CUT_SECONDS = 0.05
+
 
 @dataclass
 class RunningGateway:
@@ -41,13 +45,29 @@ class RunningGateway:
         return [port for _, port in self.listener_addresses]
 
     async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let in-flight requests finish for ``grace`` seconds, cut the rest.
+
+        aiohttp's ``Server.shutdown(t)`` waits up to ``t`` for a handler, then
+        up to ``t`` again after cancelling its request body, so a request that
+        ignores the body ran to twice ``t``; and every idle keep-alive connection
+        held it for the whole ``t``.  So the deadline is kept here: idle
+        connections close at once (``pre_shutdown``), busy ones after their
+        answer (which carries ``Connection: close``, app.py), and whatever
+        still runs at ``grace`` is cancelled.
+        """
         self.gateway.shutting_down = True
         for server in self.servers:
             server.close()  # stop accepting; open connections stay
-        # Graceful: let in-flight requests finish, up to `grace` in all.
-        await asyncio.gather(
-            *(runner.server.shutdown(grace) for runner in self.runners if runner.server)
-        )
+        http_servers = [runner.server for runner in self.runners if runner.server]
+        for http_server in http_servers:
+            http_server.pre_shutdown()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                # No timeout of aiohttp's own: it returns when the handlers end.
+                await asyncio.gather(*(s.shutdown(None) for s in http_servers))
+        # Past the deadline: cancel the handlers still running (their upstream
+        # exchanges are abandoned) and close their connections.
+        await asyncio.gather(*(s.shutdown(_CUT_SECONDS) for s in http_servers))
         for runner in self.runners:
             await runner.cleanup()
         self.runners.clear()
@@ -163,6 +183,7 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
                 listener.tls,
                 http,
                 handshake_timeout=timeout,
+                send_timeout=limits.send_timeout,
                 proxy_protocol=listener.config.proxy_protocol,
                 proxy_refusals=listener.proxy_refusals,
             )

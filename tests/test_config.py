@@ -407,3 +407,28 @@ def test_an_env_variable_typo_is_reported_as_the_variable(spec_config: Path) -> 
         "env:MTLS_GATEWAY_LISTENERS__0__BND: unknown key listeners[0].bnd (expected one of: "
         "bind, forwarded_client_cert, proxy_protocol, public_url, tls)",
     ]
+
+
+# --------------------------------------------------------------------------- slow-peer limits
+
+
+def test_slow_peer_limits_have_defaults_and_are_read(spec_config: Path, tmp_path: Path) -> None:
+    defaults = load_config(spec_config, env={}).limits
+    assert (defaults.send_timeout, defaults.request_body_timeout) == (60.0, 30.0)
+    assert defaults.request_body_min_rate == 500.0
+    limits = {"send_timeout": 5, "request_body_timeout": 7.5, "request_body_min_rate": 0}
+    loaded = load_config(_config_with(spec_config, tmp_path, {"limits": limits}), env={}).limits
+    assert (loaded.send_timeout, loaded.request_body_timeout) == (5, 7.5)
+    assert loaded.request_body_min_rate == 0  # 0: request_body_timeout is a total
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("send_timeout", 0), ("request_body_timeout", -1), ("request_body_min_rate", "fast")],
+)
+def test_a_bad_slow_peer_limit_is_one_line_naming_file_and_key(
+    spec_config: Path, tmp_path: Path, key: str, value: object
+) -> None:
+    path = _config_with(spec_config, tmp_path, {"limits": {key: value}})
+    (problem,) = _problems(path)
+    assert problem.startswith(f"{path}:limits.{key}: ")

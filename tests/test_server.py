@@ -120,6 +120,8 @@ async def test_drain_delay_fails_readiness_while_still_serving(
                 assert r.status == 503
             async with session.get(f"https://localhost:{port}/still-serving") as r:
                 assert r.status == 200
+                # Keep-alive callers are told to go elsewhere while it drains.
+                assert r.headers["Connection"] == "close"
         assert process.wait(timeout=15) == 0
     finally:
         if process.poll() is None:

@@ -24,6 +24,7 @@ def tls_stack(
     http: ProtocolFactory,
     *,
     handshake_timeout: float,
+    send_timeout: float | None = None,
     proxy_protocol: ProxyProtocolConfig | None = None,
     proxy_refusals: ProxyRefusals | None = None,
 ) -> ProtocolFactory:
@@ -33,7 +34,11 @@ def tls_stack(
 
     def tls_layer() -> asyncio.Protocol:
         return TlsServerProtocol(
-            context, http, handshake_timeout=handshake_timeout, observer=observer
+            context,
+            http,
+            handshake_timeout=handshake_timeout,
+            observer=observer,
+            send_timeout=send_timeout,
         )
 
     if proxy_protocol is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,6 +28,10 @@ from gateway.listener.records import RecordFramer
 from gateway.listener.session import TlsSession
 from gateway.listener.tls_context import openssl_reason
 from gateway.listener.verdict import handshake_failure_kind
+from gateway.throttle import ThrottledWarning
+
+log = logging.getLogger("gateway")
+_send_timeouts = ThrottledWarning(log)
 
 # One TLS record carries at most 16 KiB of plaintext (RFC 8446 §5.1), and one
 # SSL_read returns at most one record: a larger buffer would only be allocated.
@@ -69,6 +74,7 @@ class TlsServerProtocol(asyncio.Protocol):
         "_loop",
         "_observer",
         "_read_paused",
+        "_send_timeout",
         "_session",
         "_timeout",
         "_timer",
@@ -83,10 +89,12 @@ class TlsServerProtocol(asyncio.Protocol):
         *,
         handshake_timeout: float,
         observer: HandshakeObserver,
+        send_timeout: float | None = None,
     ) -> None:
         self._context = context  # called per connection: a reload swaps what it returns
         self._app_factory = app_factory
         self._timeout = handshake_timeout
+        self._send_timeout = send_timeout
         self._observer = observer
         self._app: asyncio.Protocol | None = None
         self._app_transport = TlsTransport(self)
@@ -150,12 +158,32 @@ class TlsServerProtocol(asyncio.Protocol):
         self._conn = None
 
     def pause_writing(self) -> None:
+        # The socket's write buffer is over its high-water mark: the peer is
+        # not reading.  Like NGINX's send_timeout, a write may stay blocked
+        # that long; then the connection is aborted, which fails the blocked
+        # write in the HTTP layer, and the proxy drops the upstream exchange.
+        # One timer per stall, none on the request path.
         if self._app is not None:
+            if self._send_timeout is not None and self._timer is None:
+                self._timer = self._loop.call_later(self._send_timeout, self._send_expired)
             self._app.pause_writing()
 
     def resume_writing(self) -> None:
         if self._app is not None:
+            self._cancel_timer()  # after the handshake, the timer is only the send timer
             self._app.resume_writing()
+
+    def _send_expired(self) -> None:
+        # Also when already closing: a graceful close waits for the buffer to
+        # drain, which a caller that does not read would postpone for ever.
+        self._timer = None
+        _send_timeouts.warning(
+            "send_timeout: the caller stopped reading; connection aborted",
+            event="send_timeout",
+            peer=self._peer(),
+            seconds=self._send_timeout,
+        )
+        self.abort()
 
     # -- handshake -------------------------------------------------------------------
 

@@ -307,7 +307,14 @@ def assert_only_config_errors(
         return
     # Whatever loads holds numbers a timer can use.
     limits = config.limits
-    for number in (limits.header_read_timeout, limits.keepalive_timeout, limits.drain_delay):
+    for number in (
+        limits.header_read_timeout,
+        limits.keepalive_timeout,
+        limits.drain_delay,
+        limits.send_timeout,
+        limits.request_body_timeout,
+        limits.request_body_min_rate,
+    ):
         assert math.isfinite(number)
     for route in config.routes:
         assert math.isfinite(route.timeout) and math.isfinite(route.connect_timeout)
@@ -336,6 +343,8 @@ def test_any_value_anywhere_in_a_valid_config_raises_only_config_error(
         "limits: {header_read_timeout: .nan}",
         "limits: {keepalive_timeout: .inf}",
         "limits: {drain_delay: -.inf}",
+        "limits: {send_timeout: .inf}",
+        "limits: {request_body_min_rate: .nan}",
         f"limits: {{header_read_timeout: {'9' * 400}}}",
         "\x00\x01\x02",
         "%YAML 9.9\n---\na: 1",
