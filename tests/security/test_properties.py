@@ -120,7 +120,9 @@ def test_hop_by_hop_response_fields_are_dropped_in_any_spelling(
     upstream: CIMultiDict[str] = CIMultiDict([*kept, (hop, "x")])
     out = downstream_response_headers(CIMultiDictProxy(upstream))
     assert all(header_key(k) != header_key(hop) for k in out)
-    assert list(out.items()) == kept
+    # `Connection: x` also makes a field named X hop-by-hop (RFC 9110 §7.6.1).
+    named = {"x"} if header_key(hop) == "connection" else set()
+    assert list(out.items()) == [(k, v) for k, v in kept if header_key(k) not in named]
 
 
 # --- form parsing -------------------------------------------------------------------
