@@ -188,6 +188,10 @@ class LimitsConfig:
     # 503 and is closed after its handshake.  Each idle TLS connection holds
     # memory until a timeout ends it, so the number must be bounded.
     max_connections: int = 10000
+    # Idle keep-alive connections the proxy keeps per upstream origin (NGINX's
+    # upstream `keepalive 64`); past it the longest idle one is closed, so a
+    # burst of callers does not leave a socket per caller open upstream.
+    upstream_idle_connections: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +402,12 @@ def _non_negative_number(value: Any) -> float:
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"expected a positive whole number, got {value!r}")
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
     return value
 
 
@@ -648,6 +658,9 @@ def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
                 lim, "shutdown_timeout", _non_negative_number, d.shutdown_timeout
             ),
             max_connections=r.get(lim, "max_connections", _positive_int, d.max_connections),
+            upstream_idle_connections=r.get(
+                lim, "upstream_idle_connections", _non_negative_int, d.upstream_idle_connections
+            ),
         )
     with r.at("logging"):
         lg = r.mapping(top.get("logging"), {"level", "format", "access_log"})
