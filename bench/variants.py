@@ -9,6 +9,14 @@ process only, then hands over to ``gateway.cli.main``.  Used by RESULTS.md's
     MTLS_BENCH_COALESCE=1  aiohttp StreamResponse sends its headers with the first
                            body write instead of in a write of their own
     MTLS_BENCH_GC=1        gc.freeze() after imports and a gen-0 threshold of 50,000
+    MTLS_BENCH_NOFREEZE=1  the gc.freeze() server.py does at start becomes a no-op
+    MTLS_BENCH_TRIM=S      glibc malloc_trim(0) every S seconds, from a thread (ctypes)
+    MTLS_BENCH_POOL_IDLE=N the upstream pool keeps N idle connections per origin,
+                           whatever limits.upstream_idle_connections says (a large
+                           N is the unbounded pool before issue 12)
+    MTLS_BENCH_STATS=PATH  one JSON line a second appended to PATH: VmRSS, glibc
+                           mallinfo2 (heap in use / free but held), Python's
+                           allocated blocks, live pyOpenSSL connections
 
     python3 bench/compare.py --only gateway --gateway-command \
         "env MTLS_BENCH_TICKETS=1 python3 bench/variants.py"
@@ -16,12 +24,95 @@ process only, then hands over to ``gateway.cli.main``.  Used by RESULTS.md's
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
+import json
 import os
 import ssl
 import sys
+import threading
+import time
+import weakref
 from typing import Any
+
+
+class _MallInfo2(ctypes.Structure):
+    # glibc >= 2.33, struct mallinfo2 (malloc.h): all size_t.
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",  # bytes from sbrk (the main heap)
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",  # bytes in mmap'd chunks
+            "usmblks",
+            "fsmblks",
+            "uordblks",  # bytes in use
+            "fordblks",  # bytes free but held by malloc
+            "keepcost",  # of those, releasable at the top of the heap
+        )
+    ]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL("libc.so.6")
+
+
+def _vm_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _start_stats(path: str) -> None:
+    from OpenSSL import SSL
+
+    live: weakref.WeakSet[Any] = weakref.WeakSet()
+    init = SSL.Connection.__init__
+
+    def tracked(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        live.add(self)
+
+    SSL.Connection.__init__ = tracked  # type: ignore[method-assign]
+    libc = _libc()
+    libc.mallinfo2.restype = _MallInfo2
+
+    def report() -> None:
+        with open(path, "a") as out:
+            while True:
+                info = libc.mallinfo2()
+                line = {
+                    "time": round(time.time(), 1),
+                    "rss_kib": _vm_rss_kib(),
+                    "heap_kib": (info.arena + info.hblkhd) // 1024,
+                    "heap_in_use_kib": info.uordblks // 1024,
+                    "heap_free_kib": info.fordblks // 1024,
+                    "heap_top_releasable_kib": info.keepcost // 1024,
+                    "python_blocks": sys.getallocatedblocks(),
+                    "tls_connections_live": len(live),
+                    "gc_frozen": gc.get_freeze_count(),
+                }
+                out.write(json.dumps(line) + "\n")
+                out.flush()
+                time.sleep(1.0)
+
+    threading.Thread(target=report, name="bench-stats", daemon=True).start()
+
+
+def _start_trim(seconds: float) -> None:
+    libc = _libc()
+
+    def trim() -> None:
+        while True:
+            time.sleep(seconds)
+            libc.malloc_trim(0)  # ctypes releases the GIL for the call
+
+    threading.Thread(target=trim, name="bench-trim", daemon=True).start()
 
 
 def apply() -> list[str]:
@@ -49,6 +140,28 @@ def apply() -> list[str]:
         gc.freeze()
         gc.set_threshold(50_000, 50, 50)
         applied.append("gc.freeze + threshold 50000")
+    if os.environ.get("MTLS_BENCH_NOFREEZE") == "1":
+        gc.freeze = lambda: None
+        applied.append("no gc.freeze")
+    idle = os.environ.get("MTLS_BENCH_POOL_IDLE")
+    if idle is not None:
+        from gateway import upstream
+
+        pool_init = upstream.UpstreamPool.__init__
+
+        def with_idle(self: upstream.UpstreamPool, **kwargs: Any) -> None:
+            pool_init(self, **(kwargs | {"max_idle": int(idle)}))
+
+        upstream.UpstreamPool.__init__ = with_idle  # type: ignore[method-assign]
+        applied.append(f"upstream idle pool {idle}")
+    trim = os.environ.get("MTLS_BENCH_TRIM")
+    if trim is not None:
+        _start_trim(float(trim))
+        applied.append(f"malloc_trim every {trim} s")
+    stats = os.environ.get("MTLS_BENCH_STATS")
+    if stats is not None:
+        _start_stats(stats)
+        applied.append(f"stats to {stats}")
     return applied
 
 
