@@ -68,6 +68,28 @@ def _vm_rss_kib() -> int:
     return 0
 
 
+def _mapped_rss_kib() -> dict[str, int]:
+    """RSS by kind of mapping (/proc/self/smaps): malloc's brk heap, anonymous
+    mappings (CPython's pymalloc arenas, malloc's mmap'd chunks and thread
+    arenas; adjacent ones merge, so they cannot be told apart), files."""
+    kinds = {"brk_heap_kib": 0, "anon_kib": 0, "files_kib": 0}
+    kind = "anon_kib"
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                name = head[5] if len(head) > 5 else ""
+                if name == "[heap]":
+                    kind = "brk_heap_kib"
+                elif name.startswith("/"):
+                    kind = "files_kib"
+                else:
+                    kind = "anon_kib"
+            elif head and head[0] == "Rss:":
+                kinds[kind] += int(head[1])
+    return kinds
+
+
 def _start_stats(path: str) -> None:
     from OpenSSL import SSL
 
@@ -96,12 +118,17 @@ def _start_stats(path: str) -> None:
                     "python_blocks": sys.getallocatedblocks(),
                     "tls_connections_live": len(live),
                     "gc_frozen": gc.get_freeze_count(),
-                }
+                    "trim_ms_last": _trim_ms[-1] if _trim_ms else None,
+                    "trim_ms_max": max(_trim_ms) if _trim_ms else None,
+                } | _mapped_rss_kib()
                 out.write(json.dumps(line) + "\n")
                 out.flush()
                 time.sleep(1.0)
 
     threading.Thread(target=report, name="bench-stats", daemon=True).start()
+
+
+_trim_ms: list[float] = []
 
 
 def _start_trim(seconds: float) -> None:
@@ -110,7 +137,9 @@ def _start_trim(seconds: float) -> None:
     def trim() -> None:
         while True:
             time.sleep(seconds)
+            started = time.perf_counter()
             libc.malloc_trim(0)  # ctypes releases the GIL for the call
+            _trim_ms.append(round((time.perf_counter() - started) * 1000, 2))
 
     threading.Thread(target=trim, name="bench-trim", daemon=True).start()
 
