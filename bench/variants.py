@@ -17,6 +17,10 @@ process only, then hands over to ``gateway.cli.main``.  Used by RESULTS.md's
     MTLS_BENCH_STATS=PATH  one JSON line a second appended to PATH: VmRSS, glibc
                            mallinfo2 (heap in use / free but held), Python's
                            allocated blocks, live pyOpenSSL connections
+    MTLS_BENCH_TRACE=1     with STATS: tracemalloc on; each time PATH.snap appears,
+                           the top 25 allocation sites by growth since the first
+                           snapshot go to PATH.snap.N, then what a gc.collect()
+                           frees (cyclic garbage); slow: a diagnostic only
 
     python3 bench/compare.py --only gateway --gateway-command \
         "env MTLS_BENCH_TICKETS=1 python3 bench/variants.py"
@@ -33,6 +37,7 @@ import ssl
 import sys
 import threading
 import time
+import tracemalloc
 import weakref
 from typing import Any
 
@@ -104,9 +109,34 @@ def _start_stats(path: str) -> None:
     libc = _libc()
     libc.mallinfo2.restype = _MallInfo2
 
+    trace = os.environ.get("MTLS_BENCH_TRACE") == "1"
+    if trace:
+        tracemalloc.start(4)
+    snapshots: list[tracemalloc.Snapshot] = []
+
+    def snapshot_if_asked() -> None:
+        trigger = path + ".snap"
+        if not trace or not os.path.exists(trigger):
+            return
+        os.unlink(trigger)
+        snapshots.append(tracemalloc.take_snapshot())
+        with open(f"{trigger}.{len(snapshots)}", "w") as out:
+            for stat in snapshots[-1].compare_to(snapshots[0], "traceback")[:25]:
+                out.write(f"{stat.size_diff / 1024:.0f} KiB, {stat.count_diff} blocks\n")
+                out.write("".join(f"    {line}\n" for line in stat.traceback.format()))
+            # What only the cyclic collector would free: garbage in reference cycles.
+            freed = gc.collect()
+            after = tracemalloc.take_snapshot()
+            out.write(f"\n== gc.collect() freed {freed} objects; the sites it freed most:\n")
+            stats = sorted(after.compare_to(snapshots[-1], "traceback"), key=lambda s: s.size_diff)
+            for stat in stats[:15]:
+                out.write(f"{stat.size_diff / 1024:.0f} KiB, {stat.count_diff} blocks\n")
+                out.write("".join(f"    {line}\n" for line in stat.traceback.format()))
+
     def report() -> None:
         with open(path, "a") as out:
             while True:
+                snapshot_if_asked()
                 info = libc.mallinfo2()
                 line = {
                     "time": round(time.time(), 1),

@@ -53,6 +53,14 @@ MAX_IDLE_PER_ORIGIN = 64
 
 _IDLE, _HEAD, _BODY, _DONE, _BROKEN = range(5)
 
+# What a lost connection's parser is swapped for.  A parser holds its
+# protocol's callbacks, so connection and parser form a reference cycle that
+# only the cyclic collector frees, and after a burst thousands of closed
+# connections (parser, buffers, headers) waited for a full collection
+# (bench/RESULTS.md, "Bursts").  Dropping the parser lets reference counting
+# free a connection as soon as its transport lets go of it.
+_DETACHED_PARSER = httptools.HttpResponseParser(object())
+
 
 class UpstreamError(Exception):
     """The upstream failed; ``label`` names the failure in the 502 description."""
@@ -224,6 +232,9 @@ class UpstreamConnection(asyncio.Protocol):
         elif self._phase < _DONE:
             self._fail(UpstreamDisconnected("the upstream closed the connection"))
         self._stop_timer()
+        # Never called from inside feed_data (asyncio defers connection_lost).
+        self._parser = _DETACHED_PARSER
+        self._fresh_parser = False
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -469,4 +470,34 @@ async def test_the_longest_idle_connection_is_evicted_and_reuse_is_lifo(
         assert await pool.acquire(origin, 5.0) is third
         assert await pool.acquire(origin, 5.0) is second
     finally:
+        await pool.close()
+
+
+async def test_closed_connections_are_freed_without_the_cyclic_collector(
+    barrier_upstream: Callable[[int], Awaitable[BarrierUpstream]],
+) -> None:
+    # A parser holds its connection's callbacks: unless the pool breaks that
+    # cycle, every closed connection waits for a full collection, and after a
+    # burst thousands of them did.
+    upstream = await barrier_upstream(1)
+    origin = parse_origin(upstream.url)
+    pool = UpstreamPool(max_idle=2)
+
+    def alive() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is UpstreamConnection)
+
+    gc.collect()
+    before = alive()
+    gc.disable()
+    try:
+        conns = [await pool.acquire(origin, 5.0) for _ in range(10)]
+        for conn in conns:
+            await _exchange(conn)
+            conn.finish()  # the first 8 released are closed by the cap
+        del conns, conn
+        await _settle(lambda: len(upstream.closed_ports) >= 8)
+        await asyncio.sleep(0.1)  # the transports' connection_lost callbacks
+        assert alive() - before == 2  # only the two the pool keeps
+    finally:
+        gc.enable()
         await pool.close()
