@@ -22,7 +22,8 @@ upstream connection:
 * a connection goes back to the pool only when its response was read to the
   end, the request body was sent in full and both sides allow keep-alive.
 
-WebSocket upgrades keep using aiohttp's client (proxy.py).
+WebSocket upgrades (proxy.py) and outbound origination (gateway/outbound/)
+still use aiohttp's client.
 """
 
 from __future__ import annotations
