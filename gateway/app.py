@@ -98,7 +98,7 @@ class Gateway:
         )
         # The proxy's own pooled HTTP/1.1 client (gateway/upstream.py): aiohttp's
         # client cost ~46 of the 130 µs of CPU per request (bench/RESULTS.md).
-        self.upstreams = UpstreamPool()
+        self.upstreams = UpstreamPool(max_idle=self.config.limits.upstream_idle_connections)
         await self.registry.start()
         self._tasks.append(asyncio.create_task(self._watch_files(), name="file-watch"))
         if os.environ.get(MULTIPROC_ENV):

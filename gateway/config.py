@@ -204,6 +204,10 @@ class LimitsConfig:
     # decent rate never is.  min_rate 0: the timeout is a total.
     request_body_timeout: float = 30.0
     request_body_min_rate: float = 500.0
+    # Idle keep-alive connections the proxy keeps per upstream origin (NGINX's
+    # upstream `keepalive 64`); past it the longest idle one is closed, so a
+    # burst of callers does not leave a socket per caller open upstream.
+    upstream_idle_connections: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +418,12 @@ def _non_negative_number(value: Any) -> float:
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"expected a positive whole number, got {value!r}")
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
     return value
 
 
@@ -676,6 +686,9 @@ def _build(r: _Reader, data: dict[str, Any]) -> GatewayConfig:
             ),
             request_body_min_rate=r.get(
                 lim, "request_body_min_rate", _non_negative_number, d.request_body_min_rate
+            ),
+            upstream_idle_connections=r.get(
+                lim, "upstream_idle_connections", _non_negative_int, d.upstream_idle_connections
             ),
         )
     with r.at("logging"):

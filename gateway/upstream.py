@@ -6,8 +6,10 @@ a connector acquire/release, a ClientTimeout and an ``asyncio.timeout`` per
 request).  This client does the same job with one ``asyncio.Protocol`` per
 upstream connection:
 
-* an idle pool per (scheme, host, port), most recently used first, with an
-  idle timeout kept by one pool timer (no timer per connection);
+* an idle pool per (scheme, host, port), most recently used first, bounded
+  (``limits.upstream_idle_connections``, the oldest idle one is closed when a
+  release would pass the bound) and with an idle timeout kept by one pool
+  timer (no timer per connection);
 * the request head goes out as one ``bytes`` object, built by the caller;
 * the answer is parsed by llhttp (``httptools``, the C parser uvloop's
   authors maintain): Content-Length, chunked and close-delimited bodies,
@@ -20,7 +22,8 @@ upstream connection:
 * a connection goes back to the pool only when its response was read to the
   end, the request body was sent in full and both sides allow keep-alive.
 
-WebSocket upgrades keep using aiohttp's client (proxy.py).
+WebSocket upgrades (proxy.py) and outbound origination (gateway/outbound/)
+still use aiohttp's client.
 """
 
 from __future__ import annotations
@@ -44,8 +47,20 @@ MAX_HEADERS = 128
 HIGH_WATER = 128 * 1024
 LOW_WATER = 32 * 1024
 IDLE_TIMEOUT = 30.0  # seconds an idle pooled connection is kept (aiohttp's keepalive_timeout)
+# Idle connections kept per origin (limits.upstream_idle_connections): NGINX's
+# advice for its upstream `keepalive` (the docs' example is 64).  Without a
+# bound, a burst of 2,000 callers left 2,000 idle sockets for IDLE_TIMEOUT.
+MAX_IDLE_PER_ORIGIN = 64
 
 _IDLE, _HEAD, _BODY, _DONE, _BROKEN = range(5)
+
+# What a lost connection's parser is swapped for.  A parser holds its
+# protocol's callbacks, so connection and parser form a reference cycle that
+# only the cyclic collector frees, and after a burst thousands of closed
+# connections (parser, buffers, headers) waited for a full collection
+# (bench/RESULTS.md, "Bursts").  Dropping the parser lets reference counting
+# free a connection as soon as its transport lets go of it.
+_DETACHED_PARSER = httptools.HttpResponseParser(object())
 
 
 class UpstreamError(Exception):
@@ -218,6 +233,9 @@ class UpstreamConnection(asyncio.Protocol):
         elif self._phase < _DONE:
             self._fail(UpstreamDisconnected("the upstream closed the connection"))
         self._stop_timer()
+        # Never called from inside feed_data (asyncio defers connection_lost).
+        self._parser = _DETACHED_PARSER
+        self._fresh_parser = False
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -478,15 +496,36 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per origin, and the connect path."""
+    """Idle keep-alive connections per origin, at most ``max_idle`` each, and the connect path.
 
-    def __init__(self, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    Reuse is last in, first out, and a release beyond the bound closes the
+    connection idle the longest, as NGINX's upstream ``keepalive`` cache
+    does.  Why that pair: the connection just released is the one least
+    likely to be closed by the upstream's own keep-alive timeout as we send
+    on it (the race RFC 9112 §9.3 warns of), LIFO keeps a steady load on the
+    fewest connections so the rest age out through the idle timeout, and the
+    one evicted is the one nearest that timeout anyway.  ``max_idle`` 0 keeps
+    none: every connection is closed after its exchange.
+    """
+
+    def __init__(
+        self, *, idle_timeout: float = IDLE_TIMEOUT, max_idle: int = MAX_IDLE_PER_ORIGIN
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.idle_timeout = idle_timeout
-        self._idle: dict[Origin, list[UpstreamConnection]] = {}
+        self.max_idle = max_idle
+        # Per origin, least recently used first: reuse pops the right end,
+        # the bound and the sweeper take from the left.
+        self._idle: dict[Origin, deque[UpstreamConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+
+    def idle_count(self, origin: Origin | None = None) -> int:
+        """Idle connections held for ``origin`` (for every origin when None)."""
+        if origin is not None:
+            return len(self._idle.get(origin, ()))
+        return sum(len(idle) for idle in self._idle.values())
 
     async def acquire(self, origin: Origin, connect_timeout: float) -> UpstreamConnection:
         idle = self._idle.get(origin)
@@ -524,13 +563,15 @@ class UpstreamPool:
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
-        if self._closed:
+        if self._closed or self.max_idle <= 0:
             conn.close()
             return
         conn.idle_since = self.loop.time()
         idle = self._idle.get(conn.key)
         if idle is None:
-            idle = self._idle[conn.key] = []
+            idle = self._idle[conn.key] = deque()
+        while len(idle) >= self.max_idle:
+            idle.popleft().close()  # the longest idle goes (see the class docstring)
         idle.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
@@ -546,12 +587,8 @@ class UpstreamPool:
         oldest: float | None = None
         for idle in self._idle.values():
             # Most recently used last: the stale ones are at the front.
-            stale = 0
-            while stale < len(idle) and idle[stale].idle_since <= cutoff:
-                stale += 1
-            for conn in idle[:stale]:
-                conn.close()
-            del idle[:stale]
+            while idle and idle[0].idle_since <= cutoff:
+                idle.popleft().close()
             if idle and (oldest is None or idle[0].idle_since < oldest):
                 oldest = idle[0].idle_since
         if oldest is not None:

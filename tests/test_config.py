@@ -246,6 +246,10 @@ def test_missing_required_keys(tmp_path: Path) -> None:
         ({"headers": {"subject": "x-client-id"}}, "headers: two identity headers share one name"),
         ({"registry": {"kind": "ldap"}}, "registry.kind: expected one of yaml, redis, got 'ldap'"),
         (
+            {"limits": {"upstream_idle_connections": -1}},
+            "limits.upstream_idle_connections: expected a whole number >= 0, got -1",
+        ),
+        (
             {"issuer": "https://x/?a=1"},
             "issuer: URL must not have a query or fragment: 'https://x/?a=1'",
         ),

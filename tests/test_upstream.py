@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import MakeGateway
+from gateway.upstream import UpstreamConnection, UpstreamPool, parse_origin
+from tests.conftest import GatewayUnderTest, MakeGateway
 from tests.pki import Issued, Pki
 from tests.test_proxy import MTLS_CLIENT, RawConnection, get, route
 
@@ -289,3 +291,213 @@ async def test_a_burst_larger_than_the_read_buffer_is_relayed_whole(
     finally:
         await conn.close()
     assert upstream.connections == 1
+
+
+# --- the bounded idle pool ----------------------------------------------------------
+
+
+@dataclass
+class BarrierUpstream:
+    """Holds every request until ``wanted`` are in, so each needs its own connection.
+
+    Records which connections are open (by the gateway's local port), as the
+    upstream sees them: a connection the gateway closes shows up as EOF here.
+    """
+
+    wanted: int
+    open_ports: set[int] = field(default_factory=set)
+    closed_ports: list[int] = field(default_factory=list)
+    arrived: int = 0
+    everyone: asyncio.Event = field(default_factory=asyncio.Event)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")[1]
+        self.open_ports.add(peer)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                self.arrived += 1
+                if self.arrived >= self.wanted:
+                    self.everyone.set()
+                await self.everyone.wait()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open_ports.discard(peer)
+            self.closed_ports.append(peer)
+            writer.close()
+
+
+@pytest.fixture
+async def barrier_upstream() -> AsyncIterator[Callable[[int], Awaitable[BarrierUpstream]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(wanted: int) -> BarrierUpstream:
+        upstream = BarrierUpstream(wanted)
+        server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+        servers.append(server)
+        upstream.port = server.sockets[0].getsockname()[1]
+        return upstream
+
+    yield start
+    for server in servers:
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+
+
+async def _burst(gw: GatewayUnderTest, client: Issued, count: int) -> list[int]:
+    """``count`` concurrent callers, one request each; their statuses."""
+    conns = await asyncio.gather(*(RawConnection.open(gw, client) for _ in range(count)))
+    try:
+        responses = await asyncio.gather(*(c.request(get("/burst")) for c in conns))
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    return [r.status for r in responses]
+
+
+async def _settle(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait (bounded) for the upstream to see what the gateway did; no timing asserted."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while not condition():
+                await asyncio.sleep(0.02)
+
+
+async def test_a_burst_leaves_at_most_the_default_cap_of_idle_connections(
+    make_gateway: MakeGateway,
+    client_cert: Issued,
+    barrier_upstream: Callable[[int], Awaitable[BarrierUpstream]],
+) -> None:
+    # The issue's finding at test scale: 72 concurrent requests open 72
+    # upstream connections; with no bound all 72 stayed idle for 30 s.
+    upstream = await barrier_upstream(72)
+    gw = await make_gateway(clients=[MTLS_CLIENT], routes=[route("/", upstream.url)])
+    assert await _burst(gw, client_cert, 72) == [200] * 72
+    await _settle(lambda: len(upstream.open_ports) <= 64)
+    assert len(upstream.closed_ports) == 8  # closed by the gateway, seen at the upstream
+    assert len(upstream.open_ports) == 64  # limits.upstream_idle_connections' default
+
+
+async def test_the_configured_cap_bounds_idle_connections_and_they_are_reused(
+    make_gateway: MakeGateway,
+    client_cert: Issued,
+    barrier_upstream: Callable[[int], Awaitable[BarrierUpstream]],
+) -> None:
+    upstream = await barrier_upstream(10)
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT],
+        routes=[route("/", upstream.url)],
+        extra={"limits": {"upstream_idle_connections": 3}},
+    )
+    assert await _burst(gw, client_cert, 10) == [200] * 10
+    await _settle(lambda: len(upstream.closed_ports) >= 7)
+    assert len(upstream.closed_ports) == 7
+    assert len(upstream.open_ports) == 3
+    assert gw.gateway.upstreams is not None
+    assert gw.gateway.upstreams.idle_count() == 3
+    kept = set(upstream.open_ports)
+    # The next callers reuse what was kept: no new upstream connection.
+    assert await _burst(gw, client_cert, 3) == [200] * 3
+    assert upstream.open_ports == kept
+    assert gw.gateway.upstreams.idle_count() == 3
+
+
+async def test_a_cap_of_zero_keeps_no_idle_connection(
+    make_gateway: MakeGateway,
+    client_cert: Issued,
+    barrier_upstream: Callable[[int], Awaitable[BarrierUpstream]],
+) -> None:
+    upstream = await barrier_upstream(1)
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT],
+        routes=[route("/", upstream.url)],
+        extra={"limits": {"upstream_idle_connections": 0}},
+    )
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        for _ in range(3):
+            assert (await conn.request(get("/once"))).status == 200
+    finally:
+        await conn.close()
+    await _settle(lambda: len(upstream.closed_ports) >= 3)
+    assert len(upstream.closed_ports) == 3
+    assert not upstream.open_ports
+
+
+async def _exchange(conn: UpstreamConnection) -> None:
+    loop = asyncio.get_running_loop()
+    conn.start(
+        b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n",
+        head_only=False,
+        timeout=5.0,
+        deadline=loop.time() + 5.0,
+    )
+    await conn.response_head()
+    while await conn.read():
+        pass
+
+
+def _local_port(conn: UpstreamConnection) -> int:
+    assert conn.transport is not None
+    port: int = conn.transport.get_extra_info("sockname")[1]
+    return port
+
+
+async def test_the_longest_idle_connection_is_evicted_and_reuse_is_lifo(
+    barrier_upstream: Callable[[int], Awaitable[BarrierUpstream]],
+) -> None:
+    upstream = await barrier_upstream(1)
+    origin = parse_origin(upstream.url)
+    pool = UpstreamPool(max_idle=2)
+    try:
+        first, second, third = [await pool.acquire(origin, 5.0) for _ in range(3)]
+        ports = [_local_port(c) for c in (first, second, third)]
+        for conn in (first, second, third):
+            await _exchange(conn)
+            conn.finish()  # released in this order: first is the longest idle
+        await _settle(lambda: bool(upstream.closed_ports))
+        assert upstream.closed_ports == [ports[0]]
+        assert pool.idle_count(origin) == 2
+        # Last in, first out: the warmest connection goes out first.
+        assert await pool.acquire(origin, 5.0) is third
+        assert await pool.acquire(origin, 5.0) is second
+    finally:
+        await pool.close()
+
+
+async def test_closed_connections_are_freed_without_the_cyclic_collector(
+    barrier_upstream: Callable[[int], Awaitable[BarrierUpstream]],
+) -> None:
+    # A parser holds its connection's callbacks: unless the pool breaks that
+    # cycle, every closed connection waits for a full collection, and after a
+    # burst thousands of them did.
+    upstream = await barrier_upstream(1)
+    origin = parse_origin(upstream.url)
+    pool = UpstreamPool(max_idle=2)
+
+    def alive() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is UpstreamConnection)
+
+    gc.collect()
+    before = alive()
+    gc.disable()
+    try:
+        conns = [await pool.acquire(origin, 5.0) for _ in range(10)]
+        for conn in conns:
+            await _exchange(conn)
+            conn.finish()  # the first 8 released are closed by the cap
+        del conns, conn
+        await _settle(lambda: len(upstream.closed_ports) >= 8)
+        await asyncio.sleep(0.1)  # the transports' connection_lost callbacks
+        assert alive() - before == 2  # only the two the pool keeps
+    finally:
+        gc.enable()
+        await pool.close()
