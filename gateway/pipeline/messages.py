@@ -1,0 +1,232 @@
+"""One request and its answer, as every listener protocol hands them to the pipeline.
+
+The HTTP/1.1 protocol (gateway/http1/) and the HTTP/2 one build the same
+``Request`` and send the same ``Response``, so routing, authentication, the
+identity headers and forwarding are written once, whatever the wire.  Nothing
+here knows framing: a protocol parses, fills these in, and writes what comes
+back in its own framing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from multidict import CIMultiDict
+
+from gateway.pipeline.facts import RequestFacts
+
+
+class BodyTooLarge(Exception):
+    """``Request.read(limit)``: the body is longer than the limit."""
+
+
+class RequestBody:
+    """The caller's body as it arrives: chunks fed by the protocol, read by one consumer.
+
+    Backpressure: past ``high_water`` buffered bytes the protocol is asked to
+    stop reading (``pause``), and to go on once the consumer took them.
+    """
+
+    __slots__ = ("_buffer", "_ended", "_error", "_pause", "_paused", "_resume", "_size", "_waiter")
+
+    high_water = 256 * 1024
+
+    def __init__(
+        self,
+        pause: Callable[[], None] | None = None,
+        resume: Callable[[], None] | None = None,
+    ) -> None:
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._pause = pause
+        self._resume = resume
+        self._paused = False
+
+    @classmethod
+    def complete(cls, data: bytes) -> RequestBody:
+        body = cls()
+        if data:
+            body.feed(data)
+        body.end()
+        return body
+
+    # The protocol's side.
+    def feed(self, data: bytes) -> None:
+        self._buffer.append(data)
+        self._size += len(data)
+        if self._size > self.high_water and self._pause is not None and not self._paused:
+            self._paused = True
+            self._pause()
+        self._wake()
+
+    def end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        """The connection broke (reset, malformed chunk) before the body ended."""
+        if not self._ended:
+            self._error = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # The consumer's side.
+    def is_eof(self) -> bool:
+        """All of the body arrived and was read."""
+        return self._ended and not self._buffer
+
+    @property
+    def ended(self) -> bool:
+        """All of the body arrived (some may be unread)."""
+        return self._ended
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    async def read(self, limit: int = -1) -> bytes:
+        """The next bytes (at most ``limit``, if given); b"" once the body ended."""
+        while not self._buffer:
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = self._buffer[0]
+        if 0 <= limit < len(chunk):
+            self._buffer[0] = chunk[limit:]
+            chunk = chunk[:limit]
+        else:
+            del self._buffer[0]
+        self._size -= len(chunk)
+        if self._paused and self._size <= self.high_water // 2 and self._resume is not None:
+            self._paused = False
+            self._resume()
+        return chunk
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body; BodyTooLarge past ``limit`` bytes (the rest is left unread)."""
+        parts: list[bytes] = []
+        total = 0
+        while chunk := await self.read():
+            total += len(chunk)
+            if total > limit:
+                raise BodyTooLarge(total)
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class Connection(Protocol):
+    """What a request may ask of the connection it came on."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One parsed request.  ``path`` is decoded (RFC 3986 §2.1), ``raw_path`` is the target as sent."""
+
+    method: str
+    raw_path: str
+    path: str
+    query_string: str  # as sent, without the "?"
+    headers: CIMultiDict[str]
+    version: tuple[int, int]
+    remote: str  # the caller's address (the PROXY protocol's, where one was sent)
+    scheme: str  # "https" on TLS listeners, "http" on outbound ones
+    transport: Connection | None
+    content: RequestBody
+    body_exists: bool
+    protocol: str = "HTTP/1.1"  # as logged: "HTTP/1.0", "HTTP/1.1", "HTTP/2"
+    facts: RequestFacts = field(default_factory=RequestFacts)
+    # Sends "100 Continue" where the caller asked for it and may still send
+    # its body (the protocol's; the pipeline calls it once the policy passed).
+    send_continue: Callable[[], None] | None = None
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("Host", "")
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    @property
+    def query(self) -> dict[str, str]:
+        from urllib.parse import parse_qsl
+
+        return dict(parse_qsl(self.query_string, keep_blank_values=True))
+
+    async def read(self, limit: int = 1 << 30) -> bytes:
+        return await self.content.read_all(limit)
+
+
+class ByteStream(Protocol):
+    """The raw connection after a ``101 Switching Protocols`` (WebSockets)."""
+
+    async def read(self) -> bytes:
+        """The next bytes from the peer; b"" at its end of stream."""
+        ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None:
+        """Return once the peer took what was written (backpressure)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+Upgraded = Callable[[ByteStream], Awaitable[None]]
+
+
+@dataclass(slots=True, eq=False)
+class Response:
+    """An answer: a whole body, or a stream of chunks, or an upgrade.
+
+    ``headers`` are the end-to-end fields; the protocol adds the framing
+    (Content-Length or chunked, Connection, Date, Server).  ``length`` is the
+    stream's announced length, if any; a stream without one is chunked on
+    HTTP/1.1.  ``trailers`` (HTTP/2, gRPC) are read once the stream ended.
+    """
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    length: int | None = None
+    reason: str = ""
+    close: bool = False  # the connection is not reused after this answer
+    trailers: Callable[[], list[tuple[str, str]]] | None = None
+    upgraded: Upgraded | None = None  # status 101: run on the raw connection
+    sent_bytes: int = 0  # body bytes the protocol wrote (the access log's "bytes")
+
+    def force_close(self) -> None:
+        self.close = True
+
+
+def json_response(
+    status: int, body: bytes, headers: dict[str, str] | None = None, *, close: bool = False
+) -> Response:
+    fields = [("Content-Type", "application/json")]
+    if headers:
+        fields += headers.items()
+    return Response(status, fields, body, close=close)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
