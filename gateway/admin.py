@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.errors import GatewayError
+from gateway.errors import NO_STORE
 from gateway.metrics import CONTENT_TYPE, Metrics
 
 ReadinessCheck = Callable[[], dict[str, bool]]
@@ -57,11 +57,15 @@ def create_admin_app(
     @web.middleware
     async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not host_allowed(request.headers.get("Host"), allowed):
-            return GatewayError(
-                403,
-                "access_denied",
-                "this Host is not served on the admin port (admin.allowed_hosts)",
-            ).response()
+            return web.json_response(
+                {
+                    "error": "access_denied",
+                    "error_description": "this Host is not served on the admin port "
+                    "(admin.allowed_hosts)",
+                },
+                status=403,
+                headers=NO_STORE,
+            )
         return await handler(request)
 
     async def healthz(_: web.Request) -> web.Response:

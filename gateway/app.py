@@ -1,4 +1,4 @@
-"""Assembly: one Gateway (shared state) and one aiohttp application per listener.
+"""Assembly: one Gateway (shared state) and one request pipeline per listener.
 
 Dependencies are built once and passed in (``build_gateway``), so tests and
 ``check`` construct exactly what ``serve`` runs.
@@ -14,26 +14,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp import web
-
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, GatewayConfig, ListenerConfig
 from gateway.config_reload import ConfigReloader
-from gateway.deadlines import ConnectionLimit
-from gateway.framing import answer_policy, refuse_unsafe_framing
+from gateway.framing import check_framing
 from gateway.headers import managed_header_keys
+from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.metrics import MULTIPROC_ENV, Metrics, create_metrics
-from gateway.observability import AccessLog, create_observer
+from gateway.observability import AccessLog
+from gateway.pipeline.chain import Pipeline, Stage
+from gateway.pipeline.endpoints import Endpoints
+from gateway.pipeline.messages import Handler
 from gateway.proxy import Proxy, TokenChecker
 from gateway.registry.base import Registry
 from gateway.registry.factory import create_registry
-from gateway.request_body import BODY_LIMITS_KEY, defer_expectation
 from gateway.state_metrics import GatewayStateCollector
 from gateway.tls import ListenerTls, TlsMaterialError
 from gateway.upstream import UpstreamPool
-from gateway.websocket import WebSocketLimits
 from gateway.worker_metrics import SYNC_SECONDS, CountersInMetrics
 
 if TYPE_CHECKING:
@@ -43,8 +41,9 @@ log = logging.getLogger("gateway")
 
 RELOAD_POLL_SECONDS = 1.0
 
-# Hooks the token service registers on each listener app (routes before the proxy catch-all).
-ListenerExtension = Callable[[web.Application, "ListenerContext"], None]
+# Hooks the token service registers: the gateway's own endpoints on a listener
+# (path → handler), answered before any route is looked up.
+ListenerExtension = Callable[["ListenerContext", "Gateway"], dict[str, Handler]]
 
 
 @dataclass
@@ -60,10 +59,6 @@ class ListenerContext:
     proxy_refusals: ProxyRefusals | None = None  # connections refused before TLS (PROXY protocol)
 
 
-GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
-LISTENER_KEY: web.AppKey[ListenerContext] = web.AppKey("listener")
-
-
 @dataclass
 class Gateway:
     config: GatewayConfig
@@ -76,7 +71,6 @@ class Gateway:
     reload_parts: list[tuple[str, object]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=create_metrics)
     access_log: AccessLog | None = None
-    session: aiohttp.ClientSession | None = None  # WebSocket upgrades
     upstreams: UpstreamPool | None = None  # every other proxied request
     # Plain-HTTP listeners for the local app's outgoing calls (gateway/outbound/);
     # server.py binds them, close() releases their pools.
@@ -87,15 +81,6 @@ class Gateway:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
-        # One pooled client for every upstream: keep-alive connections are reused
-        # across requests and callers.  Bodies pass through untouched (no
-        # decompression), cookies are never stored, proxies in env are ignored.
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-        )
         # The proxy's own pooled HTTP/1.1 client (gateway/upstream.py): aiohttp's
         # client cost ~46 of the 130 µs of CPU per request (bench/RESULTS.md).
         self.upstreams = UpstreamPool(max_idle=self.config.limits.upstream_idle_connections)
@@ -117,8 +102,6 @@ class Gateway:
         await self.registry.close()
         if self.access_log is not None:
             self.access_log.flush()
-        if self.session is not None:
-            await self.session.close()
         if self.upstreams is not None:
             await self.upstreams.close()
 
@@ -153,45 +136,32 @@ class Gateway:
     def readiness(self) -> dict[str, bool]:
         return {"registry": self.registry.ready, "accepting": not self.shutting_down}
 
-    def listener_app(self, index: int) -> web.Application:
+    def listener_pipeline(self, index: int) -> Pipeline:
+        """The chain of stages every request on this listener runs through (logged at start)."""
         listener = self.listeners[index]
-        assert self.session is not None and self.upstreams is not None, "start() the gateway first"
-        # One middleware for the request metrics, the access log and the header
-        # deadline's request boundaries: a coroutine frame less per request.
-        observe = create_observer(
-            self.metrics, str(index), access_log=self.access_log, request_boundaries=True
-        )
-        # Listeners behind a TLS-terminating proxy log forwarded-certificate
-        # headers from anyone else; the others carry no extra middleware.
-        watch = listener.authenticator.forwarded_header_watch()
-        app = web.Application(
-            client_max_size=self.config.limits.max_token_request_bytes,
-            middlewares=[
-                observe,
-                refuse_unsafe_framing,
-                *([watch] if watch else []),
-            ],
-        )
-        app[GATEWAY_KEY] = self
-        app[LISTENER_KEY] = listener
-        app[BODY_LIMITS_KEY] = self.config.limits
-        app.on_response_prepare.append(answer_policy(lambda: self.shutting_down))
+        assert self.upstreams is not None, "start() the gateway first"
+        endpoints: dict[str, Handler] = {}
         for extend in self.extensions:
-            extend(app, listener)
+            endpoints.update(extend(listener, self))
         proxy = Proxy(
             routes=self.config.routes,
             authenticator=listener.authenticator,
-            session=self.session,
             upstreams=self.upstreams,
             managed_headers=managed_header_keys(self.config.headers),
+            limits=self.config.limits,
             token_checker=self.token_checker,
             metrics=self.metrics,
-            websocket_limits=WebSocketLimits.from_config(self.config.limits),
         )
         self.proxies.append(proxy)
-        # 100 Continue only once the policy accepted the request (proxy.py).
-        app.router.add_route("*", "/{tail:.*}", proxy.handle, expect_handler=defer_expectation)
-        return app
+        stages = [Stage.of("framing", check_framing)]
+        # Listeners behind a TLS-terminating proxy log forwarded-certificate
+        # headers from anyone else; the others carry no extra stage.
+        watch = listener.authenticator.forwarded_header_watch()
+        if watch is not None:
+            stages.append(Stage.of("forwarded-header watch", watch))
+        if endpoints:
+            stages.append(Stage.of("endpoints", Endpoints(endpoints).dispatch))
+        return Pipeline([*stages, *proxy.stages()])
 
 
 def build_gateway(config: GatewayConfig) -> Gateway:

@@ -21,10 +21,9 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from cryptography import x509
 
 from gateway.chain import CertificateTrust
@@ -43,6 +42,7 @@ from gateway.listener.session import TlsSession
 from gateway.listener.verdict import VerifyFailure
 from gateway.metrics import Metrics
 from gateway.observability import facts
+from gateway.pipeline.messages import Request
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
 from gateway.registry.model import Client
@@ -139,12 +139,12 @@ class Authenticator:
         """(registry, trust) generations now; a ConnectionAuth made at others is stale."""
         return self._registry.generation, self._tls.trust.generation
 
-    def from_trusted_proxy(self, request: web.Request) -> bool:
+    def from_trusted_proxy(self, request: Request) -> bool:
         """Is this request's peer one of the trusted proxies (after PROXY protocol)?"""
         return self._forwarded is not None and request.remote in self._proxies
 
-    def forwarded_header_watch(self) -> Middleware | None:
-        """A middleware logging forwarded-certificate headers from untrusted sources.
+    def forwarded_header_watch(self) -> Callable[[Request], None] | None:
+        """A pipeline stage logging forwarded-certificate headers from untrusted sources.
 
         The header is ignored by ``authenticate`` and stripped before
         forwarding on every route; this says so in the log (rate-limited: a
@@ -158,8 +158,7 @@ class Authenticator:
         warn = self._untrusted_header
         proxies = self._proxies
 
-        @web.middleware
-        async def watch(request: web.Request, handler: Handler) -> web.StreamResponse:
+        def watch(request: Request) -> None:
             headers = request.headers
             if any(name in headers for name in names) and request.remote not in proxies:
                 warn.warning(
@@ -169,11 +168,10 @@ class Authenticator:
                     peer=request.remote,
                     path=request.path,
                 )
-            return await handler(request)
 
         return watch
 
-    async def authenticate(self, request: web.Request) -> ConnectionAuth:
+    async def authenticate(self, request: Request) -> ConnectionAuth:
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if not isinstance(ssl_object, TlsSession):  # connection already closing
@@ -203,7 +201,7 @@ class Authenticator:
         self._cache[ssl_object] = auth
         return auth
 
-    async def _resolve(self, request: web.Request, session: TlsSession) -> ConnectionAuth:
+    async def _resolve(self, request: Request, session: TlsSession) -> ConnectionAuth:
         registry_generation = self._registry.generation
         trust = self._tls.trust
         der = session.peer_der
@@ -235,7 +233,7 @@ class Authenticator:
 
     async def _match(
         self,
-        request: web.Request,
+        request: Request,
         identity: CertificateIdentity,
         trust: TrustState,
         registry_generation: int,
@@ -288,7 +286,7 @@ class Authenticator:
         )
 
     async def _authenticate_forwarded(
-        self, request: web.Request, proxied: _ProxyConnection, config: ForwardedCertConfig
+        self, request: Request, proxied: _ProxyConnection, config: ForwardedCertConfig
     ) -> ConnectionAuth:
         """A request from a trusted proxy: the client is whoever its header names."""
         trust = self._tls.trust
@@ -320,7 +318,7 @@ class Authenticator:
 
     async def _resolve_forwarded(
         self,
-        request: web.Request,
+        request: Request,
         config: ForwardedCertConfig,
         raw: str,
         trust: TrustState,
@@ -356,7 +354,7 @@ class Authenticator:
 
     def _refuse(
         self,
-        request: web.Request,
+        request: Request,
         identity: CertificateIdentity | None,
         reason: str,
         kind: str,

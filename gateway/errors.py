@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from aiohttp import web
+from gateway.pipeline.messages import Response
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -34,7 +34,7 @@ class GatewayError(Exception):
         # thumbprint of a refused certificate.
         self.details = dict(details or {})
 
-    def response(self) -> web.Response:
+    def response(self) -> Response:
         return json_error(self.status, self.error, self.description, self.headers, self.details)
 
 
@@ -44,10 +44,10 @@ def json_error(
     description: str,
     headers: Mapping[str, str] | None = None,
     details: Mapping[str, str] | None = None,
-) -> web.Response:
+) -> Response:
     body = json.dumps({"error": error, "error_description": description, **(details or {})})
-    merged = {**NO_STORE, **(headers or {})}
-    return web.Response(status=status, text=body, content_type="application/json", headers=merged)
+    fields = [("Content-Type", "application/json"), *{**NO_STORE, **(headers or {})}.items()]
+    return Response(status, fields, body.encode())
 
 
 # The proxy's fixed answers.

@@ -1,6 +1,6 @@
 """Request framing the HTTP parser lets through but a gateway must not relay.
 
-aiohttp's parser (llhttp) already refuses the classic smuggling shapes with a
+The parser (llhttp, gateway/http1/) already refuses the classic smuggling shapes with a
 400: Content-Length with Transfer-Encoding, repeated or signed lengths,
 malformed chunks, obs-fold, bare LF.  Two shapes pass it and are refused here,
 before any handler reads the body:
@@ -19,34 +19,17 @@ or ``user@host/path`` would reach upstream link and redirect builders.
 RFC 9112 §3.2: an invalid Host MUST get a 400.
 
 ``CONNECT`` gets a 501: the gateway is no forward proxy (RFC 9110 §9.3.6),
-and what a caller sends after it would be a tunnel's bytes.  aiohttp's own
-refusals (``OPTIONS *`` and other targets no route matches, a method a route
-does not take) are rendered in the gateway's JSON shape like every other.
-
-``answer_policy`` is the listener apps' response hook: no ``Server`` version
-banner, and ``Connection: close`` where the connection must not be reused.
+and what a caller sends after it would be a tunnel's bytes.  ``OPTIONS *``
+matches no route and gets the JSON 404 every unrouted target gets.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from aiohttp import hdrs, web
-from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.typedefs import Handler
-
 from gateway.errors import GatewayError
-
-# RFC 9110 §10.2.4: a product name, without the version details aiohttp and
-# Python add ("Python/3.11 aiohttp/3.14.5").
-SERVER_NAME = "mtls-gateway"
-# aiohttp's own refusals (HTTPException), as the gateway's error codes.
-_REFUSALS = {
-    404: ("not_found", "no route for this path"),
-    405: ("method_not_allowed", "the method is not allowed on this path"),
-}
+from gateway.pipeline.messages import Request, Response
 
 # RFC 9110 §7.2: Host = uri-host [ ":" port ].  uri-host: an IP-literal, or a
 # reg-name held to what a DNS name (or an IPv4 address) can be: RFC 3986
@@ -102,7 +85,7 @@ def host_problem(host: str | None, target: str) -> str | None:
     return None
 
 
-def _codings(request: web.Request) -> list[str]:
+def _codings(request: Request) -> list[str]:
     return [
         coding.strip().lower()
         for value in request.headers.getall("Transfer-Encoding", ())
@@ -110,74 +93,36 @@ def _codings(request: web.Request) -> list[str]:
     ]
 
 
-@web.middleware
-async def refuse_unsafe_framing(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method == hdrs.METH_CONNECT:
-        response = GatewayError(
+def _closing(status: int, error: str, description: str) -> Response:
+    response = GatewayError(status, error, description).response()
+    response.force_close()
+    return response
+
+
+def check_framing(request: Request) -> Response | None:
+    """The pipeline's first stage: None when the request may go on, else the refusal."""
+    if request.method == "CONNECT":
+        return _closing(
             501, "not_implemented", "CONNECT is not supported: this gateway is not a forward proxy"
-        ).response()
-        response.force_close()
-        return response
-    problem = host_problem(request.headers.get("Host"), request.raw_path)
+        )
+    hosts = request.headers.getall("Host", ())
+    if len(hosts) > 1:
+        # RFC 9112 §3.2: more than one Host field MUST get a 400.
+        return _closing(400, "invalid_request", "more than one Host header")
+    if not hosts and request.version >= (1, 1) and request.protocol != "HTTP/2":
+        # RFC 9112 §3.2: an HTTP/1.1 request without Host MUST get a 400.
+        return _closing(400, "invalid_request", "an HTTP/1.1 request needs a Host header")
+    problem = host_problem(hosts[0] if hosts else None, request.raw_path)
     if problem is not None:
-        response = GatewayError(400, "invalid_request", problem).response()
-        response.force_close()
-        return response
+        return _closing(400, "invalid_request", problem)
     if "Transfer-Encoding" in request.headers:
         if request.version < (1, 1):
-            response = GatewayError(
-                400, "invalid_request", "Transfer-Encoding is not defined for HTTP/1.0"
-            ).response()
-            response.force_close()
-            return response
-        if _codings(request) != ["chunked"]:
-            response = GatewayError(
-                501, "not_implemented", "only the chunked transfer coding is supported"
-            ).response()
-            response.force_close()
-            return response
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise  # a redirect or success raised as an exception is an answer, not a refusal
-        return _json_refusal(exc).response()
-
-
-def _json_refusal(exc: web.HTTPException) -> GatewayError:
-    default = ("invalid_request", exc.reason) if exc.status < 500 else ("server_error", exc.reason)
-    error, description = _REFUSALS.get(exc.status, default)
-    kept = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-    return GatewayError(exc.status, error, description, kept)
-
-
-ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
-
-
-def answer_policy(draining: Callable[[], bool]) -> ResponseHook:
-    """The ``on_response_prepare`` hook of the listener apps (runs once per answer).
-
-    * ``Server``: aiohttp fills in its version banner where the answer has
-      none; that exact object is replaced by the product name, so an
-      upstream's own ``Server`` (even an identical-looking one: a different
-      string object) is relayed as the upstream sent it.
-    * ``Connection: close`` while the gateway drains (SIGTERM until the
-      listeners close), so callers and load balancers move their keep-alive
-      traffic elsewhere; and on a refusal sent before the request body was
-      read (a 401/403 to ``Expect: 100-continue``, a 408 to a trickled body):
-      the body's bytes would otherwise be read as the next request's, or
-      awaited (RFC 9110 §10.1.1, RFC 9112 §9.6).  Not on a 101 upgrade.
-    """
-
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        headers = response.headers
-        if headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
-            headers[hdrs.SERVER] = SERVER_NAME
-        status = response.status
-        if status == 101:
-            return
-        if draining() or (status >= 400 and not request.content.is_eof()):
-            response.force_close()
-            headers[hdrs.CONNECTION] = "close"
-
-    return on_prepare
+            return _closing(400, "invalid_request", "Transfer-Encoding is not defined for HTTP/1.0")
+        codings = _codings(request)
+        if codings[-1:] != ["chunked"]:
+            # RFC 9112 §6.3: chunked not last, the body length cannot be
+            # determined: 400 and close.
+            return _closing(400, "invalid_request", "chunked must be the final transfer coding")
+        if codings != ["chunked"]:
+            return _closing(501, "not_implemented", "only the chunked transfer coding is supported")
+    return None

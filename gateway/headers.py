@@ -12,7 +12,7 @@ import base64
 from collections.abc import Iterable
 from urllib.parse import quote
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from gateway.config import HeaderNames
 from gateway.identity import CertificateIdentity
@@ -160,14 +160,14 @@ def identity_headers(
     return tuple(result)
 
 
-def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     """Field names listed in Connection (RFC 9110 §7.6.1) are hop-by-hop too."""
     values = headers.getall("Connection", ())
     return frozenset(header_key(t.strip()) for v in values for t in v.split(",") if t.strip())
 
 
 def upstream_request_headers(
-    incoming: CIMultiDictProxy[str],
+    incoming: MultiMapping[str],
     *,
     managed: frozenset[str],
     injected: Iterable[tuple[str, str]],

@@ -20,59 +20,18 @@ import asyncio
 import re
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
-
-from gateway.deadlines import HeaderDeadlineProtocol
 from gateway.logfmt import json_line, rfc3339, text_line
 from gateway.metrics import Metrics, method_label
+from gateway.pipeline.facts import RequestFacts
+from gateway.pipeline.messages import Request, Response
 
-
-@dataclass(slots=True)
-class RequestFacts:
-    """What the handlers learned about one request."""
-
-    route: str = "-"
-    client_id: str | None = None
-    thumbprint: str | None = None
-    upstream_status: int | None = None
-    oauth_outcome: str | None = None  # token endpoint: "issued" or the RFC 6749 error code
-    upstream_error: str | None = None  # why a 502/504 (or a cut relay) happened
-    body_bytes: int | None = None  # set by a handler that counts what it sent itself
-
-
-class CountingResponse(web.StreamResponse):
-    """A streamed response that counts the body bytes it was given to send.
-
-    aiohttp's ``body_length`` counts the head too, and chunked framing: the
-    access log's ``bytes`` is the body alone, as the caller's client sees it.
-    """
-
-    sent_body_bytes = 0
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.sent_body_bytes += len(data)
-        await super().write(data)
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        self.sent_body_bytes += len(data)
-        await super().write_eof(data)
-
-
-FACTS_KEY = "gateway.facts"
 TOKEN_PATHS = frozenset({"/connect/token", "/connect/mtls/token"})
 
 
-def facts(request: web.Request) -> RequestFacts:
-    found = request.get(FACTS_KEY)
-    if isinstance(found, RequestFacts):
-        return found
-    created = RequestFacts()
-    request[FACTS_KEY] = created
-    return created
+def facts(request: Request) -> RequestFacts:
+    return request.facts
 
 
 class AccessLog:
@@ -119,91 +78,78 @@ class AccessLog:
             self.dropped_lines += len(lines)
 
 
-def create_observer(
-    metrics: Metrics,
-    listener: str,
-    *,
-    access_log: AccessLog | None,
-    request_boundaries: bool = False,
-) -> Middleware:
-    """The accounting middleware; with ``request_boundaries``, also the header deadline's.
+class Observer:
+    """The pipeline's last stage: the request metrics and one access-log line per answer.
 
-    With the flag it also tells the connection's HeaderDeadlineProtocol when a
-    request starts and ends (first and last), so the header deadline needs no
-    middleware layer of its own: one coroutine frame less per request.
+    Called by the listener protocol once the answer went out (or the
+    connection broke under it), so ``latency_ms`` and ``bytes`` are what the
+    caller got.
     """
-    in_flight = metrics.in_flight
-    requests = metrics.requests
-    tokens = metrics.tokens
-    client_labels = metrics.client_labels
-    # labels() takes a lock and builds a key on every call: keep the children.
-    children: dict[tuple[str, str, int], Any] = {}
 
-    @web.middleware
-    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-        watchdog: HeaderDeadlineProtocol | None = None
-        if request_boundaries:
-            transport = request.transport
-            protocol = transport.get_protocol() if transport is not None else None
-            if isinstance(protocol, HeaderDeadlineProtocol):
-                watchdog = protocol
-                watchdog.request_started()
-        started = time.perf_counter()
-        in_flight.inc()
-        status = 500
-        response: web.StreamResponse | None = None
-        # Created here, so handlers find it (facts()) without a failed lookup.
-        info = request[FACTS_KEY] = RequestFacts()
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            response = exc  # aiohttp sends the exception itself as the answer
-            raise
-        finally:
-            if watchdog is not None:
-                watchdog.request_finished()
-            in_flight.dec()
-            route = info.route
-            if route == "-" and request.match_info.route.resource is not None:
-                route = request.match_info.route.resource.canonical
-            kind = method_label(request.method)
-            child = children.get((route, kind, status))
-            if child is None:
-                child = requests.labels(listener, route, kind, str(status))
-                if len(children) < 10_000:  # routes x statuses: bounded in practice
-                    children[(route, kind, status)] = child
-            child.inc()
-            if info.oauth_outcome is not None and route in TOKEN_PATHS:
-                client = (info.client_id or "-") if client_labels else ""
-                tokens.labels(client, info.oauth_outcome).inc()
-            if access_log is not None:
-                headers = request.headers
-                access_log.write(
-                    {
-                        "time": rfc3339(time.time()),
-                        "event": "request",
-                        "listener": listener,
-                        "client_id": info.client_id,
-                        "thumbprint": info.thumbprint,
-                        "route": route,
-                        "method": request.method,
-                        "path": request.path,
-                        "query": _logged_query(request.raw_path.partition("?")[2]),
-                        "status": status,
-                        "upstream_status": info.upstream_status,
-                        "upstream_error": info.upstream_error,
-                        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                        "bytes": body_bytes(request, response, info),
-                        "peer": request.remote,
-                        "user_agent": headers.get("User-Agent"),
-                        "request_id": headers.get("X-Request-Id"),
-                    }
-                )
+    __slots__ = (
+        "_access_log",
+        "_children",
+        "_client_labels",
+        "_in_flight",
+        "_listener",
+        "_requests",
+        "_tokens",
+    )
 
-    return observe
+    def __init__(self, metrics: Metrics, listener: str, *, access_log: AccessLog | None) -> None:
+        self._listener = listener
+        self._access_log = access_log
+        self._in_flight = metrics.in_flight
+        self._requests = metrics.requests
+        self._tokens = metrics.tokens
+        self._client_labels = metrics.client_labels
+        # labels() takes a lock and builds a key on every call: keep the children.
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def begin(self) -> None:
+        self._in_flight.inc()
+
+    def end(self, request: Request, response: Response, started: float) -> None:
+        self._in_flight.dec()
+        info = request.facts
+        route = info.route
+        status = response.status
+        kind = method_label(request.method)
+        child = self._children.get((route, kind, status))
+        if child is None:
+            child = self._requests.labels(self._listener, route, kind, str(status))
+            if len(self._children) < 10_000:  # routes x statuses: bounded in practice
+                self._children[(route, kind, status)] = child
+        child.inc()
+        if info.oauth_outcome is not None and route in TOKEN_PATHS:
+            client = (info.client_id or "-") if self._client_labels else ""
+            self._tokens.labels(client, info.oauth_outcome).inc()
+        if self._access_log is None:
+            return
+        headers = request.headers
+        self._access_log.write(
+            {
+                "time": rfc3339(time.time()),
+                "event": "request",
+                "listener": self._listener,
+                "client_id": info.client_id,
+                "thumbprint": info.thumbprint,
+                "route": route,
+                "method": request.method,
+                "path": request.path,
+                "query": _logged_query(request.query_string),
+                "status": status,
+                "upstream_status": info.upstream_status,
+                "upstream_error": info.upstream_error,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "bytes": _body_bytes(request, response, info),
+                "peer": request.remote,
+                "user_agent": headers.get("User-Agent"),
+                "request_id": headers.get("X-Request-Id"),
+                **({"protocol": request.protocol} if request.protocol == "HTTP/2" else {}),
+                **({"grpc_status": info.grpc_status} if info.grpc_status is not None else {}),
+            }
+        )
 
 
 # Parameters whose values are credentials (RFC 6750 §2.3 access_token, and the
@@ -224,18 +170,10 @@ def _logged_query(query: str) -> str | None:
     return "&".join(parts)
 
 
-def body_bytes(
-    request: web.Request, response: web.StreamResponse | None, info: RequestFacts
-) -> int:
-    """Body bytes sent to the caller: what a handler counted, else the answer's body."""
+def _body_bytes(request: Request, response: Response, info: RequestFacts) -> int:
+    """Body bytes sent to the caller: what a stage counted, else what the protocol wrote."""
     if info.body_bytes is not None:
         return info.body_bytes
-    if response is None or request.method == "HEAD":
+    if request.method == "HEAD":
         return 0
-    if isinstance(response, CountingResponse):
-        return response.sent_body_bytes
-    if isinstance(response, web.Response):
-        body = response.body
-        if isinstance(body, bytes | bytearray):
-            return len(body)
-    return 0
+    return response.sent_bytes

@@ -11,43 +11,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from aiohttp import web
-
 from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
+from gateway.pipeline.messages import MalformedBody, Request
 from gateway.upstream import UpstreamConnection, UpstreamError
 
 STREAM_CHUNK = 64 * 1024
-# limits.request_body_* for send_body, set on each listener app (app.py).
-BODY_LIMITS_KEY: web.AppKey[LimitsConfig] = web.AppKey("request_body_limits", LimitsConfig)
-_DEFAULT_LIMITS = LimitsConfig()
+TOO_SLOW = "request body too slow"
+MALFORMED = "malformed request body"
 _UNBOUNDED: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
-async def defer_expectation(request: web.Request) -> None:
-    """The proxy route's expect handler: nothing is sent before the policy ran.
+def continue_if_expected(request: Request) -> None:
+    """``100 Continue`` once routing and the policy passed (never to a caller about to get 401/403).
 
-    aiohttp's default handler answers ``100 Continue`` before any handler,
-    inviting the body of a request about to be refused with 401/403 (RFC 9110
-    §10.1.1: a 100 says the request will be accepted).  The proxy sends it
-    itself once routing and authentication passed (``continue_if_expected``).
+    RFC 9110 §10.1.1: a 100 says the request will be accepted, so the listener
+    protocol sends none by itself; this stage asks for it.
     """
-
-
-async def continue_if_expected(request: web.Request) -> None:
     if request.version < (1, 1):
         return  # RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue is ignored
     if request.headers["Expect"].strip().lower() != "100-continue":
         raise GatewayError(
             417, "expectation_failed", "only the 100-continue expectation is supported"
         )
-    if request.body_exists and not request.content.is_eof():
-        # As aiohttp's own handler does; the interim answer is not the response.
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+    if request.body_exists and not request.content.is_eof() and request.send_continue:
+        request.send_continue()
 
 
-async def send_body(request: web.Request, conn: UpstreamConnection, has_length: bool) -> bool:
+async def send_body(
+    request: Request, conn: UpstreamConnection, has_length: bool, limits: LimitsConfig
+) -> str | None:
     """Stream the caller's body upstream, one chunk in flight (backpressure both ways).
 
     The route timeout is an idle timer while the body streams, not a total:
@@ -62,14 +55,13 @@ async def send_body(request: web.Request, conn: UpstreamConnection, has_length: 
     Apache's mod_reqtimeout does: ``limits.request_body_timeout`` seconds,
     plus one second per ``request_body_min_rate`` bytes received.  Time spent
     waiting for the upstream to take a chunk is not the caller's and is not
-    counted.  Returns True when the body was cut for that (proxy answers 408).
+    counted.  Returns why the caller's body was cut (``TOO_SLOW``: the proxy
+    answers 408; ``MALFORMED``: 400), else None.
     """
     content = request.content
-    limits: LimitsConfig | None = None
     loop: asyncio.AbstractEventLoop | None = None
     allowed = 0.0  # loop time by which the caller must have sent the body
     if not content.is_eof():  # else the whole body came with the head: nothing to bound
-        limits = request.app.get(BODY_LIMITS_KEY, _DEFAULT_LIMITS)
         loop = asyncio.get_running_loop()
         allowed = loop.time() + limits.request_body_timeout
     try:
@@ -87,7 +79,7 @@ async def send_body(request: web.Request, conn: UpstreamConnection, has_length: 
                 if window is None:
                     await conn.drain()  # returns once the upstream connection took the chunk
                     continue
-                assert limits is not None and loop is not None
+                assert loop is not None
                 if limits.request_body_min_rate:
                     allowed += len(chunk) / limits.request_body_min_rate
                 window.reschedule(None)  # the upstream's pace is not the caller's
@@ -102,17 +94,25 @@ async def send_body(request: web.Request, conn: UpstreamConnection, has_length: 
         conn.body_sent = True
     except UpstreamError:
         pass  # the connection failed: the response side reports it
+    except MalformedBody:
+        # A malformed chunk: the upstream got a partial body, the exchange is
+        # dropped, and the caller is told (400) if no answer has started.
+        conn.close()
+        return MALFORMED
     except TimeoutError:
         # Too slow for limits.request_body_*: the exchange is dropped, and the
         # response side answers 408 if no answer has started.
         conn.close()
-        return True
+        return TOO_SLOW
     except Exception:
         # The caller's side failed (reset, malformed chunk): the upstream got
         # a partial body, so the exchange is abandoned (502, as before).
         conn.close()
-    return False
+    return None
 
 
-def body_too_slow(sender: asyncio.Task[bool] | None) -> bool:
-    return sender is not None and sender.done() and not sender.cancelled() and sender.result()
+def body_cut(sender: asyncio.Task[str | None] | None) -> str | None:
+    """Why the caller's body was cut (TOO_SLOW, MALFORMED), once the sender ended."""
+    if sender is None or not sender.done() or sender.cancelled():
+        return None
+    return sender.result()

@@ -10,34 +10,35 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
 from gateway.admin import create_admin_app
 from gateway.app import Gateway
 from gateway.config import BindAddress, ConfigError, LimitsConfig
-from gateway.deadlines import ConnectionLimit, HeaderDeadlineProtocol, json_error_handlers
+from gateway.framing import check_framing
+from gateway.http1.connections import ConnectionSet
+from gateway.http1.server import Http1ServerProtocol, Http1Settings
+from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.listener.stack import ProtocolFactory, bound_address, describe, listen, tls_stack
 from gateway.metrics import Metrics
-from gateway.observability import AccessLog, create_observer
+from gateway.observability import AccessLog, Observer
 from gateway.outbound.listener import OutboundListener
+from gateway.pipeline.chain import Pipeline, Stage
 
 log = logging.getLogger("gateway")
-
-# After shutdown_timeout: how long a cancelled handler gets to unwind before its
-# connection is closed under it (aiohttp's own second wait, kept short).
-_CUT_SECONDS = 0.05
 
 
 @dataclass
 class RunningGateway:
     gateway: Gateway
-    runners: list[web.AppRunner] = field(default_factory=list)
+    runners: list[web.AppRunner] = field(default_factory=list)  # the admin app
     servers: list[asyncio.Server] = field(default_factory=list)
+    connections: ConnectionSet = field(default_factory=ConnectionSet)
     listener_addresses: list[tuple[str, int]] = field(default_factory=list)
     outbound_addresses: list[tuple[str, int]] = field(default_factory=list)
+    pipelines: list[Pipeline] = field(default_factory=list)
     admin_address: tuple[str, int] | None = None
 
     @property
@@ -47,27 +48,15 @@ class RunningGateway:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish for ``grace`` seconds, cut the rest.
 
-        aiohttp's ``Server.shutdown(t)`` waits up to ``t`` for a handler, then
-        up to ``t`` again after cancelling its request body, so a request that
-        ignores the body ran to twice ``t``; and every idle keep-alive connection
-        held it for the whole ``t``.  So the deadline is kept here: idle
-        connections close at once (``pre_shutdown``), busy ones after their
-        answer (which carries ``Connection: close``, app.py), and whatever
-        still runs at ``grace`` is cancelled.
+        Idle keep-alive connections close at once, busy ones after their
+        answer (which carries ``Connection: close``), and whatever still runs
+        at ``grace`` is cancelled and its connection aborted: the deadline is
+        ``grace``, not a multiple of it.
         """
         self.gateway.shutting_down = True
         for server in self.servers:
             server.close()  # stop accepting; open connections stay
-        http_servers = [runner.server for runner in self.runners if runner.server]
-        for http_server in http_servers:
-            http_server.pre_shutdown()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                # No timeout of aiohttp's own: it returns when the handlers end.
-                await asyncio.gather(*(s.shutdown(None) for s in http_servers))
-        # Past the deadline: cancel the handlers still running (their upstream
-        # exchanges are abandoned) and close their connections.
-        await asyncio.gather(*(s.shutdown(_CUT_SECONDS) for s in http_servers))
+        await self.connections.wait_closed(grace)
         for runner in self.runners:
             await runner.cleanup()
         self.runners.clear()
@@ -81,40 +70,56 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def http_options(limits: LimitsConfig) -> dict[str, Any]:
-    """What every HTTP/1.1 connection handler is built with."""
-    return {
-        "max_line_size": limits.max_header_bytes,
-        "max_field_size": limits.max_header_bytes,
-        "max_headers": limits.max_headers,
-        "keepalive_timeout": limits.keepalive_timeout,
-        # Bodies are relayed as sent: decoding Content-Encoding here would
-        # forward a decoded body under an encoded label.
-        "auto_decompress": False,
-        # The access log is the gateway's own (observability.py), never aiohttp's.
-        "access_log": None,
-    }
+def http1_settings(limits: LimitsConfig, *, scheme: str, plain: bool = False) -> Http1Settings:
+    """What every HTTP/1.1 connection of a listener is built with."""
+    return Http1Settings(
+        max_header_bytes=limits.max_header_bytes,
+        max_headers=limits.max_headers,
+        header_read_timeout=limits.header_read_timeout,
+        keepalive_timeout=limits.keepalive_timeout,
+        # On TLS listeners the TLS layer bounds a stalled write; plain ones here.
+        send_timeout=limits.send_timeout if plain else None,
+        scheme=scheme,
+    )
 
 
-async def _http_runner(
-    running: RunningGateway, app: web.Application, options: dict[str, Any]
-) -> web.Server:
-    runner = web.AppRunner(app, handle_signals=False, **{**http_options(LimitsConfig()), **options})
-    await runner.setup()
-    running.runners.append(runner)
-    assert runner.server is not None
-    return runner.server
+def http1_factory(
+    pipeline: Pipeline,
+    settings: Http1Settings,
+    *,
+    observer: Observer,
+    connections: ConnectionSet,
+    draining: Callable[[], bool],
+    gate: ConnectionLimit | None = None,
+) -> ProtocolFactory:
+    def http1() -> asyncio.Protocol:
+        return Http1ServerProtocol(
+            pipeline,
+            settings,
+            observer=observer,
+            connections=connections,
+            draining=draining,
+            admit=gate.admit if gate is not None else None,
+            release=gate.release if gate is not None else None,
+        )
+
+    return http1
 
 
 @dataclass
 class BoundOutbound:
-    runner: web.AppRunner
     server: asyncio.Server
     address: tuple[str, int]
+    pipeline: Pipeline
+    connections: ConnectionSet
 
     async def close(self) -> None:
         self.server.close()
-        await self.runner.cleanup()
+        await self.connections.wait_closed(0)
+
+
+def outbound_pipeline(outbound: OutboundListener) -> Pipeline:
+    return Pipeline([Stage.of("framing", check_framing), Stage.of("forward", outbound.handle)])
 
 
 async def bind_outbound(
@@ -125,33 +130,32 @@ async def bind_outbound(
     access_log: AccessLog | None,
     where: str,
     reuse_port: bool = False,
+    connections: ConnectionSet | None = None,
+    draining: Callable[[], bool] = lambda: False,
 ) -> BoundOutbound:
     """One outbound listener: plain HTTP on loopback in, mTLS out (gateway/outbound/).
 
-    The observer marks request boundaries, so the header-read deadline covers
-    only the wait for each request head, as on inbound listeners (without them
-    a long response was cut at ``header_read_timeout``).
+    The same HTTP/1.1 protocol as inbound listeners, so the header-read
+    deadline covers only the wait for each request head (an outbound
+    listener built without it cut long responses at ``header_read_timeout``).
     """
-    observer = create_observer(
-        metrics, f"outbound[{outbound.index}]", access_log=access_log, request_boundaries=True
+    observer = Observer(metrics, f"outbound[{outbound.index}]", access_log=access_log)
+    pipeline = outbound_pipeline(outbound)
+    connections = connections if connections is not None else ConnectionSet()
+    factory = http1_factory(
+        pipeline,
+        http1_settings(limits, scheme="http", plain=True),
+        observer=observer,
+        connections=connections,
+        draining=draining,
     )
-    options = http_options(limits)
-    runner = web.AppRunner(outbound.app([observer]), handle_signals=False, **options)
-    await runner.setup()
-    assert runner.server is not None
-    handlers = json_error_handlers(runner.server, options)
-
-    def plain_http() -> asyncio.Protocol:
-        return HeaderDeadlineProtocol(handlers(), limits.header_read_timeout)
-
     try:
-        server = await listen(plain_http, outbound.config.bind, reuse_port=reuse_port)
+        server = await listen(factory, outbound.config.bind, reuse_port=reuse_port)
     except OSError as exc:
-        await runner.cleanup()
         raise ConfigError(
             [f"{where}: cannot listen on {outbound.config.bind}: {exc.strerror or exc}"]
         ) from None
-    return BoundOutbound(runner, server, bound_address(server))
+    return BoundOutbound(server, bound_address(server), pipeline, connections)
 
 
 async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> RunningGateway:
@@ -161,28 +165,29 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
     await gateway.start()
     running = RunningGateway(gateway)
     try:
-        options = http_options(limits)
+        draining = lambda: gateway.shutting_down  # noqa: E731
         for listener in gateway.listeners:
             for line in listener.tls.material.ignored_pins:
                 log.warning("%s", line)  # `check` prints the same lines as warnings
-            server = await _http_runner(running, gateway.listener_app(listener.index), options)
+            pipeline = gateway.listener_pipeline(listener.index)
+            running.pipelines.append(pipeline)
             gate = ConnectionLimit(limits.max_connections) if limits.max_connections else None
             listener.connections = gate
-            handlers = json_error_handlers(server, options)
-            timeout = limits.header_read_timeout
-
-            def http(
-                handlers: Callable[[], asyncio.Protocol] = handlers,
-                gate: ConnectionLimit | None = gate,
-                timeout: float = timeout,
-            ) -> asyncio.Protocol:
-                return HeaderDeadlineProtocol(handlers(), timeout, gate=gate)
-
+            http = http1_factory(
+                pipeline,
+                http1_settings(limits, scheme="https"),
+                observer=Observer(
+                    gateway.metrics, str(listener.index), access_log=gateway.access_log
+                ),
+                connections=running.connections,
+                draining=draining,
+                gate=gate,
+            )
             listener.proxy_refusals = ProxyRefusals()
             factory = tls_stack(
                 listener.tls,
                 http,
-                handshake_timeout=timeout,
+                handshake_timeout=limits.header_read_timeout,
                 send_timeout=limits.send_timeout,
                 proxy_protocol=listener.config.proxy_protocol,
                 proxy_refusals=listener.proxy_refusals,
@@ -200,18 +205,23 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
                 access_log=gateway.access_log,
                 where=f"{config.source}:outbound[{outbound.index}].bind",
                 reuse_port=reuse_port,
+                connections=running.connections,
+                draining=draining,
             )
-            running.runners.append(bound_outbound.runner)
             running.servers.append(bound_outbound.server)
             running.outbound_addresses.append(bound_outbound.address)
+            running.pipelines.append(bound_outbound.pipeline)
         if config.admin.bind is not None:
             admin = create_admin_app(
                 gateway.readiness, gateway.metrics, allowed_hosts=config.admin.allowed_hosts
             )
-            server = await _http_runner(running, admin, {})
+            runner = web.AppRunner(admin, handle_signals=False, access_log=None)
+            await runner.setup()
+            running.runners.append(runner)
+            assert runner.server is not None
             where = f"{config.source}:admin.bind"
             running.admin_address = await _listen(
-                running, server, where, config.admin.bind, reuse_port
+                running, runner.server, where, config.admin.bind, reuse_port
             )
     except BaseException:
         await running.stop(grace=0)
@@ -277,16 +287,19 @@ async def serve_forever(
             stop.set()
 
         loop.add_reader(lifeline, supervisor_gone)
-    for (host, port), listener in zip(running.listener_addresses, gateway.listeners, strict=True):
+    listening = zip(running.listener_addresses, gateway.listeners, running.pipelines, strict=False)
+    for (host, port), listener, pipeline in listening:
         log.info(
-            "listening on https://%s:%d (public %s): %s",
+            "listening on https://%s:%d (public %s): %s; pipeline %s",
             host,
             port,
             listener.public_url,
             describe(listener.config.proxy_protocol, "http/1.1"),
+            pipeline.describe(),
         )
-    for host, port in running.outbound_addresses:
-        log.info("outbound on http://%s:%d", host, port)
+    outbound_pipelines = running.pipelines[len(gateway.listeners) :]
+    for (host, port), pipeline in zip(running.outbound_addresses, outbound_pipelines, strict=False):
+        log.info("outbound on http://%s:%d: pipeline %s", host, port, pipeline.describe())
     if running.admin_address:
         log.info("admin on http://%s:%d", *running.admin_address)
     try:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from gateway.framing import SERVER_NAME
+from gateway.http1.head import SERVER_NAME
 from tests.conftest import MakeGateway, Upstream
 from tests.pki import Issued
 from tests.security.conftest import MTLS_CLIENT

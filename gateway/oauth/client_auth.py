@@ -16,14 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from aiohttp import web
-
 from gateway.auth import Authenticator, ConnectionAuth
 from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
 from gateway.oauth.errors import InvalidClientError, InvalidRequestError, MethodNotAllowedError
 from gateway.oauth.forms import read_form
 from gateway.observability import facts
+from gateway.pipeline.messages import Request
 from gateway.registry.matching import ClientMatch
 
 log = logging.getLogger("gateway.oauth")
@@ -32,7 +31,7 @@ log = logging.getLogger("gateway.oauth")
 _OTHER_CREDENTIALS = ("client_secret", "client_assertion", "client_assertion_type")
 
 
-def client_id_of(request: web.Request, form: Mapping[str, str]) -> str | None:
+def client_id_of(request: Request, form: Mapping[str, str]) -> str | None:
     """The client_id the caller names, refusing every other credential.
 
     RFC 8705 §2 puts ``client_id`` in the form.  IdentityModel, the seed's
@@ -80,7 +79,7 @@ def _basic_client_id(header: str) -> str:
     return unquote_plus(user)  # RFC 6749 §2.3.1: form-urlencoded before Basic encoding
 
 
-async def connection_auth(request: web.Request, authenticator: Authenticator) -> ConnectionAuth:
+async def connection_auth(request: Request, authenticator: Authenticator) -> ConnectionAuth:
     """The connection's certificate identity; its refusals become invalid_client."""
     try:
         auth = await authenticator.authenticate(request)
@@ -95,7 +94,7 @@ async def connection_auth(request: web.Request, authenticator: Authenticator) ->
 
 
 def authenticated_client(
-    request: web.Request,
+    request: Request,
     auth: ConnectionAuth,
     client_id: str | None,
     *,
@@ -135,7 +134,7 @@ def authenticated_client(
     return match
 
 
-def _refuse(request: web.Request, auth: ConnectionAuth, client_id: str | None, reason: str) -> None:
+def _refuse(request: Request, auth: ConnectionAuth, client_id: str | None, reason: str) -> None:
     log.warning(
         "client authentication failed",
         extra={
@@ -157,7 +156,7 @@ class AuthenticatedForm:
 
 
 async def authenticated_form(
-    request: web.Request,
+    request: Request,
     authenticator: Authenticator,
     limits: LimitsConfig,
     *,

@@ -15,16 +15,16 @@ so ``subject_types_supported`` and ``id_token_signing_alg_values_supported``
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
-from gateway.app import GATEWAY_KEY, ListenerContext
+from gateway.app import ListenerContext
 from gateway.config import RouteConfig
 from gateway.oauth import paths
 from gateway.oauth.errors import MethodNotAllowedError
 from gateway.oauth.keys import SigningKeySet
+from gateway.pipeline.messages import Request, Response, json_response
 
 AUTH_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")  # RFC 8705 §2.1, §2.2
 GRANT_TYPES = ("client_credentials",)
@@ -80,6 +80,8 @@ class Discovery:
     issuer: str
     keys: SigningKeySet
     listener: ListenerContext
+    # The routes of the running config (a reload swaps them): their scopes are published.
+    routes: Callable[[], tuple[RouteConfig, ...]]
     # The public URL is resolved when the listener binds (after the routes
     # are added), so the document is rendered on first use, then reused.
     # Keyed by the route table too: a config reload can change the scopes.
@@ -93,22 +95,16 @@ class Discovery:
             rendered = self._rendered = (base_url, routes, json.dumps(document))
         return rendered[2]
 
-    async def handle_metadata(self, request: web.Request) -> web.Response:
+    async def handle_metadata(self, request: Request) -> Response:
         if request.method not in _READ_METHODS:
             raise MethodNotAllowedError(_READ_METHODS)
-        routes = request.app[GATEWAY_KEY].config.routes
-        return web.Response(
-            text=self._document(routes), content_type="application/json", headers=PUBLIC_CACHE
-        )
+        routes = self.routes()
+        return json_response(200, self._document(routes).encode(), PUBLIC_CACHE)
 
-    async def handle_jwks(self, request: web.Request) -> web.Response:
+    async def handle_jwks(self, request: Request) -> Response:
         if request.method not in _READ_METHODS:
             raise MethodNotAllowedError(_READ_METHODS)
         # Read per request: a key reload swaps the set and this follows at once.
-        return web.Response(
-            text=json.dumps(self.keys.jwks()),
-            # RFC 7517 §8.5.1 registers application/jwk-set+json; plain JSON is
-            # what IdentityServer serves and what every client library accepts.
-            content_type="application/json",
-            headers=PUBLIC_CACHE,
-        )
+        # RFC 7517 §8.5.1 registers application/jwk-set+json; plain JSON is
+        # what IdentityServer serves and what every client library accepts.
+        return json_response(200, json.dumps(self.keys.jwks()).encode(), PUBLIC_CACHE)

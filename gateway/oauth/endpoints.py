@@ -1,56 +1,36 @@
 """The OAuth surface of one listener: which path goes to which handler.
 
-These routes are added before the proxy's catch-all, so on every listener
-they answer themselves and are never forwarded upstream.  Each path takes
-every method and the handler answers 405 itself: otherwise aiohttp would
-hand, say, ``GET /connect/token`` on to the proxy.
+The pipeline's endpoints stage (gateway/pipeline/endpoints.py) answers these
+paths on every listener before any route is looked up, so they are never
+forwarded upstream.  Each handler answers 405 itself for a method it does
+not take.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from aiohttp import web
-
-from gateway.app import ListenerContext
+from gateway.app import Gateway, ListenerContext
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError
 from gateway.oauth import paths
 from gateway.oauth.discovery import Discovery
 from gateway.oauth.introspection import IntrospectionEndpoint
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.token_endpoint import TokenEndpoint
-from gateway.observability import facts
+from gateway.pipeline.messages import Handler
 from gateway.registry.base import Registry
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-
-def rendering_errors(handler: Handler) -> Handler:
-    """Answer every GatewayError (OAuthError included) in its one rendering."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except GatewayError as exc:
-            facts(request).oauth_outcome = exc.error
-            return exc.response()
-
-    return handle
-
-
-def add_oauth_routes(
-    app: web.Application,
+def oauth_endpoints(
     listener: ListenerContext,
+    gateway: Gateway,
     *,
     config: GatewayConfig,
     keys: SigningKeySet,
     registry: Registry,
-) -> None:
-    discovery = Discovery(config.issuer, keys, listener)
+) -> dict[str, Handler]:
+    discovery = Discovery(config.issuer, keys, listener, lambda: gateway.config.routes)
     token = TokenEndpoint(config, keys, listener.authenticator)
     introspection = IntrospectionEndpoint(config, keys, listener.authenticator, registry)
-    routes: dict[str, Handler] = {
+    return {
         paths.OPENID_CONFIGURATION: discovery.handle_metadata,
         paths.OAUTH_SERVER_METADATA: discovery.handle_metadata,
         paths.JWKS: discovery.handle_jwks,
@@ -59,5 +39,3 @@ def add_oauth_routes(
         paths.INTROSPECT: introspection.handle,
         paths.MTLS_INTROSPECT: introspection.handle,
     }
-    for path, handler in routes.items():
-        app.router.add_route("*", path, rendering_errors(handler))

@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.oauth.errors import (
@@ -21,6 +20,7 @@ from gateway.oauth.errors import (
     RequestTimeoutError,
     RequestTooLargeError,
 )
+from gateway.pipeline.messages import Request
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELDS = 64  # far more than any token or introspection request needs
@@ -58,9 +58,7 @@ def _is_form(content_type: str) -> bool:
     return media_type == FORM_CONTENT_TYPE
 
 
-async def read_form(
-    request: web.Request, *, max_bytes: int, read_within: float
-) -> Mapping[str, str]:
+async def read_form(request: Request, *, max_bytes: int, read_within: float) -> Mapping[str, str]:
     """The request's form parameters; RFC 6749 §3.2 requires this media type."""
     if not _is_form(request.headers.get("Content-Type", "")):
         raise InvalidRequestError(f"the request body must be {FORM_CONTENT_TYPE}")
@@ -85,7 +83,7 @@ async def read_form(
     return parse_form(body)
 
 
-async def _read_capped(request: web.Request, max_bytes: int) -> bytes:
+async def _read_capped(request: Request, max_bytes: int) -> bytes:
     """Read to the end, refusing as soon as more than ``max_bytes`` arrived."""
     body = bytearray()
     while chunk := await request.content.read(max_bytes + 1 - len(body)):

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.errors import NO_STORE, registry_unavailable
@@ -23,6 +21,7 @@ from gateway.oauth.client_auth import authenticated_form
 from gateway.oauth.errors import InvalidRequestError
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.tokens import InvalidToken, verify_access_token
+from gateway.pipeline.messages import Request, Response, json_response
 from gateway.registry.base import Registry, RegistryUnavailable
 
 _INACTIVE = json.dumps({"active": False})
@@ -50,7 +49,7 @@ class IntrospectionEndpoint:
     authenticator: Authenticator
     registry: Registry
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: Request) -> Response:
         form = (
             await authenticated_form(
                 request, self.authenticator, self.config.limits, client_id_required=False
@@ -83,6 +82,6 @@ class IntrospectionEndpoint:
         return json.dumps(introspection_body(claims))
 
 
-def _json(text: str) -> web.Response:
+def _json(text: str) -> Response:
     # Token metadata is as sensitive as the token: never cached (RFC 7662 §4).
-    return web.Response(text=text, content_type="application/json", headers=NO_STORE)
+    return json_response(200, text.encode(), NO_STORE)

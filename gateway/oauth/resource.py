@@ -13,8 +13,6 @@ import hmac
 import logging
 import re
 
-from aiohttp import web
-
 from gateway.auth import ConnectionAuth
 from gateway.config import HeaderNames, RouteConfig
 from gateway.errors import access_denied
@@ -27,6 +25,7 @@ from gateway.oauth.errors import (
 )
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.tokens import InvalidToken, cnf_x5t_s256, scopes_of, verify_access_token
+from gateway.pipeline.messages import Request
 from gateway.proxy import TokenChecker
 
 log = logging.getLogger("gateway.oauth")
@@ -35,7 +34,7 @@ log = logging.getLogger("gateway.oauth")
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
-def bearer_token(request: web.Request) -> str:
+def bearer_token(request: Request) -> str:
     """The token from ``Authorization: Bearer``, the one place we accept it."""
     if "access_token" in request.query:
         # RFC 6750 §2.3 (and §5.3): a token in the URI lands in logs and
@@ -69,7 +68,7 @@ class BearerTokenChecker(TokenChecker):
         self._names = header_names
 
     async def check(
-        self, request: web.Request, route: RouteConfig, auth: ConnectionAuth
+        self, request: Request, route: RouteConfig, auth: ConnectionAuth
     ) -> tuple[tuple[str, str], ...]:
         token = bearer_token(request)
         try:
@@ -120,7 +119,7 @@ class BearerTokenChecker(TokenChecker):
         return identity_headers(self._names, client_id, auth.identity)
 
     def _refuse(
-        self, request: web.Request, auth: ConnectionAuth, client_id: str | None, reason: str
+        self, request: Request, auth: ConnectionAuth, client_id: str | None, reason: str
     ) -> InvalidTokenError:
         log.warning(
             "access token refused",

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import web
-
 from gateway.app import Gateway, ListenerContext
 from gateway.config import ConfigError, GatewayConfig
-from gateway.oauth.endpoints import add_oauth_routes
+from gateway.oauth.endpoints import oauth_endpoints
 from gateway.oauth.keys import SigningKey, SigningKeyError, SigningKeySet, load_signing_key
 from gateway.oauth.resource import BearerTokenChecker
+from gateway.pipeline.messages import Handler
 from gateway.registry.base import Registry
 
 log = logging.getLogger("gateway.oauth")
@@ -67,13 +66,15 @@ class TokenService:
         self.reload_failures = 0  # counted once per distinct error, like the log line
 
     def install(self, gateway: Gateway) -> None:
-        gateway.extensions.append(self.add_routes)
+        gateway.extensions.append(self.endpoints)
         gateway.token_checker = self.checker
         gateway.reloaders.append(self.reload_keys)
         gateway.reload_parts.append(("signing_keys", self))
 
-    def add_routes(self, app: web.Application, listener: ListenerContext) -> None:
-        add_oauth_routes(app, listener, config=self.config, keys=self.keys, registry=self.registry)
+    def endpoints(self, listener: ListenerContext, gateway: Gateway) -> dict[str, Handler]:
+        return oauth_endpoints(
+            listener, gateway, config=self.config, keys=self.keys, registry=self.registry
+        )
 
     def reload_keys(self) -> bool:
         """Swap in changed key files; False (and the old keys kept) if any is bad.

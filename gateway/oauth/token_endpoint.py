@@ -13,8 +13,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.errors import NO_STORE
@@ -29,6 +27,7 @@ from gateway.oauth.errors import (
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.tokens import mint_access_token
 from gateway.observability import facts
+from gateway.pipeline.messages import Request, Response, json_response
 from gateway.registry.model import Client
 
 log = logging.getLogger("gateway.oauth")
@@ -64,7 +63,7 @@ class TokenEndpoint:
     keys: SigningKeySet
     authenticator: Authenticator
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: Request) -> Response:
         authenticated = await authenticated_form(
             request, self.authenticator, self.config.limits, client_id_required=True
         )
@@ -127,6 +126,4 @@ class TokenEndpoint:
             "scope": issued.scope,
         }
         # RFC 6749 §5.1: responses carrying tokens must not be cached.
-        return web.Response(
-            text=json.dumps(body), content_type="application/json", headers=NO_STORE
-        )
+        return json_response(200, json.dumps(body).encode(), NO_STORE)

@@ -28,17 +28,17 @@ from dataclasses import dataclass
 
 import aiohttp
 import yarl
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import GatewayError, bad_gateway, gateway_timeout
 from gateway.headers import downstream_response_headers, upstream_request_headers
-from gateway.observability import CountingResponse, facts
+from gateway.http1.writer import StreamCut
 from gateway.outbound.client_tls import Trust
 from gateway.outbound.pool import Lease, SessionPool
 from gateway.outbound.routing import OutboundRoute, OutboundRouteTable, request_host
 from gateway.outbound.tokens import TokenSource, TokenUnavailable
 from gateway.paths import encode_path, normalise_path
+from gateway.pipeline.messages import Request, Response
 
 log = logging.getLogger("gateway.outbound")
 
@@ -89,13 +89,8 @@ class Forwarder:
             total=None, sock_connect=connect_timeout, sock_read=timeout
         )
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        try:
-            return await self._handle(request)
-        except GatewayError as exc:
-            return exc.response()
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response:
+        """The outbound pipeline's forward stage; GatewayError is rendered by the pipeline."""
         if "upgrade" in request.headers.get("Connection", "").lower():
             raise GatewayError(
                 501, "not_implemented", "outbound listeners do not relay protocol upgrades"
@@ -106,7 +101,7 @@ class Forwarder:
             raise GatewayError(404, "not_found", "no outbound route for this path and host")
         url = route.config.destination + encode_path(route.destination_path(path))
         if request.query_string:
-            url += "?" + request.raw_path.partition("?")[2]
+            url += "?" + request.query_string
         tokens = route.target.tokens
         headers = upstream_request_headers(
             request.headers,
@@ -168,7 +163,7 @@ class Forwarder:
 
     async def _send(
         self,
-        request: web.Request,
+        request: Request,
         route: OutboundRoute[RouteTarget],
         url: str,
         headers: CIMultiDict[str],
@@ -194,56 +189,61 @@ class Forwarder:
                     skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
                 )
         except TimeoutError:
-            facts(request).upstream_error = "response timeout"
+            request.facts.upstream_error = "response timeout"
             raise gateway_timeout("the destination did not answer in time") from None
         except aiohttp.ClientConnectorCertificateError as exc:
-            facts(request).upstream_error = f"certificate refused: {exc.certificate_error}"
+            request.facts.upstream_error = f"certificate refused: {exc.certificate_error}"
             raise bad_gateway(
                 f"the destination's certificate was refused: {exc.certificate_error}"
             ) from None
         except aiohttp.ClientConnectorError as exc:
-            facts(request).upstream_error = f"unreachable: {exc.os_error}"
+            request.facts.upstream_error = f"unreachable: {exc.os_error}"
             raise bad_gateway("the destination is unreachable") from None
         except (aiohttp.ClientError, OSError) as exc:
-            facts(request).upstream_error = type(exc).__name__
+            request.facts.upstream_error = type(exc).__name__
             raise bad_gateway(f"the destination failed: {type(exc).__name__}") from None
 
-    def _stream(self, request: web.Request, deadline: asyncio.Timeout) -> AsyncIterator[bytes]:
+    def _stream(self, request: Request, deadline: asyncio.Timeout) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in request.content.iter_chunked(STREAM_CHUNK):
+            while chunk := await request.content.read(STREAM_CHUNK):
                 yield chunk
                 deadline.reschedule(loop.time() + self._timeout)
 
         return chunks()
 
     @staticmethod
-    async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        try:
-            facts(request).upstream_status = upstream.status
-            response = CountingResponse(status=upstream.status, reason=upstream.reason)
-            response.headers.extend(downstream_response_headers(upstream.headers))
-            length = upstream.headers.get("Content-Length")
-            if (
-                length is not None
-                and length.isdigit()
-                and "Transfer-Encoding" not in upstream.headers
-            ):
-                response.content_length = int(length)
-            await response.prepare(request)
+    async def _relay(request: Request, upstream: aiohttp.ClientResponse) -> Response:
+        info = request.facts
+        info.upstream_status = upstream.status
+        length = upstream.headers.get("Content-Length")
+        announced = (
+            int(length)
+            if length is not None
+            and length.isdigit()
+            and "Transfer-Encoding" not in upstream.headers
+            else None
+        )
+
+        async def body() -> AsyncIterator[bytes]:
             try:
+                yield b""  # the head goes out at once: a slow stream must see it
                 async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                    yield chunk
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 # The head is gone already: cutting the connection is the only
                 # way left to tell the app the body is incomplete.
                 log.warning("destination failed mid-response: %s", type(exc).__name__)
-                facts(request).upstream_error = f"mid-response: {type(exc).__name__}"
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            await response.write_eof()
-            return response
-        finally:
-            upstream.release()
+                info.upstream_error = f"mid-response: {type(exc).__name__}"
+                raise StreamCut(type(exc).__name__) from None
+            finally:
+                upstream.release()
+
+        return Response(
+            upstream.status,
+            list(downstream_response_headers(upstream.headers).items()),
+            stream=body(),
+            length=announced,
+            reason=upstream.reason or "",
+        )

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-
-from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from gateway.config import ConfigError, GatewayConfig, OutboundConfig, OutboundTokenConfig
 from gateway.outbound.client_tls import ClientTls, Trust
@@ -14,6 +10,7 @@ from gateway.outbound.forwarder import Forwarder, RouteTarget
 from gateway.outbound.pool import SessionPool
 from gateway.outbound.routing import OutboundRouteTable
 from gateway.outbound.tokens import TokenSource
+from gateway.pipeline.messages import Request, Response
 from gateway.tls import TlsMaterialError
 
 
@@ -73,10 +70,9 @@ class OutboundListener:
             timeout=config.timeout,
         )
 
-    def app(self, middlewares: Sequence[Middleware] = ()) -> web.Application:
-        app = web.Application(middlewares=list(middlewares))
-        app.router.add_route("*", "/{tail:.*}", self.forwarder.handle)
-        return app
+    async def handle(self, request: Request) -> Response:
+        """The outbound pipeline's forward stage (server.outbound_pipeline)."""
+        return await self.forwarder.handle(request)
 
     def reload_if_changed(self) -> bool:
         """Polled every second and run on SIGHUP (``Gateway.reloaders``)."""

@@ -19,6 +19,10 @@ from multidict import CIMultiDict
 from gateway.pipeline.facts import RequestFacts
 
 
+class MalformedBody(ConnectionError):
+    """The body's framing broke (a malformed chunk): the caller's fault, a 400."""
+
+
 class BodyTooLarge(Exception):
     """``Request.read(limit)``: the body is longer than the limit."""
 
@@ -156,6 +160,8 @@ class Request:
     # Sends "100 Continue" where the caller asked for it and may still send
     # its body (the protocol's; the pipeline calls it once the policy passed).
     send_continue: Callable[[], None] | None = None
+    # The working state of the stage that took the request (gateway/proxy/exchange.py).
+    exchange: object | None = None
 
     @property
     def host(self) -> str:

@@ -38,7 +38,7 @@ from multidict import CIMultiDict, MultiMapping
 
 from gateway.errors import bad_gateway, gateway_timeout
 from gateway.headers import header_key
-from gateway.observability import RequestFacts
+from gateway.pipeline.facts import RequestFacts
 from gateway.websocket.relay import (
     CLOSE_TIMEOUT,
     Closing,
@@ -150,3 +150,4 @@ async def relay(
         return await pair.run()  # closes both sides, whatever ends it
     finally:
         sockets.forget(pair)
+

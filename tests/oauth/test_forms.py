@@ -91,9 +91,8 @@ def test_bad_scope_requests(scope: str, message: str) -> None:
 def test_errors_render_rfc6749_json() -> None:
     response = InvalidClientError("who are you").response()
     assert response.status == 401
-    assert response.headers["Cache-Control"] == "no-store"
-    assert response.text is not None
-    assert json.loads(response.text) == {
+    assert dict(response.headers)["Cache-Control"] == "no-store"
+    assert json.loads(response.body) == {
         "error": "invalid_client",
         "error_description": "who are you",
     }

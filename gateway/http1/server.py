@@ -1,0 +1,519 @@
+"""The gateway's HTTP/1.1 server protocol on httptools (llhttp).
+
+One protocol per connection owns the parser, keep-alive and every timer,
+each armed and disarmed from its own parser events:
+
+* the header-read deadline runs from the connection's start, and from the
+  first byte after each answer, until a request head is complete (a client
+  that connects and sends nothing, or trickles its head, is closed);
+* the idle keep-alive timeout runs from each answer to the next byte;
+* the downstream send timeout runs while the caller does not read
+  (``pause_writing``): on TLS listeners the TLS layer owns it, on plain
+  ones this protocol does;
+* the request-body bounds are the pipeline's (gateway/request_body.py).
+
+Requests are handed to the pipeline as ``gateway.pipeline.messages.Request``
+one at a time; pipelined ones wait (reading paused).  Framing refusals
+(llhttp's: smuggling shapes, bare LF, obs-fold, oversized heads) answer a JSON
+400 and close, since what follows cannot be read as a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import httptools
+from multidict import CIMultiDict
+
+from gateway.forwarded import folded_certificate_hint
+from gateway.http1.connections import ConnectionSet
+from gateway.http1.head import NO_BODY_STATUSES, printable, response_head
+from gateway.http1.upgrade import UpgradedStream
+from gateway.http1.writer import ResponseWriter
+from gateway.pipeline.messages import Handler, MalformedBody, Request, RequestBody, Response
+from gateway.pipeline.target import split_target
+
+log = logging.getLogger("gateway.http1")
+
+
+class Observing(Protocol):
+    """The request metrics and access log (gateway/observability.py Observer)."""
+
+    def begin(self) -> None: ...
+
+    def end(self, request: Request, response: Response, started: float) -> None:
+        """Called once the answer went out, or the connection broke under it."""
+        ...
+
+
+# Admission against limits.max_connections (gateway/listener/connection_limit.py).
+Gate = Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Http1Settings:
+    max_header_bytes: int = 8190  # one line: the request line or one field
+    max_headers: int = 100
+    header_read_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    send_timeout: float | None = None  # plain listeners only (TLS: the TLS layer's)
+    scheme: str = "https"
+
+    @property
+    def max_head_bytes(self) -> int:
+        # The whole head, as NGINX's large_client_header_buffers bounds it:
+        # httptools buffers a line until it ends, so the bytes fed while a
+        # head is incomplete are counted and cut here.
+        return self.max_header_bytes * 8
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: the head broke one of our limits."""
+
+
+def _json_refusal(status: int, error: str, description: str) -> Response:
+    body = json.dumps({"error": error, "error_description": description}).encode()
+    headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+    return Response(status, headers, body, close=True)
+
+
+class Http1ServerProtocol(asyncio.Protocol):
+    def __init__(
+        self,
+        handler: Handler,
+        settings: Http1Settings,
+        *,
+        observer: Observing | None = None,
+        connections: ConnectionSet | None = None,
+        draining: Callable[[], bool] | None = None,
+        admit: Gate | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        self._handler = handler
+        self._settings = settings
+        self._observer = observer
+        self._draining = draining
+        self._connections = connections
+        self._admit = admit
+        self._release = release
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._writer: ResponseWriter | None = None
+        self._remote = ""
+        self._timer: asyncio.TimerHandle | None = None
+        # The request being parsed, and its fields so far.
+        self._in_head = True
+        self._head_bytes = 0
+        self._url = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._parsing: Request | None = None
+        # Requests parsed and waiting for the one in flight (pipelining).
+        self._pending: deque[Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._upgraded: UpgradedStream | None = None
+        self._close_after = False
+        self._done: asyncio.Future[None] | None = None
+        # Bytes after an upgrade request, until its answer says whose they are.
+        self._held: bytes | None = None
+
+    # -- connection ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
+        self._transport = transport  # type: ignore[assignment]
+        if self._admit is not None and not self._admit():
+            self._admit = None  # not admitted: nothing to release
+            self._release = None
+            over = _json_refusal(503, "temporarily_unavailable", "too many open connections")
+            over.headers.append(("Retry-After", "1"))
+            self._transport = None
+            write = getattr(transport, "write", None)
+            if write is not None:
+                write(self._head_for(over, keep_alive=False) + over.body)
+            transport.close()
+            return
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._writer = ResponseWriter(transport, self._loop)  # type: ignore[arg-type]
+        self._settings_timer(self._settings.header_read_timeout)
+        if self._connections is not None:
+            self._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is None:
+            return
+        self._transport = None
+        self._stop_timer()
+        if self._release is not None:
+            self._release()
+        if self._connections is not None:
+            self._connections.discard(self)
+        if self._writer is not None:
+            self._writer.connection_lost()
+        broken = ConnectionResetError("the caller closed the connection")
+        if self._parsing is not None:
+            self._parsing.content.fail(broken)
+        if self._upgraded is not None:
+            self._upgraded.feed_eof()
+        if self._task is not None and not self._task.done() and self._upgraded is None:
+            # Nobody can read the answer: stop working on it (an upstream
+            # exchange in flight is abandoned by its own cleanup).
+            self._task.cancel()
+        self._resolve_done()
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgraded is not None:
+            self._upgraded.feed(data)
+            return
+        if self._transport is None:
+            return
+        if self._held is not None:
+            self._held += data
+            if len(self._held) > _HELD_BYTES:
+                self._pause_reading()
+            return
+        if self._in_head:
+            if self._head_bytes == 0 and self._task is None:
+                # The first byte of a head after an answer: the keep-alive
+                # wait is over, the header-read deadline starts.
+                self._settings_timer(self._settings.header_read_timeout)
+            room = self._settings.max_head_bytes - self._head_bytes
+            if len(data) > room:
+                self._feed(data[: max(room, 0)])
+                if self._in_head:
+                    self._refuse_head("request head too large")
+                    return
+                data = data[max(room, 0) :]
+            else:
+                self._head_bytes += len(data)
+        self._feed(data)
+
+    def eof_received(self) -> bool | None:
+        if self._upgraded is not None:
+            self._upgraded.feed_eof()
+            return True  # the relay decides when to close
+        if self._parsing is not None:
+            self._parsing.content.fail(ConnectionResetError("the caller ended its stream"))
+        # A half-closed caller may still read the answer in flight.
+        return self._task is not None
+
+    def pause_writing(self) -> None:
+        if self._writer is not None:
+            self._writer.pause(self._settings.send_timeout)
+
+    def resume_writing(self) -> None:
+        if self._writer is not None:
+            self._writer.resume()
+
+    # -- shutdown (ConnectionSet) ----------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None
+
+    def close_when_idle(self) -> None:
+        self._close_after = True
+        if self._task is None and self._transport is not None:
+            self._transport.close()
+
+    def cut(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def finished(self) -> None:
+        if self._transport is None:
+            return
+        if self._done is None:
+            self._done = self._loop.create_future()
+        await self._done
+
+    def _resolve_done(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    # -- parser callbacks (httptools) --------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_requested(data, upgrade)
+        except _Refused as exc:
+            self._refuse_head(str(exc))
+        except httptools.HttpParserError as exc:
+            if self._parsing is not None and not self._in_head:
+                # A malformed chunk in a body being read: its reader fails with
+                # it (a 400 from the stage reading it), the connection closes.
+                self._parsing.content.fail(MalformedBody(printable(str(exc))))
+                self._parsing = None
+                self._close_after = True
+                self._held = None
+                return
+            cause = exc.__context__
+            if isinstance(cause, _Refused):
+                self._refuse_head(str(cause))
+            else:
+                detail = printable(str(exc))
+                field = self._failing_field(data)
+                if field:
+                    detail = f"{detail} (in the {printable(field, 60)} field)"
+                self._refuse_head(f"malformed request: {detail}", parser=True)
+
+    def _failing_field(self, data: bytes) -> str | None:
+        """The name of the header field the parser stopped in, where the head came in one piece.
+
+        llhttp's messages name no field; naming it tells a caller which
+        header to fix (and lets forwarded.folded_certificate_hint spot NGINX's
+        folded certificate header).
+        """
+        lines = data.split(b"\n")
+        index = len(self._fields) + 1  # line 0 is the request line
+        if self._fields or index < len(lines):
+            name, colon, _ = lines[index].partition(b":") if index < len(lines) else (b"", b"", b"")
+            if colon and name.strip():
+                return name.strip().decode("latin-1")
+        return None
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._fields = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._settings.max_header_bytes:
+            raise _Refused("request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > self._settings.max_header_bytes:
+            raise _Refused("header field too long")
+        self._fields.append((name, value))
+        if len(self._fields) > self._settings.max_headers:
+            raise _Refused("too many header fields")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._stop_timer()
+        parser = self._parser
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+            for name, value in self._fields
+        )
+        raw = self._url.decode("utf-8", "surrogateescape")
+        path, query = split_target(raw)
+        major, minor = parser.get_http_version().split(".")
+        version = (int(major), int(minor))
+        has_body = "Content-Length" in headers or "Transfer-Encoding" in headers
+        body = RequestBody(self._pause_reading, self._resume_reading) if has_body else _EMPTY
+        request = Request(
+            method=parser.get_method().decode("ascii"),
+            raw_path=raw,
+            path=path,
+            query_string=query,
+            headers=headers,
+            version=version,
+            remote=self._remote,
+            scheme=self._settings.scheme,
+            transport=self._transport,
+            content=body,
+            body_exists=has_body and headers.get("Content-Length", "1") != "0",
+            protocol=f"HTTP/{major}.{minor}",
+        )
+        if "Expect" in headers:
+            request.send_continue = self._continue_for(request)
+        self._parsing = request if has_body else None
+        if self._task is None:
+            self._start(request)
+        else:
+            self._pending.append(request)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.content.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._parsing is not None:
+            self._parsing.content.end()
+            self._parsing = None
+        self._in_head = True
+
+    # -- running requests --------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        self._task = self._loop.create_task(self._run(request))
+
+    async def _run(self, request: Request) -> None:
+        started = time.perf_counter()
+        if self._observer is not None:
+            self._observer.begin()
+        response: Response | None = None
+        try:
+            response = await self._handler(request)
+            await self._send(request, response)
+        except asyncio.CancelledError:
+            if response is None:
+                response = Response(499)
+            raise
+        except Exception:
+            log.exception("unhandled error answering %s %s", request.method, request.path)
+            if response is None and self._writer is not None and not self._writer.started:
+                response = _json_refusal(500, "server_error", "internal error")
+                await self._send(request, response)
+            elif self._transport is not None:
+                self._transport.abort()
+        finally:
+            if self._observer is not None:
+                self._observer.end(request, response or Response(500), started)
+            self._next()
+
+    async def _send(self, request: Request, response: Response) -> None:
+        writer = self._writer
+        assert writer is not None
+        keep_alive = self._keep_alive(request, response)
+        if not keep_alive:
+            response.close = True
+        if response.upgraded is not None and response.status == 101:
+            writer.write(self._head_for(response, keep_alive=True, framing=b""))
+            held, self._held = self._held or b"", None
+            assert self._transport is not None
+            self._upgraded = UpgradedStream(self._transport, writer, held)
+            response.close = True
+            await response.upgraded(self._upgraded)
+            return
+        head_only = request.method == "HEAD" or response.status in NO_BODY_STATUSES
+        await writer.send(response, request.version, keep_alive=keep_alive, head_only=head_only)
+
+    def _keep_alive(self, request: Request, response: Response) -> bool:
+        if response.close or self._close_after or self._transport is None:
+            return False
+        if self._connections is not None and self._connections.draining:
+            return False
+        if self._draining is not None and self._draining():
+            return False  # SIGTERM: callers move their keep-alive traffic elsewhere
+        connection = request.headers.get("Connection", "").lower()
+        if request.version >= (1, 1):
+            persistent = "close" not in connection
+        else:
+            persistent = "keep-alive" in connection
+        # Unread body bytes would be read as the next request (RFC 9112 §9.6):
+        # after an early answer (401/403 to Expect, 408 to a trickle) close.
+        return persistent and request.content.ended
+
+    def _head_for(
+        self, response: Response, *, keep_alive: bool, framing: bytes | None = None
+    ) -> bytes:
+        if framing is None:
+            framing = b"Content-Length: %d\r\n" % len(response.body)
+        return response_head(
+            response.status,
+            response.reason,
+            response.headers,
+            framing=framing,
+            keep_alive_field=b"" if keep_alive else b"Connection: close\r\n",
+        )
+
+    def _next(self) -> None:
+        self._task = None
+        if self._transport is None:
+            return
+        if self._upgraded is not None or self._writer is None or self._writer.closing:
+            self._transport.close()
+            return
+        if self._held is not None:
+            # The upgrade was declined: the held bytes are the next request.
+            held, self._held = self._held, None
+            self._resume_reading()
+            if held:
+                self.data_received(held)
+                return
+        if self._pending:
+            self._start(self._pending.popleft())
+            if not self._pending:
+                self._resume_reading()
+            return
+        if self._close_after:
+            self._transport.close()
+            return
+        self._resolve_done()
+        if self._in_head and self._head_bytes == 0:
+            self._settings_timer(self._settings.keepalive_timeout)
+        else:
+            self._settings_timer(self._settings.header_read_timeout)
+
+    def _continue_for(self, request: Request) -> Callable[[], None]:
+        def send_continue() -> None:
+            # RFC 9110 §10.1.1: only to HTTP/1.1 callers that may still send.
+            if request.version >= (1, 1) and not request.content.ended and self._writer:
+                self._writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+        return send_continue
+
+    def _refuse_head(self, description: str, *, parser: bool = False) -> None:
+        """Answer a head the parser or our limits refused, then close."""
+        if parser:
+            hint = folded_certificate_hint(description)
+            if hint is not None:
+                description = f"{description} ({hint})"
+        self._in_head = False
+        self._stop_timer()
+        refusal = _json_refusal(400, "invalid_request", description)
+        if self._task is not None:
+            # An answer is in flight: the refusal goes after it (pipelining).
+            self._close_after = True
+            return
+        if self._writer is not None and self._transport is not None:
+            self._writer.write(self._head_for(refusal, keep_alive=False) + refusal.body)
+            self._transport.close()
+
+    def _upgrade_requested(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
+        """llhttp stops after a request with ``Upgrade`` (or CONNECT).
+
+        The request itself was delivered (on_headers_complete); what follows it
+        is either the upgraded protocol's bytes (WebSocket, after our 101) or,
+        when the answer is not a 101, the next request.  So the bytes are held
+        until the answer decides, and a fresh parser takes over for the latter.
+        """
+        offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
+        self._parser = httptools.HttpRequestParser(self)
+        self._in_head = True
+        self._held = data[offset:]
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._transport is not None and not self._pending:
+            self._transport.resume_reading()
+
+    def _settings_timer(self, seconds: float) -> None:
+        self._stop_timer()
+        self._timer = self._loop.call_later(seconds, self._expired)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._task is None and self._transport is not None:
+            # Waiting for a head (or idle): no answer is possible, just close.
+            self._transport.close()
+
+
+_EMPTY = RequestBody.complete(b"")
+_HELD_BYTES = 64 * 1024
