@@ -187,7 +187,7 @@ async def test_idle_socket_is_closed_with_1001_and_a_reason_both_ways(
     started = time.monotonic()
     assert await relayed.caller.closed_with() == (1001, "idle for 0.5 s")
     assert await relayed.upstream.closed_with() == (1001, "idle for 0.5 s")
-    assert 0.5 <= time.monotonic() - started < 0.5 + PATIENCE / 2
+    assert 0.49 <= time.monotonic() - started < 0.5 + PATIENCE / 2  # uvloop: millisecond timers
     assert (await relayed.ending()).by == "gateway"
 
 

@@ -175,7 +175,8 @@ async def test_an_upstream_that_never_answers_the_upgrade_is_504_within_the_boun
     started = time.monotonic()
     with pytest.raises(GatewayError) as timed_out:
         await _connect(server.url, info, within=0.3)
-    assert 0.3 <= time.monotonic() - started < 3.0
+    # uvloop rounds timers to the millisecond: the lower bound allows for it.
+    assert 0.29 <= time.monotonic() - started < 3.0
     assert (timed_out.value.status, timed_out.value.error) == (504, "gateway_timeout")
     assert info.upstream_error == "response timeout"
 
