@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-import h11
+import h11  # wsproto writes the handshake with h11 and lets its errors through
 from multidict import MultiMapping
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
@@ -83,15 +83,25 @@ async def connect_upstream(
     tls = scheme in ("https", "wss")
     origin = parse_origin(("https" if tls else "http") + "://" + rest)
     authority, _, path = rest.partition("/")
-    request = _handshake_request(
-        headers, "/" + path, protocols, authority.rpartition("@")[2], origin.authorization
-    )
+    handshake = WSConnection(ConnectionType.CLIENT)
+    try:
+        request = _handshake_request(
+            headers, "/" + path, protocols, authority.rpartition("@")[2], origin.authorization
+        )
+        head = handshake.send(request)
+    except (h11.LocalProtocolError, UnicodeError, ProtocolError):
+        # A field h11 will not write (a line break in a value, a name that is
+        # not a token, a host name IDNA cannot encode): the caller's own, let
+        # through by the gateway's parser.  Refused before connecting.
+        info.upstream_error = "invalid forwarded header"
+        raise GatewayError(400, "invalid_request", "a forwarded header cannot be sent") from None
     context = (ssl_context or _default_tls()) if tls else None
     stream: StreamByteStream | None = None
     try:
         async with asyncio.timeout(within):
             stream = await StreamByteStream.connect(origin.host, origin.port, tls=context)
-            return await _upgrade(stream, request, info)
+            stream.write(head)
+            return await _upgrade(stream, handshake, info)
     except BaseException as exc:
         if stream is not None:
             stream.close()
@@ -132,15 +142,10 @@ def _handshake_request(
     return Request(host=host, target=target, extra_headers=extra, subprotocols=protocols)
 
 
-async def _upgrade(stream: StreamByteStream, request: Request, info: Facts) -> UpstreamSocket:
-    handshake = WSConnection(ConnectionType.CLIENT)
-    try:
-        stream.write(handshake.send(request))
-    except (h11.LocalProtocolError, UnicodeError, ProtocolError):
-        # A value h11 would not send (a line break, a non-token name): the
-        # caller's own field, which llhttp let through.
-        info.upstream_error = "invalid forwarded header"
-        raise GatewayError(400, "invalid_request", "a forwarded header cannot be sent") from None
+async def _upgrade(
+    stream: StreamByteStream, handshake: WSConnection, info: Facts
+) -> UpstreamSocket:
+    """Wait for the answer to the handshake ``stream`` was sent."""
     await stream.drain()
     while True:
         data = await stream.read()

@@ -192,15 +192,21 @@ async def test_a_tls_handshake_that_never_completes_is_a_504_connect_timeout(
     assert info.upstream_error == "connect timeout"
 
 
-async def test_a_forwarded_field_that_cannot_be_sent_is_400(ws_server: WsServer) -> None:
+@pytest.mark.parametrize(
+    ("fields", "protocols"),
+    [
+        ([("Host", "h"), ("X-Bad", "a\r\nInjected: 1")], []),  # a line break in a value
+        ([("Host", "h"), ("X Bad", "1")], []),  # not a token
+        ([("Host", "x" * 64 + ".example")], []),  # a label IDNA cannot encode (over 63)
+        ([("Host", "h")], ["chät"]),  # a subprotocol is a token: ASCII
+    ],
+)
+async def test_a_forwarded_field_that_cannot_be_sent_is_400(
+    ws_server: WsServer, fields: list[tuple[str, str]], protocols: list[str]
+) -> None:
     info = RequestFacts()
     with pytest.raises(GatewayError) as refused:
-        await connect_upstream(
-            ws_server.url,
-            [("Host", "h"), ("X-Bad", "a\r\nInjected: 1")],
-            protocols=[],
-            within=5.0,
-            info=info,
-        )
+        await connect_upstream(ws_server.url, fields, protocols=protocols, within=5.0, info=info)
     assert refused.value.status == 400
     assert info.upstream_error == "invalid forwarded header"
+    assert ws_server.requests == []
