@@ -98,8 +98,9 @@ class Relay:
             self._caller.send_close_now(SHUTTING_DOWN)
             self._upstream.send_close_now(SHUTTING_DOWN)
             raise
-        await self._stop_pumps(pumps)
+        # Decided before the pumps are stopped: stop() may be called meanwhile.
         ending = self._ending(pumps)
+        await self._stop_pumps(pumps)
         # Both close handshakes at once; each waits at most CLOSE_TIMEOUT.
         for failure in await asyncio.gather(
             self._caller.close(ending.to_caller),
@@ -118,15 +119,16 @@ class Relay:
         await asyncio.gather(*pumps, return_exceptions=True)
 
     def _ending(self, pumps: list[asyncio.Task[Ending]]) -> Ending:
-        if self._stopped.done():
-            closing = self._stopped.result()
-            return Ending(closing, closing, "gateway")
-        # Both pumps may have finished in the same loop turn: the caller's
-        # first, and an Ending before a failure.
-        finished = [task for task in pumps if not task.cancelled()]
+        # Several may be done in the same loop turn: a peer's close frame
+        # first (its echo is owed, §5.5.1), the caller's before the upstream's,
+        # then a stop from outside, then a failure.
+        finished = [task for task in pumps if task.done()]
         for task in finished:
             if task.exception() is None:
                 return task.result()
+        if self._stopped.done():
+            closing = self._stopped.result()
+            return Ending(closing, closing, "gateway")
         # A bug, not a peer: _pump returns an Ending for everything peers do.
         log.error("WebSocket relay failed", exc_info=finished[0].exception())
         return Ending(FAILED, FAILED, "gateway")
