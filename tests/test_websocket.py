@@ -1,8 +1,10 @@
 """WebSockets through a real gateway (real TLS, port 0) to a real aiohttp WebSocket upstream.
 
 Close codes both ways, the message-size limit at exactly the limit and one
-byte over (both directions, text, binary and compressed), the idle timeout,
-and sockets closed when their client is removed, disabled or revoked.
+byte over (both directions, text and binary, and with a caller that offers
+compression, which the gateway does not negotiate), the idle timeout, both
+ends told when the gateway stops, and sockets closed when their client is
+removed, disabled or revoked.
 """
 
 from __future__ import annotations
@@ -197,16 +199,18 @@ async def test_upstream_vanishing_without_a_close_frame_closes_the_caller_with_1
         assert await _closed_with(ws) == (1014, "the upstream connection was lost")
 
 
-async def test_gateway_stopping_with_a_socket_open_tells_the_upstream_with_1001(
+async def test_gateway_stopping_with_a_socket_open_closes_both_ends_with_1001(
     make_gateway: MakeGateway, ws_upstream: WsUpstream, client_cert: Issued
 ) -> None:
     gw = await _gateway(make_gateway, ws_upstream)
     async with gw.session(client_cert) as session, session.ws_connect(gw.url + "/ws") as ws:
         await ws.send_str("hello")
         assert await ws.receive_str(timeout=PATIENCE) == "hello"
-        # The grace period runs out with the socket still open.  (The caller's
-        # connection is closed by aiohttp's server before the relay hears of it.)
-        await gw.running.stop(grace=0.2)
+        # A WebSocket does not end by itself within a grace period: on
+        # shutdown the gateway closes it (OpenSockets.close_all), both ends.
+        stopping = asyncio.create_task(gw.running.stop(grace=0.2))
+        assert await _closed_with(ws) == (1001, "the gateway is shutting down")
+        await stopping
     assert await _upstream_saw(ws_upstream) == (1001, "the gateway is shutting down")
 
 
@@ -250,8 +254,9 @@ async def test_caller_message_of_exactly_the_limit_passes_and_one_byte_more_clos
             assert await ws.receive_str(timeout=PATIENCE) == exact
             await ws.send_str(exact + "a")
         else:
-            # Compressed, 64 KiB of one byte is a few hundred bytes on the
-            # wire: the limit holds for the message, not its frames.
+            # The caller offered permessage-deflate; the gateway negotiates no
+            # extension (none is offered upstream), so nothing is compressed.
+            assert ws.compress == 0
             exact_bytes = b"\0" * LIMIT
             await ws.send_bytes(exact_bytes)
             assert await ws.receive_bytes(timeout=PATIENCE) == exact_bytes

@@ -10,6 +10,10 @@ concerned: nothing is done per message, and a client removed, disabled or
 revoked loses its sockets within about a second of the gateway seeing the
 change (the YAML registry and the TLS files are polled each second, Redis
 pushes its changes).
+
+The same object knows every open relay of its listener, re-checked or not,
+so that a gateway stopping can close them all (``close_all``) with a 1001
+to both ends rather than cut them.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
-from aiohttp import WSCloseCode
+from wsproto.frame_protocol import CloseReason
 
 from gateway.errors import GatewayError
-from gateway.websocket.relay import Closing, Relay
+from gateway.websocket.end import CLOSE_TIMEOUT, Closing
+from gateway.websocket.relay import SHUTTING_DOWN, Relay
 
 log = logging.getLogger("gateway.websocket")
 
@@ -37,7 +42,7 @@ def refusal(error: GatewayError) -> Closing:
     """The close frame for a caller the re-check no longer admits."""
     # 1013 "Try Again Later" when the registry cannot answer (the client may
     # well be fine); anything else is a policy decision (1008, RFC 6455 §7.4.1).
-    code = 1013 if error.status == 503 else WSCloseCode.POLICY_VIOLATION
+    code = CloseReason.TRY_AGAIN_LATER if error.status == 503 else CloseReason.POLICY_VIOLATION
     return Closing(code, error.description)
 
 
@@ -55,19 +60,36 @@ class OpenSockets:
     ) -> None:
         self._generation = generation
         self._interval = interval
-        self._watched: dict[Relay, _Watched] = {}
+        self._open: set[Relay] = set()
+        self._watched: dict[Relay, _Watched] = {}  # the open relays with a re-check
         self._seen: Hashable = None
         self._stale = False
         self._next_expiry = float("inf")
         self._task: asyncio.Task[None] | None = None
+        self._closing: Closing | None = None  # set by close_all: new relays end at once
 
     def __len__(self) -> int:
-        return len(self._watched)
+        return len(self._open)
 
     def watch(
-        self, relay: Relay, recheck: Recheck, *, admitted_at: Hashable, expires_at: float
+        self,
+        relay: Relay,
+        recheck: Recheck | None,
+        *,
+        admitted_at: Hashable = None,
+        expires_at: float = float("inf"),
     ) -> None:
-        """Follow ``relay``, admitted at generation ``admitted_at``, until ``forget``."""
+        """Follow ``relay``, admitted at generation ``admitted_at``, until ``forget``.
+
+        Without ``recheck`` (a route without authentication) the relay is only
+        known, for ``close_all``.
+        """
+        self._open.add(relay)
+        if self._closing is not None:
+            relay.stop(self._closing)
+            return
+        if recheck is None:
+            return
         now = self._generation()
         if not self._watched:
             self._seen, self._stale = now, False
@@ -80,12 +102,33 @@ class OpenSockets:
             self._task = asyncio.create_task(self._run(), name="websocket-recheck")
 
     def forget(self, relay: Relay) -> None:
+        self._open.discard(relay)
         self._watched.pop(relay, None)
         if not self._watched and self._task is not None:
             # Nothing left to watch: no task lingers (a gateway stopping
             # would otherwise leave it pending when its loop closes).
             self._task.cancel()
             self._task = None
+
+    async def close_all(
+        self, closing: Closing = SHUTTING_DOWN, *, within: float = CLOSE_TIMEOUT + 1.0
+    ) -> int:
+        """Close every open relay with ``closing`` (both ends), waiting at most ``within`` s.
+
+        For a gateway stopping: each relay runs its two close handshakes (each
+        bounded by CLOSE_TIMEOUT) and returns; a relay upgraded after this call
+        is closed as soon as it starts.  Returns how many were still open when
+        ``within`` ran out (the server then cancels them: both ends still get
+        the close frame, without the wait for an answer).
+        """
+        self._closing = closing
+        relays = list(self._open)
+        for relay in relays:
+            relay.stop(closing)
+        if not relays:
+            return 0
+        _, pending = await asyncio.wait([relay.finished for relay in relays], timeout=within)
+        return len(pending)
 
     async def _run(self) -> None:
         while self._watched:
@@ -106,7 +149,7 @@ class OpenSockets:
                 if isinstance(verdict, BaseException):
                     # Fail closed: a caller whose standing cannot be checked is not kept.
                     log.error("WebSocket re-check failed", exc_info=verdict)
-                    relay.stop(Closing(WSCloseCode.INTERNAL_ERROR, "the re-check failed"))
+                    relay.stop(Closing(CloseReason.INTERNAL_ERROR, "the re-check failed"))
                 elif verdict is not None:
                     log.info(
                         "WebSocket closed: caller no longer admitted",
