@@ -56,7 +56,14 @@ class RunningGateway:
         self.gateway.shutting_down = True
         for server in self.servers:
             server.close()  # stop accepting; open connections stay
-        await self.connections.wait_closed(grace)
+        # Open WebSockets get a 1001 close frame at both ends (RFC 6455 §7.4.1),
+        # within the grace period; then the connections drain or are cut.
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(
+            *(proxy.sockets.close_all(within=grace) for proxy in self.gateway.proxies)
+        )
+        spent = asyncio.get_running_loop().time() - started
+        await self.connections.wait_closed(max(grace - spent, 0))
         for runner in self.runners:
             await runner.cleanup()
         self.runners.clear()

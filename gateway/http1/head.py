@@ -61,9 +61,11 @@ def response_head(
     """
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status, reason).encode("latin-1"))]
     has_server = has_date = False
+    # A 101 names the protocol switched to in Connection/Upgrade (RFC 9110 §7.8).
+    dropped = _FRAMING if status != 101 else _FRAMING - {"connection"}
     for name, value in headers:
         lowered = name.lower()
-        if lowered in _FRAMING:
+        if lowered in dropped:
             continue
         if lowered == "server":
             has_server = True

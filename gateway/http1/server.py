@@ -384,12 +384,15 @@ class Http1ServerProtocol(asyncio.Protocol):
         if not keep_alive:
             response.close = True
         if response.upgraded is not None and response.status == 101:
-            writer.write(self._head_for(response, keep_alive=True, framing=b""))
             held, self._held = self._held or b"", None
-            assert self._transport is not None
-            self._upgraded = UpgradedStream(self._transport, writer, held)
+            stream = UpgradedStream(self._transport, writer, held)
+            if self._transport is None:
+                stream.feed_eof()  # the caller left before its 101: the relay ends at once
+            else:
+                writer.write(self._head_for(response, keep_alive=True, framing=b""))
+            self._upgraded = stream
             response.close = True
-            await response.upgraded(self._upgraded)
+            await response.upgraded(stream)
             return
         head_only = request.method == "HEAD" or response.status in NO_BODY_STATUSES
         await writer.send(response, request.version, keep_alive=keep_alive, head_only=head_only)

@@ -15,7 +15,9 @@ class UpgradedStream:
 
     __slots__ = ("_buffer", "_eof", "_paused", "_transport", "_waiter", "_writer")
 
-    def __init__(self, transport: asyncio.Transport, writer: ResponseWriter, held: bytes) -> None:
+    def __init__(
+        self, transport: asyncio.Transport | None, writer: ResponseWriter, held: bytes
+    ) -> None:
         self._transport = transport
         self._writer = writer
         self._buffer = bytearray(held)  # what arrived right after the upgrade request
@@ -25,7 +27,7 @@ class UpgradedStream:
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
-        if len(self._buffer) > _HIGH_WATER and not self._paused:
+        if len(self._buffer) > _HIGH_WATER and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
         self._wake()
@@ -47,17 +49,18 @@ class UpgradedStream:
             await self._waiter
         data = bytes(self._buffer)
         self._buffer.clear()
-        if self._paused:
+        if self._paused and self._transport is not None:
             self._paused = False
             self._transport.resume_reading()
         return data
 
     def write(self, data: bytes) -> None:
-        if not self._transport.is_closing():
+        if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
     async def drain(self) -> None:
         await self._writer.drain()
 
     def close(self) -> None:
-        self._transport.close()
+        if self._transport is not None:
+            self._transport.close()

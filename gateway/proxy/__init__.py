@@ -64,7 +64,7 @@ class Proxy:
         # Open WebSockets, re-admitted when the registry or trust generation moves.
         self.sockets = OpenSockets(authenticator.generation)
         self._websockets = WebSocketStage(
-            WebSocketLimits.from_config(limits), self.sockets, self.admit
+            WebSocketLimits.from_config(limits), self.sockets, self.readmit
         )
         self.reconfigure(routes)
 
@@ -117,6 +117,13 @@ class Proxy:
         if policy.clients and client.client_id not in policy.clients:
             raise access_denied("this client is not allowed on this route")
         return auth.headers
+
+    async def readmit(
+        self, request: Request, exchange: ProxyExchange
+    ) -> tuple[tuple[str, str], ...]:
+        """The same decision again, at the registry and trust state of now (open WebSockets)."""
+        exchange.auth = await self._auth.authenticate(request)
+        return await self.admit(request, exchange)
 
     def send_continue(self, request: Request) -> None:
         # 100 Continue only once the policy accepted the request (RFC 9110 §10.1.1).

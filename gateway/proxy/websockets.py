@@ -16,6 +16,7 @@ from gateway.websocket import (
     OpenSockets,
     WebSocketLimits,
     accept_headers,
+    check_upgrade,
     connect_upstream,
     offered_protocols,
     refusal,
@@ -33,12 +34,12 @@ class WebSocketStage:
 
     async def upgrade(self, request: Request, exchange: ProxyExchange) -> Response:
         policy, auth = exchange.policy, exchange.auth
+        check_upgrade(request.headers)  # 426/400 before any upstream work (RFC 6455 §4.2.1)
         upstream = await connect_upstream(
             policy.upstream + exchange.target,
             exchange.headers,
             protocols=offered_protocols(request.headers),
             within=policy.timeout,
-            limits=self._limits,
             info=request.facts,
         )
         recheck = None
@@ -53,6 +54,9 @@ class WebSocketStage:
                     return refusal(exc)
                 return None
 
+        # The protocol always runs this once the 101 is written, even to a
+        # caller already gone: its stream then reads b"" at once and the relay
+        # closes the upstream with 1001.
         async def run(caller: ByteStream) -> None:
             await relay(
                 caller,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wsproto.connection import Connection, ConnectionState
@@ -47,6 +48,10 @@ class WebSocketEnd:
         self._events: deque[Event] = deque()
         self._ended = False  # the stream ended or broke: nothing more to read or write
         self._failed = False  # the peer broke the protocol: no close answer to wait for
+
+    def queue(self, events: Iterable[Event]) -> None:
+        """Events already parsed (those that came in with the handshake answer)."""
+        self._events.extend(events)
 
     @property
     def state(self) -> ConnectionState:

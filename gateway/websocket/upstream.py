@@ -154,14 +154,17 @@ async def _upgrade(
             raise bad_gateway("the upstream closed the connection before answering")
         try:
             handshake.receive_data(data)
-            for event in handshake.events():
+            events = handshake.events()
+            for event in events:
                 if isinstance(event, AcceptConnection):
                     info.upstream_status = 101
                     connection = handshake.connection
                     assert isinstance(connection, Connection)
-                    return UpstreamSocket(
-                        stream, WebSocketEnd(stream, connection), event.subprotocol
-                    )
+                    end = WebSocketEnd(stream, connection)
+                    # Frames the upstream sent with its 101 (a greeting) were
+                    # parsed in the same read: they are the relay's first events.
+                    end.queue(events)
+                    return UpstreamSocket(stream, end, event.subprotocol)
                 if isinstance(event, RejectConnection):
                     info.upstream_status = event.status_code
                     info.upstream_error = f"WebSocket upgrade refused ({event.status_code})"
