@@ -8,20 +8,24 @@ is cut off (``limits.request_body_timeout`` and ``request_body_min_rate``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from aiohttp import web
 
 from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
-from gateway.upstream import UpstreamConnection, UpstreamError
+from gateway.upstream import BodyPace, UpstreamConnection, body_too_slow
+from gateway.upstream import send_body as upstream_send_body
 
-STREAM_CHUNK = 64 * 1024
+__all__ = [
+    "BODY_LIMITS_KEY",
+    "body_too_slow",
+    "continue_if_expected",
+    "defer_expectation",
+    "send_body",
+]
+
 # limits.request_body_* for send_body, set on each listener app (app.py).
 BODY_LIMITS_KEY: web.AppKey[LimitsConfig] = web.AppKey("request_body_limits", LimitsConfig)
 _DEFAULT_LIMITS = LimitsConfig()
-_UNBOUNDED: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 async def defer_expectation(request: web.Request) -> None:
@@ -48,71 +52,15 @@ async def continue_if_expected(request: web.Request) -> None:
 
 
 async def send_body(request: web.Request, conn: UpstreamConnection, has_length: bool) -> bool:
-    """Stream the caller's body upstream, one chunk in flight (backpressure both ways).
+    """Stream the caller's body upstream (gateway/upstream/body.py has the rules).
 
-    The route timeout is an idle timer while the body streams, not a total:
-    counting the whole upload against it turned every upload slower than the
-    timeout into a 504 although the upstream kept up, and pausing it while the
-    caller is silent would let a stalled caller hold an upstream connection
-    for ever.  So every chunk that moves re-arms it, and when it fires the
-    side we were waiting on is the one blamed (408 caller, 504 upstream).
-
-    A body trickled a byte per gap shorter than that timer would still hold
-    the route for ever, so the caller's whole body is also bounded, as
-    Apache's mod_reqtimeout does: ``limits.request_body_timeout`` seconds,
-    plus one second per ``request_body_min_rate`` bytes received.  Time spent
-    waiting for the upstream to take a chunk is not the caller's and is not
-    counted.  Returns True when the body was cut for that (proxy answers 408).
+    The caller's whole body is bounded by ``limits.request_body_timeout`` and
+    ``request_body_min_rate``, unless it came whole with the head: then there
+    is nothing left to wait for.  Returns True when it was cut for that.
     """
     content = request.content
-    limits: LimitsConfig | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    allowed = 0.0  # loop time by which the caller must have sent the body
-    if not content.is_eof():  # else the whole body came with the head: nothing to bound
+    pace: BodyPace | None = None
+    if not content.is_eof():
         limits = request.app.get(BODY_LIMITS_KEY, _DEFAULT_LIMITS)
-        loop = asyncio.get_running_loop()
-        allowed = loop.time() + limits.request_body_timeout
-    try:
-        async with asyncio.timeout_at(allowed) if loop else _UNBOUNDED as window:
-            while True:
-                conn.progress(waiting_on_caller=True)
-                chunk = await content.read(STREAM_CHUNK)
-                if not chunk:
-                    break
-                conn.progress(waiting_on_caller=False)
-                if has_length:
-                    conn.write(chunk)
-                else:
-                    conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                if window is None:
-                    await conn.drain()  # returns once the upstream connection took the chunk
-                    continue
-                assert limits is not None and loop is not None
-                if limits.request_body_min_rate:
-                    allowed += len(chunk) / limits.request_body_min_rate
-                window.reschedule(None)  # the upstream's pace is not the caller's
-                paused = loop.time()
-                await conn.drain()
-                allowed += loop.time() - paused
-                window.reschedule(allowed)
-        if not has_length:
-            conn.write(b"0\r\n\r\n")
-        # All sent: from now on only the upstream's answer is awaited.
-        conn.progress(waiting_on_caller=False)
-        conn.body_sent = True
-    except UpstreamError:
-        pass  # the connection failed: the response side reports it
-    except TimeoutError:
-        # Too slow for limits.request_body_*: the exchange is dropped, and the
-        # response side answers 408 if no answer has started.
-        conn.close()
-        return True
-    except Exception:
-        # The caller's side failed (reset, malformed chunk): the upstream got
-        # a partial body, so the exchange is abandoned (502, as before).
-        conn.close()
-    return False
-
-
-def body_too_slow(sender: asyncio.Task[bool] | None) -> bool:
-    return sender is not None and sender.done() and not sender.cancelled() and sender.result()
+        pace = BodyPace(limits.request_body_timeout, limits.request_body_min_rate)
+    return await upstream_send_body(conn, content, chunked=not has_length, pace=pace)
