@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from gateway.pipeline.messages import Response
+
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -37,6 +39,22 @@ class GatewayError(Exception):
     def response(self) -> web.Response:
         return json_error(self.status, self.error, self.description, self.headers, self.details)
 
+    def answer(self) -> Response:
+        """The same answer as ``response()``, as the pipeline's Response."""
+        body, headers = _rendered(self.error, self.description, self.headers, self.details)
+        fields = [("Content-Type", "application/json; charset=utf-8"), *headers.items()]
+        return Response(self.status, fields, body.encode())
+
+
+def _rendered(
+    error: str,
+    description: str,
+    headers: Mapping[str, str] | None,
+    details: Mapping[str, str] | None,
+) -> tuple[str, dict[str, str]]:
+    body = json.dumps({"error": error, "error_description": description, **(details or {})})
+    return body, {**NO_STORE, **(headers or {})}
+
 
 def json_error(
     status: int,
@@ -45,8 +63,7 @@ def json_error(
     headers: Mapping[str, str] | None = None,
     details: Mapping[str, str] | None = None,
 ) -> web.Response:
-    body = json.dumps({"error": error, "error_description": description, **(details or {})})
-    merged = {**NO_STORE, **(headers or {})}
+    body, merged = _rendered(error, description, headers, details)
     return web.Response(status=status, text=body, content_type="application/json", headers=merged)
 
 

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from multidict import CIMultiDict
 
 from gateway.config import ConfigError, GatewayConfig, OutboundConfig, OutboundTokenConfig
+from gateway.observability import CountingResponse, facts
 from gateway.outbound.client_tls import ClientTls, Trust
 from gateway.outbound.forwarder import Forwarder, RouteTarget
-from gateway.outbound.pool import SessionPool
+from gateway.outbound.pool import OutboundPool
 from gateway.outbound.routing import OutboundRouteTable
 from gateway.outbound.tokens import TokenSource
+from gateway.pipeline.messages import Request, RequestBody, Response
 from gateway.tls import TlsMaterialError
+from gateway.upstream import UpstreamPool
 
 
 class OutboundListener:
     """Raises TlsMaterialError (every bad file named) when its material cannot load."""
 
-    def __init__(self, config: OutboundConfig, *, index: int, source: Path) -> None:
+    def __init__(
+        self,
+        config: OutboundConfig,
+        *,
+        index: int,
+        source: Path,
+        upstreams: UpstreamPool | None = None,
+    ) -> None:
         self.config = config
         self.index = index
         where = f"{source}:outbound[{index}]"
@@ -42,7 +55,9 @@ class OutboundListener:
             min_version=tls.min_version,
             where=f"{where}.tls",
         )
-        self.pool = SessionPool(self.tls)
+        # The gateway's upstream pool when given one (connections are kept
+        # apart by TLS context anyway), else one of its own.
+        self.pool = OutboundPool(self.tls, upstreams=upstreams)
         # One cache per (authorization server, client_id, scopes): routes that
         # ask for the same token share it.
         self.token_sources = {
@@ -74,9 +89,41 @@ class OutboundListener:
         )
 
     def app(self, middlewares: Sequence[Middleware] = ()) -> web.Application:
+        # TEMPORARY: until the gateway's own HTTP/1.1 protocol serves outbound
+        # listeners, aiohttp does, through the adapter below.  Deleted when
+        # that protocol hands its Requests to self.forwarder.handle directly.
         app = web.Application(middlewares=list(middlewares))
-        app.router.add_route("*", "/{tail:.*}", self.forwarder.handle)
+        app.router.add_route("*", "/{tail:.*}", self._serve_aiohttp)
         return app
+
+    async def _serve_aiohttp(self, incoming: web.Request) -> web.StreamResponse:
+        """TEMPORARY (see ``app``): an aiohttp request through the forwarder, and back."""
+        flowing = asyncio.Event()
+        flowing.set()
+        body = RequestBody(pause=flowing.clear, resume=flowing.set)
+        feeder = asyncio.get_running_loop().create_task(_feed(incoming, body, flowing))
+        request = Request(
+            method=incoming.method,
+            raw_path=incoming.raw_path,
+            path=incoming.path,
+            query_string=incoming.raw_path.partition("?")[2],
+            headers=CIMultiDict(incoming.headers),
+            version=(incoming.version.major, incoming.version.minor),
+            remote=incoming.remote or "",
+            scheme="http",
+            transport=incoming.transport,
+            content=body,
+            body_exists=incoming.body_exists,
+        )
+        try:
+            response = await self.forwarder.handle(request)
+            return await _write(incoming, response)
+        finally:
+            feeder.cancel()
+            info, learned = facts(incoming), request.facts
+            info.route = learned.route
+            info.upstream_status = learned.upstream_status
+            info.upstream_error = learned.upstream_error
 
     def reload_if_changed(self) -> bool:
         """Polled every second and run on SIGHUP (``Gateway.reloaders``)."""
@@ -100,3 +147,51 @@ def build_outbound(config: GatewayConfig) -> list[OutboundListener]:
     if problems:
         raise ConfigError(problems)
     return listeners
+
+
+async def _feed(incoming: web.Request, body: RequestBody, flowing: asyncio.Event) -> None:
+    """TEMPORARY (see ``OutboundListener.app``): aiohttp's body stream into a RequestBody."""
+    try:
+        while chunk := await incoming.content.readany():
+            body.feed(chunk)
+            await flowing.wait()  # cleared by RequestBody past its high-water mark
+        body.end()
+    except Exception as exc:
+        body.fail(exc)
+
+
+async def _write(incoming: web.Request, response: Response) -> web.StreamResponse:
+    """TEMPORARY (see ``OutboundListener.app``): a pipeline Response written by aiohttp."""
+    out = CountingResponse(status=response.status, reason=response.reason or None)
+    out.headers.extend(response.headers)
+    stream = response.stream
+    if stream is None:
+        out.content_length = (
+            response.length
+            if incoming.method == "HEAD" and response.length is not None
+            else len(response.body)
+        )
+        await out.prepare(incoming)
+        await out.write_eof(response.body)
+        return out
+    if response.length is not None:
+        out.content_length = response.length
+    try:
+        await out.prepare(incoming)
+        try:
+            async for chunk in stream:
+                if chunk:  # an empty one asks for the head, which prepare() sent
+                    await out.write(chunk)
+        except Exception:
+            # The head is gone already: cutting the connection is the only
+            # way left to tell the app the body is incomplete.
+            if incoming.transport is not None:
+                incoming.transport.abort()
+            return out
+        await out.write_eof()
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+    return out
