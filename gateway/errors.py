@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from gateway.pipeline.messages import Response
+from gateway.upstream import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -94,3 +95,27 @@ def bad_gateway(description: str) -> GatewayError:
 
 def gateway_timeout(description: str) -> GatewayError:
     return GatewayError(504, "gateway_timeout", description)
+
+
+def upstream_failure(
+    exc: UpstreamError, peer: str, *, connecting: bool = False, body_too_slow: bool = False
+) -> tuple[GatewayError, str]:
+    """The answer for an exchange that failed before the upstream's head, and the log's reason.
+
+    One mapping for every path that calls an upstream (``peer`` names it:
+    "upstream", "destination"): a deadline is 504, unless the caller's body
+    was what stalled (408); anything else is 502.  The reason goes to the
+    access log's ``upstream_error``.
+    """
+    if isinstance(exc, UpstreamTimeout):
+        if exc.waiting_on_caller:
+            stalled = GatewayError(408, "request_timeout", "the request body stopped arriving")
+            return stalled, "request body stalled"
+        reason = "connect timeout" if connecting else "response timeout"
+        return gateway_timeout(f"the {peer} did not answer in time"), reason
+    if isinstance(exc, UpstreamUnreachable):
+        return bad_gateway(f"the {peer} is unreachable"), f"unreachable: {exc}"
+    if body_too_slow:
+        slow = GatewayError(408, "request_timeout", "the request body arrived too slowly")
+        return slow, "request body too slow"
+    return bad_gateway(f"the {peer} failed: {exc.label}"), exc.label

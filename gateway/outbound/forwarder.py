@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
-from gateway.errors import GatewayError, bad_gateway, gateway_timeout
+from gateway.errors import GatewayError, bad_gateway, upstream_failure
 from gateway.headers import downstream_response_fields, upstream_request_headers
 from gateway.outbound.client_tls import ClientMaterial, Trust
 from gateway.outbound.pool import OutboundPool
@@ -46,8 +46,6 @@ from gateway.upstream import (
     UnsafeHeader,
     UpstreamConnection,
     UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
     abandon,
     parse_origin,
     request_head,
@@ -59,6 +57,7 @@ log = logging.getLogger("gateway.outbound")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 REPLAY_BUFFER_BYTES = 64 * 1024  # bodies up to this size are buffered so a retry can resend them
 _APP_AUTHORIZATION = frozenset({"authorization"})
+PEER = "destination"  # how answers name the other end
 _INVALID_TOKEN = re.compile(rb'(?:^|[\s,])error\s*=\s*"?invalid_token"?', re.IGNORECASE)
 
 Sent = tuple[UpstreamConnection, asyncio.Task[bool] | None]
@@ -212,41 +211,28 @@ class Forwarder:
             conn = await self._pool.acquire(
                 origin, material, route.target.trust, self._connect_timeout
             )
-        except UpstreamTimeout:
-            info.upstream_error = "connect timeout"
-            raise gateway_timeout("the destination did not answer in time") from None
         except CertificateRefused as exc:
+            # The app is local, and its operator needs the reason to act.
             info.upstream_error = f"certificate refused: {exc}"
             raise bad_gateway(f"the destination's certificate was refused: {exc}") from None
-        except UpstreamUnreachable as exc:
-            info.upstream_error = f"unreachable: {exc}"
-            raise bad_gateway("the destination is unreachable") from None
+        except UpstreamError as exc:
+            refusal, info.upstream_error = upstream_failure(exc, PEER, connecting=True)
+            raise refusal from None
         head_only = request.method == "HEAD"
+        conn.start(
+            head + (body or b""), head_only=head_only, timeout=self._timeout, deadline=deadline
+        )
         sender: asyncio.Task[bool] | None = None
-        if body is not None or not request.body_exists:
-            conn.start(
-                head + (body or b""), head_only=head_only, timeout=self._timeout, deadline=deadline
-            )
-        else:
-            conn.start(head, head_only=head_only, timeout=self._timeout, deadline=deadline)
+        if body is None and request.body_exists:
             conn.body_sent = False
             chunked = "Content-Length" not in headers
             sender = loop.create_task(send_body(conn, request.content, chunked=chunked))
         try:
             await conn.response_head()
-        except UpstreamTimeout as exc:
-            abandon(conn, sender)
-            if exc.waiting_on_caller:
-                info.upstream_error = "request body stalled"
-                raise GatewayError(
-                    408, "request_timeout", "the request body stopped arriving"
-                ) from None
-            info.upstream_error = "response timeout"
-            raise gateway_timeout("the destination did not answer in time") from None
         except UpstreamError as exc:
             abandon(conn, sender)
-            info.upstream_error = exc.label
-            raise bad_gateway(f"the destination failed: {exc.label}") from None
+            refusal, info.upstream_error = upstream_failure(exc, PEER)
+            raise refusal from None
         except BaseException:
             abandon(conn, sender)
             raise
