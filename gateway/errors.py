@@ -10,6 +10,13 @@ import json
 from collections.abc import Mapping
 
 from gateway.pipeline.messages import Response
+from gateway.upstream import (
+    MALFORMED,
+    TOO_SLOW,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -38,6 +45,16 @@ class GatewayError(Exception):
         return json_error(self.status, self.error, self.description, self.headers, self.details)
 
 
+def _rendered(
+    error: str,
+    description: str,
+    headers: Mapping[str, str] | None,
+    details: Mapping[str, str] | None,
+) -> tuple[str, dict[str, str]]:
+    body = json.dumps({"error": error, "error_description": description, **(details or {})})
+    return body, {**NO_STORE, **(headers or {})}
+
+
 def json_error(
     status: int,
     error: str,
@@ -45,9 +62,8 @@ def json_error(
     headers: Mapping[str, str] | None = None,
     details: Mapping[str, str] | None = None,
 ) -> Response:
-    body = json.dumps({"error": error, "error_description": description, **(details or {})})
-    fields = [("Content-Type", "application/json"), *{**NO_STORE, **(headers or {})}.items()]
-    return Response(status, fields, body.encode())
+    body, merged = _rendered(error, description, headers, details)
+    return Response(status, [("Content-Type", "application/json"), *merged.items()], body.encode())
 
 
 # The proxy's fixed answers.
@@ -77,3 +93,30 @@ def bad_gateway(description: str) -> GatewayError:
 
 def gateway_timeout(description: str) -> GatewayError:
     return GatewayError(504, "gateway_timeout", description)
+
+
+def upstream_failure(
+    exc: UpstreamError, peer: str, *, connecting: bool = False, body_cut: str | None = None
+) -> tuple[GatewayError, str]:
+    """The answer for an exchange that failed before the upstream's head, and the log's reason.
+
+    One mapping for every path that calls an upstream (``peer`` names it:
+    "upstream", "destination"): a deadline is 504, unless the caller's body
+    was what stalled (408); anything else is 502.  The reason goes to the
+    access log's ``upstream_error``.
+    """
+    if isinstance(exc, UpstreamTimeout):
+        if exc.waiting_on_caller:
+            stalled = GatewayError(408, "request_timeout", "the request body stopped arriving")
+            return stalled, "request body stalled"
+        reason = "connect timeout" if connecting else "response timeout"
+        return gateway_timeout(f"the {peer} did not answer in time"), reason
+    if isinstance(exc, UpstreamUnreachable):
+        return bad_gateway(f"the {peer} is unreachable"), f"unreachable: {exc}"
+    if body_cut == TOO_SLOW:
+        slow = GatewayError(408, "request_timeout", "the request body arrived too slowly")
+        return slow, TOO_SLOW
+    if body_cut == MALFORMED:
+        # A malformed chunk in the caller's body: its fault, not the upstream's.
+        return GatewayError(400, "invalid_request", "malformed request body"), MALFORMED
+    return bad_gateway(f"the {peer} failed: {exc.label}"), exc.label

@@ -12,7 +12,7 @@ import base64
 from collections.abc import Iterable
 from urllib.parse import quote
 
-from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
+from multidict import CIMultiDict, MultiMapping
 
 from gateway.config import HeaderNames
 from gateway.identity import CertificateIdentity
@@ -190,31 +190,20 @@ def upstream_request_headers(
     return out
 
 
-def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    listed = connection_tokens(upstream) if "Connection" in upstream else frozenset()
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        # Key form, as connection_tokens() reads the listed names: with a plain
-        # lower() a listed "X_Hop" field would be relayed downstream.
-        key = header_key(name)
-        if key in HOP_BY_HOP or key in listed:
-            continue
-        out.add(name, value)
-    return out
-
-
 _HOP_BY_HOP_BYTES = frozenset(key.encode() for key in HOP_BY_HOP)
 
 
 def downstream_response_fields(
     raw: Iterable[tuple[bytes, bytes]],
 ) -> tuple[list[tuple[str, str]], bytes | None, bool]:
-    """``downstream_response_headers`` for the raw fields of gateway/upstream.py.
+    """The upstream's answer fields that go on to the caller, from the raw fields of
+    gateway/upstream/: the one response-header filter, for proxied and outbound answers.
 
-    The same rule, on bytes, in one pass: hop-by-hop names (in key form) and
-    names listed in Connection are dropped.  Also returns the first
-    Content-Length value and whether Transfer-Encoding was present, which
-    decide the downstream framing.
+    In one pass over bytes: hop-by-hop names (in key form, as
+    ``connection_tokens`` reads the names Connection lists, so a listed
+    ``X_Hop`` is dropped too; RFC 9110 §7.6.1) and the names listed in
+    Connection are dropped.  Also returns the first Content-Length value and
+    whether Transfer-Encoding was present, which decide the downstream framing.
     """
     kept: list[tuple[bytes, bytes, bytes]] = []
     listed: list[bytes] = []

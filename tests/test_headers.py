@@ -11,7 +11,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import HeaderNames
 from gateway.headers import (
-    downstream_response_headers,
+    downstream_response_fields,
     header_key,
     identity_headers,
     managed_header_keys,
@@ -159,9 +159,14 @@ def test_upstream_headers_keep_repeated_end_to_end_fields() -> None:
     assert headers.getall("Cookie") == ["x=1", "y=2"]
 
 
-def test_downstream_response_headers_drop_hop_by_hop() -> None:
-    headers = downstream_response_headers(
-        incoming(
+def raw(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
+    """Fields as gateway/upstream/ hands them over: bytes, in the upstream's order."""
+    return [(k.encode(), v.encode()) for k, v in pairs]
+
+
+def test_downstream_response_fields_drop_hop_by_hop() -> None:
+    fields, length, transfer_encoding = downstream_response_fields(
+        raw(
             ("Content-Type", "text/plain"),
             ("Connection", "close, X-Secret-Hop"),
             ("X-Secret-Hop", "1"),
@@ -171,16 +176,28 @@ def test_downstream_response_headers_drop_hop_by_hop() -> None:
             ("Set-Cookie", "b=2"),
         )
     )
-    assert sorted(k for k, _ in headers.items()) == ["Content-Type", "Set-Cookie", "Set-Cookie"]
+    assert fields == [("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
+    assert (length, transfer_encoding) == (None, True)
 
 
-def test_downstream_response_headers_drop_connection_listed_names_in_any_spelling() -> None:
+def test_downstream_response_fields_drop_connection_listed_names_in_any_spelling() -> None:
     # The Connection tokens are read in key form; the field names must be too,
     # or a listed "X_Hop" crosses the gateway (RFC 9110 §7.6.1).
-    headers = downstream_response_headers(
-        incoming(("Connection", "X_Hop, x-other"), ("X_Hop", "1"), ("X_Other", "2"), ("A", "b"))
+    fields, _, _ = downstream_response_fields(
+        raw(("Connection", "X_Hop, x-other"), ("X_Hop", "1"), ("X_Other", "2"), ("A", "b"))
     )
-    assert [k for k, _ in headers.items()] == ["A"]
+    assert fields == [("A", "b")]
+
+
+def test_downstream_response_fields_name_the_framing() -> None:
+    fields, length, transfer_encoding = downstream_response_fields(
+        raw(("Content-Length", "12"), ("Content-Length", "13"), ("ETag", '"x"'))
+    )
+    assert fields == [("ETag", '"x"')]
+    assert (length, transfer_encoding) == (
+        b"12",
+        False,
+    )  # the first value; llhttp refuses a mismatch
 
 
 def test_xfcc_element_quotes_subject_and_lists_sans(pki: Pki) -> None:

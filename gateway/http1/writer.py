@@ -14,13 +14,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from gateway.http1.head import response_head
-from gateway.pipeline.messages import Response
+from gateway.pipeline.messages import Response, StreamCut
 
 log = logging.getLogger("gateway.http1")
-
-
-class StreamCut(Exception):
-    """The answer's stream failed after its head went out; the connection is aborted."""
 
 
 class ResponseWriter:

@@ -6,9 +6,11 @@ one, obtains a certificate-bound access token with client_credentials (RFC
 6749 §4.4, RFC 8705) and attaches it.  One module per concern:
 
   client_tls.py  the workload's certificate, trust anchors, pins; hot reload
-  pool.py        one aiohttp session per certificate generation, drained on rotation
+  pool.py        the listener's upstream connections (gateway/upstream/), per client
+                 TLS context; a reload retires the old contexts' connections
   tokens.py      discovery, token requests, cache and single-flight refresh
   routing.py     destination by path prefix and Host
-  forwarder.py   the request handler: headers, token, one retry, streaming
-  listener.py    one outbound listener assembled from its config
+  forwarder.py   the pipeline stage: headers, token, one retry, streaming
+  listener.py    one outbound listener assembled from its config (and, for now,
+                 the aiohttp adapter in front of the forwarder)
 """

@@ -4,10 +4,11 @@ Config-free: built from paths, so the same class serves every outbound
 listener and the tests.  The material is rebuilt as a whole when any file
 changes and swapped in one assignment; a rebuild that fails keeps the running
 material (ghostunnel's certloader rule), so a half-written Secret never takes
-outgoing calls down.  Each successful rebuild gets a new ``generation``: the
-session pool opens a fresh connection pool for it, and certificate-bound
-tokens (RFC 8705 §3) obtained with an older certificate are not used with a
-newer one.
+outgoing calls down.  Each successful rebuild gets a new ``generation`` with
+contexts of its own: new connections present the new certificate and the old
+contexts' connections are retired (pool.py), and certificate-bound tokens
+(RFC 8705 §3) obtained with an older certificate are not used with a newer
+one.
 
 Hostname verification is always on.  A pinned destination certificate
 (``server_sha256``) is checked *in addition* to the chain, right after the

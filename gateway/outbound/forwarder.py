@@ -1,8 +1,11 @@
 """The outbound request handler: plain HTTP from the app, mTLS (and a token) out.
 
 Per request: route by path and Host, drop hop-by-hop headers (RFC 9110
-§7.6.1), lease the current connection pool, attach a bearer token where the
-route has token settings, send, and stream the answer back unchanged.
+§7.6.1), take the current client material, attach a bearer token where the
+route has token settings, send on a pooled connection that presents that
+material's certificate (gateway/upstream/), and stream the answer back
+unchanged.  It takes a ``gateway.pipeline.messages.Request`` and returns a
+``Response``, as every stage of the pipeline does.
 
 Authorization: on a route with token settings the gateway owns the
 destination's authorization, so whatever ``Authorization`` the app sent is
@@ -23,30 +26,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import aiohttp
-import yarl
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
-from gateway.errors import GatewayError, bad_gateway, gateway_timeout
-from gateway.headers import downstream_response_headers, upstream_request_headers
-from gateway.http1.writer import StreamCut
-from gateway.outbound.client_tls import Trust
-from gateway.outbound.pool import Lease, SessionPool
+from gateway.errors import GatewayError, bad_gateway, upstream_failure
+from gateway.headers import downstream_response_fields, upstream_request_headers
+from gateway.outbound.client_tls import ClientMaterial, Trust
+from gateway.outbound.pool import OutboundPool
 from gateway.outbound.routing import OutboundRoute, OutboundRouteTable, request_host
 from gateway.outbound.tokens import TokenSource, TokenUnavailable
 from gateway.paths import encode_path, normalise_path
 from gateway.pipeline.messages import Request, Response
+from gateway.upstream import (
+    CertificateRefused,
+    Origin,
+    ResponseStream,
+    UnsafeHeader,
+    UpstreamConnection,
+    UpstreamError,
+    abandon,
+    body_cut,
+    parse_origin,
+    request_head,
+    send_body,
+)
 
 log = logging.getLogger("gateway.outbound")
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 REPLAY_BUFFER_BYTES = 64 * 1024  # bodies up to this size are buffered so a retry can resend them
-STREAM_CHUNK = 64 * 1024
 _APP_AUTHORIZATION = frozenset({"authorization"})
-_INVALID_TOKEN = re.compile(r'(?:^|[\s,])error\s*=\s*"?invalid_token"?', re.IGNORECASE)
+PEER = "destination"  # how answers name the other end
+_INVALID_TOKEN = re.compile(rb'(?:^|[\s,])error\s*=\s*"?invalid_token"?', re.IGNORECASE)
+
+Sent = tuple[UpstreamConnection, asyncio.Task[str | None] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +76,14 @@ def token_unavailable(cause: str) -> GatewayError:
     return GatewayError(502, "token_unavailable", cause)
 
 
-def invalid_token_challenge(headers: CIMultiDictProxy[str]) -> bool:
+def invalid_token_challenge(fields: Iterable[tuple[bytes, bytes]]) -> bool:
     """RFC 6750 §3.1: ``WWW-Authenticate: Bearer error="invalid_token"``."""
     return any(
-        "bearer" in value.lower() and _INVALID_TOKEN.search(value)
-        for value in headers.getall("WWW-Authenticate", ())
+        name.lower() == b"www-authenticate"
+        and b"bearer" in value.lower()
+        and _INVALID_TOKEN.search(value) is not None
+        for name, value in fields
     )
-
-
-def _authority(url: str) -> str:
-    return url.split("://", 1)[1].split("/", 1)[0]
 
 
 class Forwarder:
@@ -78,19 +91,23 @@ class Forwarder:
         self,
         *,
         table: OutboundRouteTable[RouteTarget],
-        pool: SessionPool,
+        pool: OutboundPool,
         connect_timeout: float,
         timeout: float,
     ) -> None:
         self._table = table
         self._pool = pool
         self._timeout = timeout
-        self._client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=timeout
-        )
+        self._connect_timeout = min(connect_timeout, timeout)
+        self._origins: dict[str, Origin] = {}
 
     async def handle(self, request: Request) -> Response:
-        """The outbound pipeline's forward stage; GatewayError is rendered by the pipeline."""
+        try:
+            return await self._handle(request)
+        except GatewayError as exc:
+            return exc.response()
+
+    async def _handle(self, request: Request) -> Response:
         if "upgrade" in request.headers.get("Connection", "").lower():
             raise GatewayError(
                 501, "not_implemented", "outbound listeners do not relay protocol upgrades"
@@ -99,65 +116,73 @@ class Forwarder:
         route = self._table.find(path, request_host(request.headers.get("Host")))
         if route is None:
             raise GatewayError(404, "not_found", "no outbound route for this path and host")
-        url = route.config.destination + encode_path(route.destination_path(path))
+        request.facts.route = route.prefix
+        origin = self._origin(route.config.destination)
+        target = origin.base_path + encode_path(route.destination_path(path))
         if request.query_string:
-            url += "?" + request.query_string
+            target += "?" + request.query_string
         tokens = route.target.tokens
         headers = upstream_request_headers(
             request.headers,
             managed=_APP_AUTHORIZATION if tokens is not None else frozenset(),
             injected=(),
-            host=_authority(route.config.destination),
+            host=origin.authority,
         )
+        length = request.content_length
         replayable = request.method in IDEMPOTENT_METHODS and (
-            not request.body_exists
-            or (
-                request.content_length is not None and request.content_length <= REPLAY_BUFFER_BYTES
-            )
+            not request.body_exists or (length is not None and length <= REPLAY_BUFFER_BYTES)
         )
         body: bytes | None = None
         if replayable and request.body_exists:
             try:
                 async with asyncio.timeout(self._timeout):
-                    body = await request.read()
+                    body = await request.content.read_all(REPLAY_BUFFER_BYTES)
             except TimeoutError:
                 raise GatewayError(
                     408, "request_timeout", "the request body stopped arriving"
                 ) from None
 
         for attempt in (1, 2):
-            async with self._pool.lease() as lease:
-                token = await self._token(tokens, lease)
-                if token is not None:
-                    headers["Authorization"] = f"Bearer {token}"
-                upstream = await self._send(request, route, url, headers, body, lease)
-                if token is None or upstream.status != 401:
-                    return await self._relay(request, upstream)
-                if not invalid_token_challenge(upstream.headers):
-                    return await self._relay(request, upstream)
-                assert tokens is not None
-                tokens.forget(token)
-                if attempt == 2 or not replayable:
-                    return await self._relay(request, upstream)
-                log.info(
-                    "%s refused the access token for %s; retrying once with a new one",
-                    route.config.destination,
-                    tokens.label,
-                    extra={
-                        "event": "outbound_token_refused",
-                        "destination": route.config.destination,
-                        "client_id": tokens.config.client_id,
-                    },
-                )
-                upstream.release()
+            material = self._pool.material()
+            token = await self._token(tokens, material)
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token}"
+            conn, sender = await self._send(request, route, origin, target, headers, body, material)
+            if token is None or conn.status != 401 or not invalid_token_challenge(conn.headers()):
+                return self._answer(request, conn, sender)
+            assert tokens is not None
+            tokens.forget(token)
+            if attempt == 2 or not replayable:
+                return self._answer(request, conn, sender)
+            log.info(
+                "%s refused the access token for %s; retrying once with a new one",
+                route.config.destination,
+                tokens.label,
+                extra={
+                    "event": "outbound_token_refused",
+                    "destination": route.config.destination,
+                    "client_id": tokens.config.client_id,
+                },
+            )
+            if conn.complete and sender is None:
+                conn.take_body()  # the refusal's body is not needed; the connection is
+                conn.finish()
+            else:
+                abandon(conn, sender)
         raise AssertionError("unreachable: the second attempt always answers")
 
+    def _origin(self, destination: str) -> Origin:
+        origin = self._origins.get(destination)
+        if origin is None:
+            origin = self._origins[destination] = parse_origin(destination)
+        return origin
+
     @staticmethod
-    async def _token(tokens: TokenSource | None, lease: Lease) -> str | None:
+    async def _token(tokens: TokenSource | None, material: ClientMaterial) -> str | None:
         if tokens is None:
             return None
         try:
-            return await tokens.get(lease.material)
+            return await tokens.get(material)
         except TokenUnavailable as exc:
             raise token_unavailable(str(exc)) from None
 
@@ -165,85 +190,80 @@ class Forwarder:
         self,
         request: Request,
         route: OutboundRoute[RouteTarget],
-        url: str,
+        origin: Origin,
+        target: str,
         headers: CIMultiDict[str],
         body: bytes | None,
-        lease: Lease,
-    ) -> aiohttp.ClientResponse:
+        material: ClientMaterial,
+    ) -> Sent:
+        """The request sent and the answer's head in: the connection, and a body still sending."""
+        info = request.facts
         try:
-            # The timeout bounds the wait for the response head (504); while
-            # a streamed body moves, every chunk re-arms it, so a large upload
-            # over a slow link is not cut at `timeout` in total.
-            async with asyncio.timeout(self._timeout) as deadline:
-                data: bytes | AsyncIterator[bytes] | None = body
-                if body is None and request.body_exists:
-                    data = self._stream(request, deadline)
-                return await lease.session.request(
-                    request.method,
-                    yarl.URL(url, encoded=True),
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    ssl=lease.material.context(route.target.trust),
-                    timeout=self._client_timeout,
-                    skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-                )
-        except TimeoutError:
-            request.facts.upstream_error = "response timeout"
-            raise gateway_timeout("the destination did not answer in time") from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            request.facts.upstream_error = f"certificate refused: {exc.certificate_error}"
-            raise bad_gateway(
-                f"the destination's certificate was refused: {exc.certificate_error}"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            request.facts.upstream_error = f"unreachable: {exc.os_error}"
-            raise bad_gateway("the destination is unreachable") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            request.facts.upstream_error = type(exc).__name__
-            raise bad_gateway(f"the destination failed: {type(exc).__name__}") from None
-
-    def _stream(self, request: Request, deadline: asyncio.Timeout) -> AsyncIterator[bytes]:
+            head = request_head(request.method, target, headers, request.body_exists)
+        except UnsafeHeader as exc:
+            raise GatewayError(400, "invalid_request", str(exc)) from None
         loop = asyncio.get_running_loop()
-
-        async def chunks() -> AsyncIterator[bytes]:
-            while chunk := await request.content.read(STREAM_CHUNK):
-                yield chunk
-                deadline.reschedule(loop.time() + self._timeout)
-
-        return chunks()
+        # The timeout bounds the wait for the response head (504), connecting
+        # included; while a streamed body moves, every chunk re-arms it
+        # (gateway/upstream/body.py), so a large upload over a slow link is
+        # not cut at `timeout` in total.
+        deadline = loop.time() + self._timeout
+        try:
+            conn = await self._pool.acquire(
+                origin, material, route.target.trust, self._connect_timeout
+            )
+        except CertificateRefused as exc:
+            # The app is local, and its operator needs the reason to act.
+            info.upstream_error = f"certificate refused: {exc}"
+            raise bad_gateway(f"the destination's certificate was refused: {exc}") from None
+        except UpstreamError as exc:
+            refusal, info.upstream_error = upstream_failure(exc, PEER, connecting=True)
+            raise refusal from None
+        head_only = request.method == "HEAD"
+        conn.start(
+            head + (body or b""), head_only=head_only, timeout=self._timeout, deadline=deadline
+        )
+        sender: asyncio.Task[str | None] | None = None
+        if body is None and request.body_exists:
+            conn.body_sent = False
+            chunked = "Content-Length" not in headers
+            sender = loop.create_task(send_body(conn, request.content, chunked=chunked))
+        try:
+            await conn.response_head()
+        except UpstreamError as exc:
+            abandon(conn, sender)
+            refusal, info.upstream_error = upstream_failure(exc, PEER, body_cut=body_cut(sender))
+            raise refusal from None
+        except BaseException:
+            abandon(conn, sender)
+            raise
+        info.upstream_status = conn.status
+        return conn, sender
 
     @staticmethod
-    async def _relay(request: Request, upstream: aiohttp.ClientResponse) -> Response:
-        info = request.facts
-        info.upstream_status = upstream.status
-        length = upstream.headers.get("Content-Length")
+    def _answer(
+        request: Request, conn: UpstreamConnection, sender: asyncio.Task[str | None] | None
+    ) -> Response:
+        fields, length, transfer_encoding = downstream_response_fields(conn.headers())
         announced = (
             int(length)
-            if length is not None
-            and length.isdigit()
-            and "Transfer-Encoding" not in upstream.headers
+            if length is not None and length.isdigit() and not transfer_encoding
             else None
         )
+        status, reason = conn.status, conn.reason
+        if conn.complete and sender is None:
+            # The whole answer is in (the common small one): the connection
+            # goes back first, then the answer is written in one go.
+            body = conn.take_body()
+            conn.finish()
+            head_only = request.method == "HEAD"
+            return Response(
+                status, fields, body, length=announced if head_only else None, reason=reason
+            )
 
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                yield b""  # the head goes out at once: a slow stream must see it
-                async for chunk in upstream.content.iter_any():
-                    yield chunk
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                # The head is gone already: cutting the connection is the only
-                # way left to tell the app the body is incomplete.
-                log.warning("destination failed mid-response: %s", type(exc).__name__)
-                info.upstream_error = f"mid-response: {type(exc).__name__}"
-                raise StreamCut(type(exc).__name__) from None
-            finally:
-                upstream.release()
+        def cut(exc: UpstreamError) -> None:
+            log.warning("destination failed mid-response: %s", exc.label)
+            request.facts.upstream_error = f"mid-response: {exc.label}"
 
-        return Response(
-            upstream.status,
-            list(downstream_response_headers(upstream.headers).items()),
-            stream=body(),
-            length=announced,
-            reason=upstream.reason or "",
-        )
+        stream = ResponseStream(conn, sender=sender, on_cut=cut)
+        return Response(status, fields, stream=stream, length=announced, reason=reason)

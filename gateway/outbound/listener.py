@@ -7,17 +7,25 @@ from pathlib import Path
 from gateway.config import ConfigError, GatewayConfig, OutboundConfig, OutboundTokenConfig
 from gateway.outbound.client_tls import ClientTls, Trust
 from gateway.outbound.forwarder import Forwarder, RouteTarget
-from gateway.outbound.pool import SessionPool
+from gateway.outbound.pool import OutboundPool
 from gateway.outbound.routing import OutboundRouteTable
 from gateway.outbound.tokens import TokenSource
 from gateway.pipeline.messages import Request, Response
 from gateway.tls import TlsMaterialError
+from gateway.upstream import UpstreamPool
 
 
 class OutboundListener:
     """Raises TlsMaterialError (every bad file named) when its material cannot load."""
 
-    def __init__(self, config: OutboundConfig, *, index: int, source: Path) -> None:
+    def __init__(
+        self,
+        config: OutboundConfig,
+        *,
+        index: int,
+        source: Path,
+        upstreams: UpstreamPool | None = None,
+    ) -> None:
         self.config = config
         self.index = index
         where = f"{source}:outbound[{index}]"
@@ -39,7 +47,9 @@ class OutboundListener:
             min_version=tls.min_version,
             where=f"{where}.tls",
         )
-        self.pool = SessionPool(self.tls)
+        # The gateway's upstream pool when given one (connections are kept
+        # apart by TLS context anyway), else one of its own.
+        self.pool = OutboundPool(self.tls, upstreams=upstreams)
         # One cache per (authorization server, client_id, scopes): routes that
         # ask for the same token share it.
         self.token_sources = {

@@ -8,8 +8,8 @@ client (the seed's flow), done here for an app that knows nothing of OAuth:
   ``mtls_endpoint_aliases.token_endpoint`` (RFC 8705 §5);
 * the request is RFC 6749 §4.4.2 client_credentials with ``client_id`` in the
   body and the client authenticated by its certificate (RFC 8705 §2), over
-  the listener's own pool, so the token is bound to the certificate the
-  destination will see (RFC 8705 §3);
+  the listener's own connections (gateway/upstream/), so the token is bound
+  to the certificate the destination will see (RFC 8705 §3);
 * one token per (client, scopes) is cached and refreshed before it expires:
   at 80 % of its lifetime, or 60 s before expiry for long-lived tokens.
   Past that point the still-valid token keeps being sent while one refresh
@@ -28,12 +28,18 @@ import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiohttp
+from urllib.parse import urlencode
 
 from gateway.config import OutboundTokenConfig
 from gateway.outbound.client_tls import ClientMaterial, Trust
-from gateway.outbound.pool import Lease, SessionPool
+from gateway.outbound.pool import OutboundPool
+from gateway.upstream import (
+    CertificateRefused,
+    Fetched,
+    UpstreamError,
+    UpstreamUnreachable,
+    fetch,
+)
 
 log = logging.getLogger("gateway.outbound")
 
@@ -58,21 +64,22 @@ class AccessToken:
     usable_until: float
 
 
-def _cause(exc: BaseException, url: str, timeout: float) -> str:
+def _cause(exc: UpstreamError | TimeoutError, url: str, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"{url} did not answer within {timeout:g} s"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS verification of {url} failed: {exc.certificate_error}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, CertificateRefused):
+        return f"TLS verification of {url} failed: {exc}"
+    if isinstance(exc, UpstreamUnreachable):
         return f"cannot connect to {url}"
-    return f"request to {url} failed: {type(exc).__name__}"
+    return f"request to {url} failed: {exc.label}"
 
 
-async def _read_json(response: aiohttp.ClientResponse) -> Any:
-    body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-    if len(body) > MAX_RESPONSE_BYTES:
-        raise ValueError("answer too large")
-    return json.loads(body)
+def _json(answer: Fetched) -> Any:
+    """The answer's JSON document, None if it is not JSON."""
+    try:
+        return json.loads(answer.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 class TokenSource:
@@ -81,7 +88,7 @@ class TokenSource:
     def __init__(
         self,
         config: OutboundTokenConfig,
-        pool: SessionPool,
+        pool: OutboundPool,
         trust: Trust,
         *,
         connect_timeout: float,
@@ -90,7 +97,8 @@ class TokenSource:
         self.config = config
         self._pool = pool
         self._trust = trust
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout  # for each call to the authorization server, in all
         self._endpoint = config.token_endpoint
         self._token: AccessToken | None = None
         self._flight: asyncio.Task[AccessToken] | None = None
@@ -176,11 +184,12 @@ class TokenSource:
 
     async def _fetch(self) -> AccessToken:
         loop = asyncio.get_running_loop()
+        # The certificate presented now is the one the token gets bound to.
+        material = self._pool.material()
         try:
-            async with self._pool.lease() as lease:
-                endpoint = self._endpoint or await self._discover(lease)
-                started = loop.time()
-                value, lifetime, scope = await self._request(lease, endpoint)
+            endpoint = self._endpoint or await self._discover(material)
+            started = loop.time()
+            value, lifetime, scope = await self._request(material, endpoint)
         except TokenUnavailable as exc:
             self._failure = (loop.time(), exc)
             if self.config.issuer is not None:
@@ -197,7 +206,7 @@ class TokenSource:
         skew = min(EXPIRY_SKEW_SECONDS, lifetime / 10)
         token = AccessToken(
             value=value,
-            x5t_s256=lease.material.x5t_s256,
+            x5t_s256=material.x5t_s256,
             refresh_at=started + lifetime - lead,
             usable_until=started + lifetime - skew,
         )
@@ -211,34 +220,46 @@ class TokenSource:
                 "scope": scope,
                 "expires_in": lifetime,
                 "token_endpoint": endpoint,
-                "thumbprint": lease.material.thumbprint,
+                "thumbprint": material.thumbprint,
             },
         )
         return token
 
     # -------------------------------------------------------------------- HTTP
 
-    async def _request(self, lease: Lease, endpoint: str) -> tuple[str, float, str | None]:
+    async def _call(
+        self, material: ClientMaterial, url: str, form: dict[str, str] | None = None
+    ) -> Fetched:
+        """GET ``url``, or POST ``form`` to it; UpstreamError or TimeoutError on failure."""
+        headers = [("Accept", "application/json")]
+        body = None
+        if form is not None:
+            headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+            body = urlencode(form).encode("ascii")
+        return await fetch(
+            self._pool.upstreams,
+            url,
+            method="GET" if form is None else "POST",
+            headers=headers,
+            body=body,
+            tls=material.context(self._trust),
+            connect_timeout=self._connect_timeout,
+            within=self._timeout,
+            limit=MAX_RESPONSE_BYTES,
+        )
+
+    async def _request(
+        self, material: ClientMaterial, endpoint: str
+    ) -> tuple[str, float, str | None]:
         form = {"grant_type": "client_credentials", "client_id": self.config.client_id}
         if self.config.scopes:
             form["scope"] = " ".join(self.config.scopes)  # RFC 6749 §3.3
         self.requests_made += 1
         try:
-            async with lease.session.post(
-                endpoint,
-                data=form,
-                headers={"Accept": "application/json"},
-                ssl=lease.material.context(self._trust),
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                try:
-                    body = await _read_json(response)
-                except (ValueError, UnicodeDecodeError):
-                    body = None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TokenUnavailable(_cause(exc, endpoint, self._timeout.total or 0)) from None
+            answer = await self._call(material, endpoint, form)
+        except (UpstreamError, TimeoutError) as exc:
+            raise TokenUnavailable(_cause(exc, endpoint, self._timeout)) from None
+        status, body = answer.status, _json(answer)
         if status != 200 or not isinstance(body, dict):
             # RFC 6749 §5.2: {"error": ..., "error_description": ...}
             if isinstance(body, dict) and isinstance(body.get("error"), str):
@@ -263,34 +284,24 @@ class TokenSource:
         scope = body.get("scope")
         return value, float(expires_in), scope if isinstance(scope, str) else None
 
-    async def _discover(self, lease: Lease) -> str:
+    async def _discover(self, material: ClientMaterial) -> str:
         issuer = self.config.issuer
         assert issuer is not None  # config: exactly one of token_endpoint and issuer
         last = ""
         for path in DISCOVERY_PATHS:
             url = issuer + path
             try:
-                async with lease.session.get(
-                    url,
-                    headers={"Accept": "application/json"},
-                    ssl=lease.material.context(self._trust),
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                ) as response:
-                    status = response.status
-                    try:
-                        document = await _read_json(response) if status == 200 else None
-                    except (ValueError, UnicodeDecodeError):
-                        raise TokenUnavailable(f"discovery at {url}: not JSON") from None
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise TokenUnavailable(
-                    f"discovery: {_cause(exc, url, self._timeout.total or 0)}"
-                ) from None
-            if status == 404:
+                answer = await self._call(material, url)
+            except (UpstreamError, TimeoutError) as exc:
+                raise TokenUnavailable(f"discovery: {_cause(exc, url, self._timeout)}") from None
+            if answer.status == 404:
                 last = f"discovery: HTTP 404 from {url}"
                 continue  # OpenID Connect's path first, then RFC 8414's
+            document = _json(answer) if answer.status == 200 else None
+            if answer.status == 200 and document is None:
+                raise TokenUnavailable(f"discovery at {url}: not JSON")
             if not isinstance(document, dict):
-                raise TokenUnavailable(f"discovery: HTTP {status} from {url}")
+                raise TokenUnavailable(f"discovery: HTTP {answer.status} from {url}")
             return self._token_endpoint_of(document, url)
         raise TokenUnavailable(last)
 

@@ -19,6 +19,10 @@ from multidict import CIMultiDict
 from gateway.pipeline.facts import RequestFacts
 
 
+class StreamCut(Exception):
+    """A ``Response.stream`` failed after its head went out: the protocol aborts the connection."""
+
+
 class MalformedBody(ConnectionError):
     """The body's framing broke (a malformed chunk): the caller's fault, a 400."""
 

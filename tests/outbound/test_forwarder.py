@@ -324,3 +324,28 @@ async def test_a_stalled_small_body_is_408(
     writer.close()
     assert head.startswith(b"HTTP/1.1 408 ")
     assert partner.api_calls == 0
+
+
+async def test_a_destination_failing_mid_response_cuts_the_apps_connection(
+    pki: Pki, client_cert: Issued, start_outbound: StartOutbound
+) -> None:
+    async def truncate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+        await writer.drain()
+        writer.close()  # 60 bytes short
+
+    server = await asyncio.start_server(truncate, "127.0.0.1", 0, ssl=server_context(pki))
+    port = server.sockets[0].getsockname()[1]
+    try:
+        running = await start_outbound(
+            outbound_config(
+                destination=f"https://localhost:{port}", cert=client_cert, ca=pki.ca.cert_path
+            )
+        )
+        async with aiohttp.ClientSession() as session, session.get(running.url + "/x") as response:
+            assert response.status == 200  # the head went out before the failure
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()  # truncated, never passed off as complete
+    finally:
+        server.close()

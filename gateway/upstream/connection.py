@@ -1,42 +1,28 @@
-"""The proxy's upstream hop: a lean pooled HTTP/1.1 client.
+"""One HTTP/1.1 connection to an upstream, one exchange at a time, on llhttp.
 
-aiohttp's ClientSession cost ~46 µs of CPU per proxied keep-alive request
-(bench/RESULTS.md: ClientRequest/ClientResponse objects, yarl, auto headers,
-a connector acquire/release, a ClientTimeout and an ``asyncio.timeout`` per
-request).  This client does the same job with one ``asyncio.Protocol`` per
-upstream connection:
-
-* an idle pool per (scheme, host, port), most recently used first, bounded
-  (``limits.upstream_idle_connections``, the oldest idle one is closed when a
-  release would pass the bound) and with an idle timeout kept by one pool
-  timer (no timer per connection);
-* the request head goes out as one ``bytes`` object, built by the caller;
-* the answer is parsed by llhttp (``httptools``, the C parser uvloop's
-  authors maintain): Content-Length, chunked and close-delimited bodies,
-  HEAD/204/304 without a body, 1xx answers skipped;
-* one ``TimerHandle`` per connection covers the response-head deadline and
-  the idle gap between body chunks; it is re-armed lazily (a deadline field
-  is moved forward, the handle is only replaced when it fires early);
-* flow control both ways: upstream reading pauses while the relayed body
-  waits downstream, and the request body waits for ``resume_writing``;
-* a connection goes back to the pool only when its response was read to the
-  end, the request body was sent in full and both sides allow keep-alive.
-
-WebSocket upgrades (proxy.py) and outbound origination (gateway/outbound/)
-still use aiohttp's client.
+How it parses, times and pauses: the package docstring (gateway/upstream/).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 from collections import deque
-from dataclasses import dataclass
-from typing import cast
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, cast
 
 import httptools
+
+from gateway.upstream.errors import (
+    InvalidResponse,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.upstream.origin import Origin
+from gateway.upstream.timer import LazyTimer
+
+if TYPE_CHECKING:
+    from gateway.upstream.pool import UpstreamPool
 
 # The limits aiohttp's client applied to upstream answers (max_line_size,
 # max_field_size): an upstream cannot make the gateway buffer without bound.
@@ -46,11 +32,6 @@ MAX_HEADERS = 128
 # paused at 2 x 64 KiB): what a slow downstream can make the gateway hold.
 HIGH_WATER = 128 * 1024
 LOW_WATER = 32 * 1024
-IDLE_TIMEOUT = 30.0  # seconds an idle pooled connection is kept (aiohttp's keepalive_timeout)
-# Idle connections kept per origin (limits.upstream_idle_connections): NGINX's
-# advice for its upstream `keepalive` (the docs' example is 64).  Without a
-# bound, a burst of 2,000 callers left 2,000 idle sockets for IDLE_TIMEOUT.
-MAX_IDLE_PER_ORIGIN = 64
 
 _IDLE, _HEAD, _BODY, _DONE, _BROKEN = range(5)
 
@@ -63,68 +44,19 @@ _IDLE, _HEAD, _BODY, _DONE, _BROKEN = range(5)
 _DETACHED_PARSER = httptools.HttpResponseParser(object())
 
 
-class UpstreamError(Exception):
-    """The upstream failed; ``label`` names the failure in the 502 description."""
-
-    label = "UpstreamError"
-
-
-class UpstreamUnreachable(UpstreamError):
-    """No connection could be made (refused, DNS, TLS verification)."""
-
-    label = "ClientConnectorError"
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
-class UpstreamDisconnected(UpstreamError):
-    label = "ServerDisconnectedError"
-
-
-class InvalidResponse(UpstreamError):
-    label = "ClientResponseError"
-
-
-class UpstreamTimeout(UpstreamError, TimeoutError):
-    """A deadline passed: connect, response head (blame in ``waiting_on_caller``) or body gap."""
-
-    label = "ServerTimeoutError"
-
-    def __init__(self, message: str, *, waiting_on_caller: bool = False) -> None:
-        super().__init__(message)
-        self.waiting_on_caller = waiting_on_caller
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a route's requests go, parsed once from its upstream URL."""
-
-    scheme: str
-    host: str
-    port: int
-    base_path: str  # the URL's path ("" or "/base"), prefixed to every target
-    # Basic credentials from the URL's userinfo, as aiohttp's client sent them.
-    authorization: str | None = None
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme == "https"
-
-
-def parse_origin(url: str) -> Origin:
-    scheme, _, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    userinfo, at, hostport = authority.rpartition("@")
-    authorization = None
-    if at:
-        user, _, password = userinfo.partition(":")
-        credentials = f"{unquote(user)}:{unquote(password)}".encode("latin-1")
-        authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
-    if hostport.startswith("["):
-        host, _, tail = hostport[1:].partition("]")
-        port_text = tail[1:] if tail.startswith(":") else ""
-    else:
-        host, _, port_text = hostport.partition(":")
-    port = int(port_text) if port_text else (443 if scheme == "https" else 80)
-    return Origin(scheme, host, port, (slash + path).rstrip("/") if path else "", authorization)
+def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length" or (
+            lowered == b"transfer-encoding" and b"chunked" in value.lower()
+        ):
+            return True
+    return False
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -134,7 +66,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_buffered",
         "_chunks",
         "_close_delimited",
-        "_deadline",
         "_drain_waiter",
         "_error",
         "_fresh_parser",
@@ -152,9 +83,11 @@ class UpstreamConnection(asyncio.Protocol):
         "_timer",
         "_waiter",
         "body_sent",
+        "context",
         "idle_since",
         "key",
         "lost",
+        "origin",
         "reason",
         "status",
         "transport",
@@ -162,9 +95,11 @@ class UpstreamConnection(asyncio.Protocol):
         "waiting_on_caller",
     )
 
-    def __init__(self, pool: UpstreamPool, key: Origin) -> None:
+    def __init__(self, pool: UpstreamPool, origin: Origin, context: ssl.SSLContext | None) -> None:
         self._pool = pool
-        self.key = key
+        self.origin = origin
+        self.context = context  # the TLS client context it was opened with (None: plain)
+        self.key = (origin.endpoint, context)  # its place in the pool
         self._loop = pool.loop
         self._parser = httptools.HttpResponseParser(self)
         self._fresh_parser = True
@@ -178,8 +113,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._paused_writing = False
         self._paused_reading = False
         self._error: BaseException | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
+        self._timer = LazyTimer(self._loop)
         self._timeout = 0.0
         self._head_only = False
         self._close_delimited = False
@@ -198,6 +132,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
         self.transport = cast(asyncio.Transport, transport)
+        self._pool.opened(self)
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
@@ -209,7 +144,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._keep_alive = False  # bytes after the answer: not reusable
             return
         if phase == _BODY:
-            self._deadline = self._loop.time() + self._timeout
+            self._timer.push(self._timeout)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -226,28 +161,23 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.transport = None
-        if self._phase == _IDLE:
-            self._pool.forget(self)
-        elif self._phase == _BODY and self._close_delimited and exc is None:
+        self._pool.forget(self, idle=self._phase == _IDLE)
+        if self._phase == _BODY and self._close_delimited and exc is None:
             self._complete()  # the end of a close-delimited body (RFC 9112 §6.3)
         elif self._phase < _DONE:
             self._fail(UpstreamDisconnected("the upstream closed the connection"))
-        self._stop_timer()
+        self._timer.stop()
         # Never called from inside feed_data (asyncio defers connection_lost).
         self._parser = _DETACHED_PARSER
         self._fresh_parser = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _wake(self._drain_waiter)
 
     def pause_writing(self) -> None:
         self._paused_writing = True
 
     def resume_writing(self) -> None:
         self._paused_writing = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _wake(self._drain_waiter)
 
     # -- httptools callbacks ---------------------------------------------------------
 
@@ -278,22 +208,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.version = parser.get_http_version()
         self._keep_alive = parser.should_keep_alive()
         head_only = self._head_only
-        self._close_delimited = False
-        if not head_only and status not in (204, 304):
-            framed = False
-            for name, value in self._headers:
-                lowered = name.lower()
-                if lowered == b"content-length" or (
-                    lowered == b"transfer-encoding" and b"chunked" in value.lower()
-                ):
-                    framed = True
-                    break
-            self._close_delimited = not framed
+        # RFC 9112 §6.3: without a length or chunked coding, the body ends at close.
+        self._close_delimited = (
+            not head_only and status not in (204, 304) and not _framed(self._headers)
+        )
         self._phase = _BODY
-        self._deadline = self._loop.time() + self._timeout
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._timer.push(self._timeout)
+        _wake(self._head_waiter)
         if head_only:
             # llhttp cannot be told a response has no body (httptools never
             # returns "skip body"): finish here and use a new parser next time.
@@ -308,9 +229,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and not self._paused_reading and self.transport:
             self._paused_reading = True
             self.transport.pause_reading()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _wake(self._waiter)
 
     def on_message_complete(self) -> None:
         if self._parser.get_status_code() < 200:
@@ -333,15 +252,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.body_sent = True
         self.waiting_on_caller = False
-        self._deadline = deadline
-        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer.start(deadline, self._expired)
         self.transport.write(head)
 
     def progress(self, *, waiting_on_caller: bool) -> None:
         """A request body chunk moved: the head deadline restarts (proxy.py's _IdleTimer rule)."""
         self.waiting_on_caller = waiting_on_caller
         if self._phase == _HEAD:
-            self._deadline = self._loop.time() + self._timeout
+            self._timer.push(self._timeout)
 
     async def response_head(self) -> None:
         """Wait for the final response head; raises an UpstreamError."""
@@ -398,7 +316,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         self._paused_reading = False
-        self._deadline = self._loop.time() + self._timeout
+        self._timer.push(self._timeout)
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -419,7 +337,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish(self) -> None:
         """The caller is done with this exchange: pool the connection or close it."""
-        self._stop_timer()
+        self._timer.stop()
         if (
             self._phase == _DONE
             and self._error is None
@@ -436,7 +354,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Drop the connection (an abandoned exchange fails whoever waits on it)."""
-        self._stop_timer()
+        self._timer.stop()
         self._chunks.clear()
         if self._phase < _DONE and self._phase != _IDLE:
             self._fail(UpstreamDisconnected("the exchange was abandoned"))
@@ -448,9 +366,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _complete(self) -> None:
         self._phase = _DONE
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _wake(self._waiter)
 
     def _raise(self, exc: UpstreamError) -> UpstreamError:
         self._error = exc  # feed_data wraps callback errors; keep ours
@@ -461,145 +377,19 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._error = exc
         self._phase = _BROKEN
-        for waiter in (self._head_waiter, self._waiter):
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        _wake(self._head_waiter)
+        _wake(self._waiter)
         if self.transport is not None:
             self.transport.abort()
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def _expired(self) -> None:
         phase = self._phase
-        if phase not in (_HEAD, _BODY):
-            return
-        now = self._loop.time()
-        if now < self._deadline:
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
-            return
         if phase == _HEAD:
-            self._fail(
-                UpstreamTimeout(
-                    "no response head in time", waiting_on_caller=self.waiting_on_caller
-                )
-            )
-        elif self._paused_reading:
-            # Waiting on the downstream, not on the upstream: not an idle gap.
-            self._deadline = now + self._timeout
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
-        else:
-            self._fail(UpstreamTimeout("the upstream body stalled"))
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
-class UpstreamPool:
-    """Idle keep-alive connections per origin, at most ``max_idle`` each, and the connect path.
-
-    Reuse is last in, first out, and a release beyond the bound closes the
-    connection idle the longest, as NGINX's upstream ``keepalive`` cache
-    does.  Why that pair: the connection just released is the one least
-    likely to be closed by the upstream's own keep-alive timeout as we send
-    on it (the race RFC 9112 §9.3 warns of), LIFO keeps a steady load on the
-    fewest connections so the rest age out through the idle timeout, and the
-    one evicted is the one nearest that timeout anyway.  ``max_idle`` 0 keeps
-    none: every connection is closed after its exchange.
-    """
-
-    def __init__(
-        self, *, idle_timeout: float = IDLE_TIMEOUT, max_idle: int = MAX_IDLE_PER_ORIGIN
-    ) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.idle_timeout = idle_timeout
-        self.max_idle = max_idle
-        # Per origin, least recently used first: reuse pops the right end,
-        # the bound and the sweeper take from the left.
-        self._idle: dict[Origin, deque[UpstreamConnection]] = {}
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._ssl: ssl.SSLContext | None = None
-        self._closed = False
-
-    def idle_count(self, origin: Origin | None = None) -> int:
-        """Idle connections held for ``origin`` (for every origin when None)."""
-        if origin is not None:
-            return len(self._idle.get(origin, ()))
-        return sum(len(idle) for idle in self._idle.values())
-
-    async def acquire(self, origin: Origin, connect_timeout: float) -> UpstreamConnection:
-        idle = self._idle.get(origin)
-        while idle:
-            conn = idle.pop()
-            transport = conn.transport
-            if transport is not None and not transport.is_closing():
-                return conn
-        return await self._connect(origin, connect_timeout)
-
-    async def _connect(self, origin: Origin, connect_timeout: float) -> UpstreamConnection:
-        if self._closed:
-            raise UpstreamUnreachable("the upstream pool is closed")
-        context: ssl.SSLContext | None = None
-        if origin.tls:
-            if self._ssl is None:
-                # Certificate and host name verification on, system trust
-                # store: what aiohttp's default ssl=True did.
-                self._ssl = ssl.create_default_context()
-            context = self._ssl
-        conn = UpstreamConnection(self, origin)
-        try:
-            async with asyncio.timeout(connect_timeout):
-                await self.loop.create_connection(
-                    lambda: conn,
-                    origin.host,
-                    origin.port,
-                    ssl=context,
-                    server_hostname=origin.host if context is not None else None,
-                )
-        except TimeoutError:
-            raise UpstreamTimeout("connecting to the upstream timed out") from None
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise UpstreamUnreachable(f"cannot connect to the upstream: {exc}") from None
-        return conn
-
-    def release(self, conn: UpstreamConnection) -> None:
-        if self._closed or self.max_idle <= 0:
-            conn.close()
-            return
-        conn.idle_since = self.loop.time()
-        idle = self._idle.get(conn.key)
-        if idle is None:
-            idle = self._idle[conn.key] = deque()
-        while len(idle) >= self.max_idle:
-            idle.popleft().close()  # the longest idle goes (see the class docstring)
-        idle.append(conn)
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.get(conn.key)
-        if idle is not None and conn in idle:
-            idle.remove(conn)
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        cutoff = self.loop.time() - self.idle_timeout
-        oldest: float | None = None
-        for idle in self._idle.values():
-            # Most recently used last: the stale ones are at the front.
-            while idle and idle[0].idle_since <= cutoff:
-                idle.popleft().close()
-            if idle and (oldest is None or idle[0].idle_since < oldest):
-                oldest = idle[0].idle_since
-        if oldest is not None:
-            self._sweeper = self.loop.call_at(oldest + self.idle_timeout, self._sweep)
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()
+            blame = self.waiting_on_caller
+            self._fail(UpstreamTimeout("no response head in time", waiting_on_caller=blame))
+        elif phase == _BODY:
+            if self._paused_reading:
+                # Waiting on the downstream, not on the upstream: not an idle gap.
+                self._timer.start(self._loop.time() + self._timeout, self._expired)
+            else:
+                self._fail(UpstreamTimeout("the upstream body stalled"))
