@@ -8,6 +8,7 @@ import pytest
 
 from gateway.pipeline.messages import RequestBody
 from gateway.upstream import (
+    TOO_SLOW,
     BodyPace,
     UpstreamConnection,
     UpstreamPool,
@@ -39,7 +40,7 @@ async def test_a_body_of_unknown_length_goes_chunked_and_the_connection_stays_re
     await asyncio.sleep(0.01)
     body.feed(b" world!")
     body.end()
-    assert await sender is False
+    assert await sender is None
     await conn.response_head()
     assert conn.status == 200 and conn.body_sent
     assert upstream.bodies == [b"5\r\nhello\r\n7\r\n world!\r\n0\r\n\r\n"]  # RFC 9112 §7.1
@@ -87,7 +88,7 @@ async def test_a_trickled_body_is_cut_by_its_pace(
     finally:
         trickler.cancel()
     # 0.3 s plus 10 ms per byte received: passed after about 0.4 s.
-    assert cut is True
+    assert cut == TOO_SLOW
     assert 0.3 < loop.time() - started < 4.0
     await asyncio.sleep(0.05)
     assert conn.lost, "the half-sent exchange is dropped"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.pipeline.messages import RequestBody
+from gateway.pipeline.messages import RequestBody, StreamCut
 from gateway.upstream import (
     ResponseStream,
     UpstreamConnection,
@@ -60,9 +60,11 @@ async def test_an_upstream_failure_mid_body_is_raised_and_reported(
     cuts: list[UpstreamError] = []
     stream = ResponseStream(await _answered(pool, upstream), on_cut=cuts.append)
     received = b""
-    with pytest.raises(UpstreamDisconnected):
+    # The protocol sees a cut (its connection is aborted); the cause is reported.
+    with pytest.raises(StreamCut) as cut:
         async for chunk in stream:
             received += chunk
+    assert isinstance(cut.value.__cause__, UpstreamDisconnected)
     assert received == b"abc"
     assert [type(c) for c in cuts] == [UpstreamDisconnected]
     assert pool.idle_count() == 0

@@ -17,7 +17,7 @@ async def test_a_pushed_deadline_fires_late_and_once() -> None:
     async with asyncio.timeout(5):
         while not fired:
             await asyncio.sleep(0.01)
-    assert fired[0] - started >= 0.2
+    assert fired[0] - started >= 0.2 - 0.005  # uvloop rounds timers to the millisecond
     await asyncio.sleep(0.1)
     assert len(fired) == 1
 
