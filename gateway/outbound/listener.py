@@ -41,6 +41,7 @@ class OutboundListener:
             trusts=[destination, *(token_trust(t) for t in tokens)],
             min_version=tls.min_version,
             where=f"{where}.tls",
+            name=f"outbound[{index}].tls",
         )
         self.pool = SessionPool(self.tls)
         # One cache per (authorization server, client_id, scopes): routes that
@@ -77,10 +78,6 @@ class OutboundListener:
         app = web.Application(middlewares=list(middlewares))
         app.router.add_route("*", "/{tail:.*}", self.forwarder.handle)
         return app
-
-    def reload_if_changed(self) -> bool:
-        """Polled every second and run on SIGHUP (``Gateway.reloaders``)."""
-        return self.tls.reload_if_changed()
 
     async def close(self) -> None:
         for source in self.token_sources.values():

@@ -42,6 +42,7 @@ from redis.exceptions import ClusterDownError, ResponseError
 
 from gateway.config import RegistryConfig
 from gateway.identity import CertificateIdentity
+from gateway.lifecycle import ReloadableBase
 from gateway.registry.base import RegistryUnavailable, RegistryWriteError, already_exists
 from gateway.registry.matching import (
     ChainFacts,
@@ -105,10 +106,15 @@ def _document(client: Client) -> str:
         ) from None
 
 
-class RedisRegistry:
-    """Registry (and WritableRegistry) on Redis; see docs/redis.md."""
+class RedisRegistry(ReloadableBase):
+    """Registry (and WritableRegistry) on Redis; see docs/redis.md.
+
+    A Reloadable part with no files: changes arrive by pub/sub, and SIGHUP
+    (``reload``) drops the whole cache.
+    """
 
     def __init__(self, config: RegistryConfig) -> None:
+        super().__init__(name="registry", logger=log, failure="registry reload failed")
         self._config = config
         self._keys = KeySchema(config.key_prefix)
         self._clients = open_clients(config)
@@ -192,10 +198,13 @@ class RedisRegistry:
         with contextlib.suppress(*_REDIS_ERRORS):
             await self._clients.aclose()
 
-    async def reload(self) -> bool:
+    def watched_files(self) -> tuple[()]:
+        return ()
+
+    def rebuild(self) -> None:
         """SIGHUP: forget everything cached; the next lookups ask Redis."""
         self._drop_all()
-        return True
+        log.info("registry: cache dropped on reload; the next lookups ask %s", self._description)
 
     # ------------------------------------------------------------------- reads
 
