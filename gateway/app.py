@@ -19,6 +19,7 @@ from gateway.config import ConfigError, GatewayConfig, ListenerConfig
 from gateway.config_reload import ConfigReloader
 from gateway.framing import check_framing
 from gateway.headers import managed_header_keys
+from gateway.lifecycle import FileWatcher
 from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.metrics import MULTIPROC_ENV, Metrics, create_metrics
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
     from gateway.outbound.listener import OutboundListener
 
 log = logging.getLogger("gateway")
-
-RELOAD_POLL_SECONDS = 1.0
 
 # Hooks the token service registers: the gateway's own endpoints on a listener
 # (path → handler), answered before any route is looked up.
@@ -66,9 +65,9 @@ class Gateway:
     listeners: list[ListenerContext]
     extensions: list[ListenerExtension] = field(default_factory=list)
     token_checker: TokenChecker | None = None
-    reloaders: list[Callable[[], bool]] = field(default_factory=list)
-    # (name, part with reloads_ok / reload_failures counters) for /metrics
-    reload_parts: list[tuple[str, object]] = field(default_factory=list)
+    # Every Reloadable part (config, listener TLS, registry, signing keys,
+    # outbound TLS): polled by one task, all reloaded on SIGHUP, counted in /metrics.
+    watcher: FileWatcher = field(default_factory=FileWatcher)
     metrics: Metrics = field(default_factory=create_metrics)
     access_log: AccessLog | None = None
     upstreams: UpstreamPool | None = None  # every other proxied request
@@ -111,27 +110,11 @@ class Gateway:
             self.metrics.sync()
 
     async def _watch_files(self) -> None:
-        checks: list[Callable[[], bool]] = [ls.tls.reload_if_changed for ls in self.listeners]
-        if self.config_reloader is not None:
-            checks.append(self.config_reloader.reload_if_changed)
-        while True:
-            await asyncio.sleep(RELOAD_POLL_SECONDS)
-            for reload_if_changed in (*checks, *self.reloaders):
-                try:
-                    reload_if_changed()
-                except Exception:
-                    # A reloader must keep its old state on failure; whatever
-                    # escaped is logged, and the watcher keeps watching.
-                    log.exception("reload check failed")
+        await self.watcher.watch()
 
     async def reload(self) -> bool:
         """SIGHUP: re-read every file now; each part keeps its state if it fails."""
-        ok = self.config_reloader.reload() if self.config_reloader is not None else True
-        ok = all([listener.tls.reload() for listener in self.listeners]) and ok
-        ok = await self.registry.reload() and ok
-        for reload_now in self.reloaders:
-            ok = reload_now() and ok
-        return ok
+        return self.watcher.reload_all()
 
     def readiness(self) -> dict[str, bool]:
         return {"registry": self.registry.ready, "accepting": not self.shutting_down}
@@ -176,7 +159,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     tls_list: list[ListenerTls] = []
     for i, listener in enumerate(config.listeners):
         try:
-            tls_list.append(ListenerTls(listener.tls, f"{config.source}:listeners[{i}].tls"))
+            where = f"{config.source}:listeners[{i}].tls"
+            tls_list.append(ListenerTls(listener.tls, where, name=f"tls:listeners[{i}]"))
         except TlsMaterialError as exc:
             problems += exc.problems
     if problems:
@@ -210,7 +194,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         access_log=access_log,
     )
     gateway.config_reloader = ConfigReloader(gateway)
-    gateway.reload_parts.append(("config", gateway.config_reloader))
+    for part in (gateway.config_reloader, *tls_list, registry):
+        gateway.watcher.add(part)
     metrics.add_state(GatewayStateCollector(gateway))
     counters = CountersInMetrics(
         gateway, metrics.registry, multiproc=bool(os.environ.get(MULTIPROC_ENV))

@@ -2,7 +2,7 @@
 
 Routes change live: each listener's proxy swaps its route table between two
 requests.  Every file the config names (certificates, keys, CRLs, registry)
-already reloads on its own.  Other keys (listeners, admin, registry kind,
+is a Reloadable part of its own (gateway/lifecycle).  Other keys (listeners, admin, registry kind,
 tokens, headers, limits, logging, outbound) shape sockets and objects built
 at start: a change to them is logged as needing a restart, never half
 applied.  A config that fails validation keeps everything as it is.
@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, load_config
-from gateway.watch import ChangeDetector
+from gateway.lifecycle import ReloadableBase, ReloadFailed
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -35,26 +36,22 @@ RESTART_KEYS = (
 )
 
 
-class ConfigReloader:
+class ConfigReloader(ReloadableBase):
     def __init__(self, gateway: Gateway) -> None:
+        super().__init__(
+            name="config", logger=log, failure="config reload failed, keeping the running config"
+        )
         self._gateway = gateway
-        self._changes = ChangeDetector([gateway.config.source])
-        self.reloads_ok = 0
-        self.reload_failures = 0
 
-    def reload_if_changed(self) -> bool:
-        return self._changes.changed() and self.reload()
+    def watched_files(self) -> tuple[Path]:
+        return (self._gateway.config.source,)
 
-    def reload(self) -> bool:
+    def rebuild(self) -> None:
         running = self._gateway.config
         try:
             loaded = load_config(running.source)
         except ConfigError as exc:
-            self.reload_failures += 1
-            log.error(
-                "config reload failed, keeping the running config: %s", "; ".join(exc.problems)
-            )
-            return False
+            raise ReloadFailed(exc.problems) from None
         if loaded.routes != running.routes:
             for proxy in self._gateway.proxies:
                 proxy.reconfigure(loaded.routes)
@@ -67,5 +64,3 @@ class ConfigReloader:
                 "config changes to %s take effect after a restart", ", ".join(needs_restart)
             )
         self._gateway.config = dataclasses.replace(running, routes=loaded.routes)
-        self.reloads_ok += 1
-        return True

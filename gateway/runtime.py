@@ -33,6 +33,5 @@ def assemble(config: GatewayConfig) -> Gateway:
     TokenService(config, keys, gateway.registry).install(gateway)
     for listener in outbound:
         gateway.outbound.append(listener)
-        gateway.reloaders.append(listener.reload_if_changed)
-        gateway.reload_parts.append((f"outbound[{listener.index}].tls", listener.tls))
+        gateway.watcher.add(listener.tls)
     return gateway

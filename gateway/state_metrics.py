@@ -73,15 +73,9 @@ class GatewayStateCollector(Collector):
             "Reloads of watched files by component and outcome (a failure keeps the running state).",
             labels=["component", "outcome"],
         )
-        parts: list[tuple[str, object]] = [
-            (f"tls:listeners[{ls.index}]", ls.tls) for ls in gateway.listeners
-        ]
-        parts.append(("registry", registry))
-        parts += [(name, part) for name, part in gateway.reload_parts]
-        for name, part in parts:
-            if hasattr(part, "reloads_ok"):
-                reloads.add_metric([name, "ok"], float(getattr(part, "reloads_ok", 0)))
-                reloads.add_metric([name, "failed"], float(getattr(part, "reload_failures", 0)))
+        for part in gateway.watcher.parts:
+            reloads.add_metric([part.name, "ok"], float(part.reloads_ok))
+            reloads.add_metric([part.name, "failed"], float(part.reload_failures))
         yield reloads
 
         expiry = GaugeMetricFamily(

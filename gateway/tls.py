@@ -24,7 +24,7 @@ import binascii
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,19 +37,15 @@ from gateway.chain import CertificateTrust, TrustPool
 from gateway.config import TlsConfig
 from gateway.dn import format_name, name_key
 from gateway.identity import CertificateIdentity, can_sign_certificates, sha1_thumbprint
+from gateway.lifecycle import ReloadableBase, ReloadFailed
 from gateway.listener.handshakes import HandshakeStats
 from gateway.listener.tls_context import build_server_context, openssl_reason
-from gateway.watch import ChangeDetector
 
 log = logging.getLogger("gateway.tls")
 
 
-class TlsMaterialError(Exception):
+class TlsMaterialError(ReloadFailed):
     """Certificates or keys that cannot be used; ``problems`` name file and fault."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 def load_pem_certificates(path: Path) -> list[x509.Certificate]:
@@ -288,16 +284,18 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-class ListenerTls:
+class ListenerTls(ReloadableBase):
     """The listening context of one listener, and the material it swaps in."""
 
-    def __init__(self, tls: TlsConfig, where: str) -> None:
+    def __init__(self, tls: TlsConfig, where: str, *, name: str = "tls") -> None:
+        super().__init__(
+            name=name,
+            logger=log,
+            failure=f"TLS reload failed for {where}, keeping current material",
+        )
         self._config = tls
         self._where = where
         self._material = load_material(tls, where)
-        self._changes = ChangeDetector(self.watched_files())
-        self.reload_failures = 0
-        self.reloads_ok = 0
         self.handshakes = HandshakeStats()
 
     @property
@@ -308,14 +306,15 @@ class ListenerTls:
         """The context for a new connection: the material in force now."""
         return self._material.context
 
-    def watched_files(self) -> Iterable[Path | None]:
+    def watched_files(self) -> tuple[Path, ...]:
+        config = self._config
+        optional = (config.client_ca, config.crl)
         return (
-            self._config.cert,
-            self._config.key,
-            self._config.client_ca,
-            self._config.crl,
-            *self._config.pinned_certs,
-            *(path for _, path in self._config.spiffe_bundles),
+            config.cert,
+            config.key,
+            *(path for path in optional if path is not None),
+            *config.pinned_certs,
+            *(path for _, path in config.spiffe_bundles),
         )
 
     @property
@@ -326,20 +325,9 @@ class ListenerTls:
     def trust(self) -> TrustState:
         return self._material.trust
 
-    def reload(self) -> bool:
-        """Rebuild from files; on failure keep serving the old material."""
-        try:
-            material = load_material(
-                self._config, self._where, generation=self._material.trust.generation + 1
-            )
-        except TlsMaterialError as exc:
-            self.reload_failures += 1
-            log.error("TLS reload failed for %s, keeping current material: %s", self._where, exc)
-            return False
-        self._material = material
-        self.reloads_ok += 1
+    def rebuild(self) -> None:
+        """New handshakes take the new context; connections already open keep theirs."""
+        self._material = load_material(
+            self._config, self._where, generation=self._material.trust.generation + 1
+        )
         log.info("TLS material reloaded for %s", self._where)
-        return True
-
-    def reload_if_changed(self) -> bool:
-        return self._changes.changed() and self.reload()

@@ -18,8 +18,8 @@ import logging
 import os
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.lifecycle import FileSignature, signature
 from gateway.logs import configure_logging, stop_logging
-from gateway.watch import FileSignature, signature
 
 log = logging.getLogger("gateway.supervisor")
 

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.config import TlsConfig
 from gateway.identity import identity_from_der
+from gateway.lifecycle import FileWatcher
 from gateway.listener.session import TlsSession
 from gateway.listener.tls_protocol import TlsServerProtocol
 from gateway.tls import ListenerTls, TlsMaterialError, load_material
@@ -264,6 +265,7 @@ async def test_reload_swaps_the_server_certificate_for_new_handshakes(
 ) -> None:
     cert_path, key_path = rotating
     listener = ListenerTls(tls_config(pki, cert=cert_path, key=key_path), WHERE)
+    watcher = FileWatcher([listener])
     renewed = _server_cert(pki, "renewed")
     async with serving(listener) as server:
         first = await server.connect(pki.client_context(None))
@@ -271,7 +273,7 @@ async def test_reload_swaps_the_server_certificate_for_new_handshakes(
 
         shutil.copy(renewed.cert_path, cert_path)
         shutil.copy(renewed.key_path, key_path)
-        assert listener.reload_if_changed() is True
+        assert watcher.poll() == {"tls": True}
         generation = listener.trust.generation
 
         second = await server.connect(pki.client_context(None))

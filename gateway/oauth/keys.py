@@ -6,19 +6,21 @@ the line is the only way to tell an RS256 key from a PS256 one after a reload.
 
 Rotation: ``tokens.signing_keys`` is ordered; the first key signs, all are
 published, so tokens signed by a retired key still verify until they expire.
+The set is a Reloadable part (gateway/lifecycle): the file watcher re-reads it
+when a key file changes, and SIGHUP at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import stat
 import tempfile
-import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeAlias
@@ -29,6 +31,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, KeyParameters, OKPKey, RSAKey
 
+from gateway.lifecycle import ReloadableBase, ReloadFailed
+
 ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
 
 # joserfc warns that RFC 9864 deprecates the polymorphic "EdDSA" in favour of
@@ -37,10 +41,9 @@ ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
 # warning from every signature and verification would only be noise.
 warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
 
+log = logging.getLogger("gateway.oauth")
+
 AsymmetricJWK: TypeAlias = ECKey | RSAKey | OKPKey
-# What identifies one version of a key file: (st_mtime_ns, st_size, st_ino).
-# st_ino catches the Kubernetes Secret update, an atomic symlink swap.
-FileId: TypeAlias = tuple[int, int, int]
 
 _MAX_KEY_FILE = 64 * 1024  # an RSA-8192 PEM is ~6.5 KiB
 _ALG_LINE = re.compile(r"#\s*alg\s*:\s*(\S+)\s*", re.IGNORECASE)
@@ -60,17 +63,12 @@ class SigningKey:
     kid: str  # RFC 7638 JWK thumbprint (SHA-256, base64url) of the public key
     private_key: AsymmetricJWK = field(repr=False, compare=False)
     public_jwk: dict[str, Any] = field(repr=False, compare=False)
-    file_id: FileId | None = field(default=None, repr=False, compare=False)
 
 
 def key_id(key: AsymmetricJWK) -> str:
     """RFC 7638 thumbprint: stable across restarts and replicas, derived from the
     public key alone, so every replica sharing a key Secret publishes one kid."""
     return key.thumbprint()
-
-
-def _file_id(st: os.stat_result) -> FileId:
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _algorithms_for(path: Path, raw: object) -> tuple[str, ...]:
@@ -164,8 +162,8 @@ def load_signing_key(path: Path, *, allow_insecure_permissions: bool = False) ->
     except OSError as exc:
         raise SigningKeyError(f"{path}: cannot open: {exc.strerror}") from None
     try:
-        # fstat on the open file: the mode checked and the FileId recorded are
-        # those of the bytes actually read, even if the file is swapped meanwhile.
+        # fstat on the open file: the mode checked is that of the bytes actually
+        # read, even if the file is swapped meanwhile.
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SigningKeyError(f"{path}: not a regular file")
@@ -186,7 +184,7 @@ def load_signing_key(path: Path, *, allow_insecure_permissions: bool = False) ->
         raise SigningKeyError(f"{path}: too large to be a signing key")
     if not data.strip():
         raise SigningKeyError(f"{path}: file is empty")
-    return replace(_key_from_pem(path, data), file_id=_file_id(st))
+    return _key_from_pem(path, data)
 
 
 def _new_private_pem(alg: str) -> bytes:
@@ -200,7 +198,7 @@ def _new_private_pem(alg: str) -> bytes:
     return key.as_pem(private=True)  # PKCS#8, unencrypted
 
 
-def _write_exclusive(path: Path, data: bytes) -> FileId:
+def _write_exclusive(path: Path, data: bytes) -> None:
     try:
         # O_EXCL: never clobber an existing key, and 0600 from birth (no chmod race).
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -213,14 +211,13 @@ def _write_exclusive(path: Path, data: bytes) -> FileId:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-            return _file_id(os.fstat(fh.fileno()))
     except OSError as exc:
         with contextlib.suppress(OSError):
             path.unlink()
         raise SigningKeyError(f"{path}: cannot write: {exc.strerror}") from None
 
 
-def _write_replacing(path: Path, data: bytes) -> FileId:
+def _write_replacing(path: Path, data: bytes) -> None:
     # Temp file in the same directory (mkstemp: O_EXCL, 0600) then rename: a
     # reader sees the old key or the new one, never a torn file.
     try:
@@ -232,13 +229,11 @@ def _write_replacing(path: Path, data: bytes) -> FileId:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-            file_id = _file_id(os.fstat(fh.fileno()))
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise SigningKeyError(f"{path}: cannot write: {exc.strerror}") from None
-    return file_id
 
 
 def generate_signing_key(path: Path, alg: str = "ES256", *, overwrite: bool = False) -> SigningKey:
@@ -250,8 +245,11 @@ def generate_signing_key(path: Path, alg: str = "ES256", *, overwrite: bool = Fa
         )
     data = f"# alg: {alg}\n".encode("ascii") + _new_private_pem(alg)
     key = _key_from_pem(path, data)  # parse before writing: only a loadable file lands
-    file_id = _write_replacing(path, data) if overwrite else _write_exclusive(path, data)
-    return replace(key, file_id=file_id)
+    if overwrite:
+        _write_replacing(path, data)
+    else:
+        _write_exclusive(path, data)
+    return key
 
 
 @dataclass(frozen=True)
@@ -272,24 +270,30 @@ class _Snapshot:
         return cls(ordered, MappingProxyType(by_kid))
 
 
-class SigningKeySet:
+class SigningKeySet(ReloadableBase):
     """The configured keys, in order: the first signs, all are published.
 
-    Immutability: every read goes through one immutable ``_Snapshot``;
-    ``reload_if_changed`` builds a complete new snapshot and swaps it in with a
-    single attribute assignment (atomic under the GIL). A reader therefore sees
-    either the old set or the new one, never a mix, and a failed reload leaves
-    the old snapshot untouched. Readers must fetch what they need in one call
-    (``signing_key``, ``verification_key``), not hold the set across a swap
-    expecting it unchanged.
+    Immutability: every read goes through one immutable ``_Snapshot``; a
+    reload builds a complete new snapshot from every key file and swaps it in
+    with a single attribute assignment (atomic under the GIL). A reader
+    therefore sees either the old set or the new one, never a mix, and a
+    failed reload (a half-written or truncated Secret) leaves the old snapshot
+    untouched: signing goes on with the current keys. Readers must fetch what
+    they need in one call (``signing_key``, ``verification_key``), not hold
+    the set across a swap expecting it unchanged.
     """
 
     def __init__(
         self, keys: Sequence[SigningKey], *, allow_insecure_permissions: bool = False
     ) -> None:
+        super().__init__(
+            name="signing_keys",
+            logger=log,
+            failure="signing key reload failed, keeping current keys",
+        )
         self._snapshot = _Snapshot.of(keys)
+        self._paths = tuple(key.path for key in self._snapshot.keys)
         self._allow_insecure_permissions = allow_insecure_permissions
-        self._reload_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -316,32 +320,23 @@ class SigningKeySet:
         """RFC 7517 §5 JWK Set of the public keys (copies: callers may mutate)."""
         return {"keys": [dict(key.public_jwk) for key in self._snapshot.keys]}
 
-    def reload_if_changed(self) -> bool:
-        """Re-read key files whose (mtime, size, inode) changed; True if swapped.
+    def watched_files(self) -> tuple[Path, ...]:
+        return self._paths
 
-        Raises SigningKeyError, keeping the current keys, if any file is
-        missing or bad: a half-written or truncated Secret must not take
-        signing down (the caller logs the error and retries later).
-        """
-        with self._reload_lock:
-            current = self._snapshot
-            fresh: list[SigningKey] = []
-            changed = False
-            for key in current.keys:
-                try:
-                    file_id = _file_id(os.stat(key.path))
-                except OSError as exc:
-                    raise SigningKeyError(f"{key.path}: cannot stat: {exc.strerror}") from None
-                if file_id == key.file_id:
-                    fresh.append(key)
-                    continue
-                fresh.append(
-                    load_signing_key(
-                        key.path, allow_insecure_permissions=self._allow_insecure_permissions
-                    )
-                )
-                changed = True
-            if not changed:
-                return False
-            self._snapshot = _Snapshot.of(fresh)
-            return True
+    def rebuild(self) -> None:
+        try:
+            snapshot = _Snapshot.of(
+                load_signing_key(path, allow_insecure_permissions=self._allow_insecure_permissions)
+                for path in self._paths
+            )
+        except SigningKeyError as exc:
+            raise ReloadFailed([str(exc)]) from None
+        self._snapshot = snapshot
+        log.info(
+            "signing keys reloaded",
+            extra={
+                "event": "keys_reloaded",
+                "signing_kid": snapshot.keys[0].kid,
+                "kids": [key.kid for key in snapshot.keys],
+            },
+        )

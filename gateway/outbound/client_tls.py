@@ -33,9 +33,9 @@ from typing import ClassVar, Literal
 from cryptography.hazmat.primitives import serialization
 
 from gateway.identity import sha1_thumbprint
+from gateway.lifecycle import ReloadableBase
 from gateway.listener.tls_context import TLS12_CIPHERS
 from gateway.tls import TlsMaterialError, load_pem_certificates
-from gateway.watch import ChangeDetector
 
 log = logging.getLogger("gateway.outbound")
 
@@ -155,7 +155,7 @@ def load_client_material(
     )
 
 
-class ClientTls:
+class ClientTls(ReloadableBase):
     """The current client material of one outbound listener, reloaded when files change."""
 
     def __init__(
@@ -166,17 +166,17 @@ class ClientTls:
         trusts: Iterable[Trust],
         min_version: Literal["1.2", "1.3"] = "1.2",
         where: str,
+        name: str = "outbound.tls",
     ) -> None:
+        super().__init__(
+            name=name, logger=log, failure="outbound client TLS reload failed, keeping current"
+        )
         self._cert = cert
         self._key = key
         self._trusts = tuple(dict.fromkeys(trusts))
         self._min_version = min_version
         self._where = where
         self._material = self._load(1)
-        self._changes = ChangeDetector(self.watched_files())
-        self._last_error: str | None = None
-        self.reloads_ok = 0  # read by /metrics (Gateway.reload_parts)
-        self.reload_failures = 0  # counted once per distinct error, like the log line
 
     def watched_files(self) -> tuple[Path, ...]:
         return (self._cert, self._key, *(t.ca for t in self._trusts if t.ca is not None))
@@ -195,25 +195,10 @@ class ClientTls:
             generation=generation,
         )
 
-    def reload_if_changed(self) -> bool:
-        """Polled once a second (Gateway.reloaders); False while the files are unusable."""
-        if self._changes.changed() or self._last_error is not None:
-            return self.reload()
-        return True
-
-    def reload(self) -> bool:
-        try:
-            material = self._load(self._material.generation + 1)
-        except TlsMaterialError as exc:
-            message = "; ".join(exc.problems)
-            if message != self._last_error:  # polled every second: say it once
-                log.error("outbound client TLS reload failed, keeping current: %s", message)
-                self._last_error = message
-                self.reload_failures += 1
-            return False
-        self._last_error = None
+    def rebuild(self) -> None:
+        """A new generation: the session pool opens fresh connections with it."""
+        material = self._load(self._material.generation + 1)
         self._material = material
-        self.reloads_ok += 1
         log.info(
             "outbound client TLS reloaded",
             extra={
@@ -222,4 +207,3 @@ class ClientTls:
                 "generation": material.generation,
             },
         )
-        return True

@@ -46,6 +46,7 @@ class OutboundListener:
             trusts=[destination, *(token_trust(t) for t in tokens)],
             min_version=tls.min_version,
             where=f"{where}.tls",
+            name=f"outbound[{index}].tls",
         )
         # The gateway's upstream pool when given one (connections are kept
         # apart by TLS context anyway), else one of its own.
@@ -83,10 +84,6 @@ class OutboundListener:
     async def handle(self, request: Request) -> Response:
         """The outbound pipeline's forward stage (server.outbound_pipeline)."""
         return await self.forwarder.handle(request)
-
-    def reload_if_changed(self) -> bool:
-        """Polled every second and run on SIGHUP (``Gateway.reloaders``)."""
-        return self.tls.reload_if_changed()
 
     async def close(self) -> None:
         for source in self.token_sources.values():

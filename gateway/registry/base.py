@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.identity import CertificateIdentity
+from gateway.lifecycle import Reloadable
 from gateway.registry.matching import ChainFacts, MatchResult
 from gateway.registry.model import Client
 
@@ -21,11 +22,13 @@ def already_exists(client_id: str) -> str:
     return f"client {client_id}: already exists (use --replace)"
 
 
-class Registry(Protocol):
+class Registry(Reloadable, Protocol):
     """Read side used on the request path, plus lifecycle hooks.
 
     ``generation`` changes whenever the set of clients may have changed, so
     that callers can cache a match per TLS connection and re-check it only then.
+    As a Reloadable part the gateway's file watcher re-reads a file-backed
+    registry when it changes, and every registry on SIGHUP.
     """
 
     @property
@@ -54,10 +57,6 @@ class Registry(Protocol):
     async def get(self, client_id: str) -> Client | None: ...
 
     async def list_clients(self) -> list[Client]: ...
-
-    async def reload(self) -> bool:
-        """Re-read the backing store now (SIGHUP); False if it failed and was kept."""
-        ...
 
 
 class WritableRegistry(Registry, Protocol):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from pathlib import Path
 
 from gateway.config import ConfigError
 from gateway.identity import CertificateIdentity
+from gateway.lifecycle import ReloadableBase, ReloadFailed
 from gateway.registry.base import RegistryWriteError, already_exists
 from gateway.registry.matching import ChainFacts, ClientIndex, MatchResult
 from gateway.registry.model import Client
@@ -17,28 +17,28 @@ from gateway.registry.yaml_document import dump_registry_document as dump_regist
 from gateway.registry.yaml_document import load_registry_file as load_registry_file
 from gateway.registry.yaml_document import parse_registry_document as parse_registry_document
 from gateway.registry.yaml_write import Compute, clean_stale_temp_files, write_clients
-from gateway.watch import ChangeDetector
 
 log = logging.getLogger("gateway.registry")
 
 
-class YamlRegistry:
+class YamlRegistry(ReloadableBase):
     """Registry backed by one YAML file.
 
-    The whole file is parsed and indexed on each change, then swapped in with
-    one assignment, so a request never sees half a registry; a file that fails
-    validation leaves the running index in place.
+    The whole file is parsed and indexed on each change (the gateway's file
+    watcher calls ``reload``), then swapped in with one assignment, so a
+    request never sees half a registry; a file that fails validation leaves
+    the running index in place.
     """
 
-    def __init__(self, path: Path, *, poll_interval: float = 1.0) -> None:
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            name="registry",
+            logger=log,
+            failure="registry reload failed, keeping the running clients",
+        )
         self._path = path
-        self._poll_interval = poll_interval
         self._index = ClientIndex(load_registry_file(path))
         self._generation = 1
-        self._changes = ChangeDetector([path])
-        self._watcher: asyncio.Task[None] | None = None
-        self.reload_failures = 0
-        self.reloads_ok = 0
 
     @property
     def generation(self) -> int:
@@ -59,44 +59,21 @@ class YamlRegistry:
     async def start(self) -> None:
         # Temporary files of a CLI killed mid-write; never one that is being written.
         await asyncio.to_thread(clean_stale_temp_files, self._path)
-        if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch(), name="registry-watch")
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        pass
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_interval)
-            try:
-                if self._changes.changed():
-                    await self.reload()
-            except Exception:
-                # reload() keeps the running index on the errors it knows; anything
-                # else must not end the watcher, or no later change is ever seen.
-                self.reload_failures += 1
-                log.exception("registry reload failed, keeping %d clients", len(self._index))
+    def watched_files(self) -> tuple[Path]:
+        return (self._path,)
 
-    async def reload(self) -> bool:
+    def rebuild(self) -> None:
         try:
             index = ClientIndex(load_registry_file(self._path))
         except ConfigError as exc:
-            self.reload_failures += 1
-            log.error(
-                "registry reload failed, keeping %d clients: %s",
-                len(self._index),
-                "; ".join(exc.problems),
-            )
-            return False
+            raise ReloadFailed(exc.problems) from None
         self._index = index
         self._generation += 1
-        self.reloads_ok += 1
         log.info("registry reloaded: %d clients from %s", len(index), self._path)
-        return True
 
     async def match(
         self, identity: CertificateIdentity, *, exact_only: bool, chains: ChainFacts | None = None

@@ -146,7 +146,7 @@ async def test_token_of_a_disabled_client_is_inactive(
 ) -> None:
     token = await issue(gw, client_cert)
     gw.registry_path.write_text(yaml.safe_dump({"clients": clients(enabled=False)}))
-    assert await gw.gateway.registry.reload()
+    assert gw.gateway.registry.reload()
     status, body, _ = await introspect(gw, resource_server, {"token": token})
     assert (status, body) == (200, {"active": False})
 

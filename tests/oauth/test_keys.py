@@ -235,13 +235,14 @@ def test_reload_picks_up_a_replaced_key(tmp_path: Path) -> None:
     path = tmp_path / "signing.pem"
     old = generate_signing_key(path)
     keys = SigningKeySet.load([path])
-    assert keys.reload_if_changed() is False
+    assert keys.watched_files() == (path,)
+    assert keys.reload() is True and keys.signing_key.kid == old.kid  # unchanged: same key
 
     new = generate_signing_key(path, overwrite=True)  # rename: new inode
-    assert keys.reload_if_changed() is True
+    assert keys.reload() is True
     assert keys.signing_key.kid == new.kid != old.kid
     assert keys.verification_key(old.kid) is None
-    assert keys.reload_if_changed() is False
+    assert (keys.reloads_ok, keys.reload_failures) == (2, 0)
 
 
 def test_failed_reload_keeps_the_running_keys(tmp_path: Path) -> None:
@@ -252,15 +253,16 @@ def test_failed_reload_keeps_the_running_keys(tmp_path: Path) -> None:
 
     with open(path, "r+b") as fh:  # a half-written Secret: same inode, truncated
         fh.truncate(40)
-    with pytest.raises(SigningKeyError, match=r"signing\.pem: "):
-        keys.reload_if_changed()
+    assert keys.reload() is False
+    assert keys.failing and keys.reload_failures == 1
     assert keys.signing_key.kid == original.kid
     assert keys.jwks() == jwks_before
 
     path.unlink()
-    with pytest.raises(SigningKeyError, match=r"signing\.pem: cannot stat"):
-        keys.reload_if_changed()
+    assert keys.reload() is False
+    assert keys.reload_failures == 2  # another error: counted (and logged) again
     assert keys.signing_key is not None and keys.signing_key.kid == original.kid
 
     generate_signing_key(path)  # the operator fixes it: next reload succeeds
-    assert keys.reload_if_changed() is True
+    assert keys.reload() is True
+    assert not keys.failing and keys.signing_key.kid != original.kid

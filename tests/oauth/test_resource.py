@@ -325,7 +325,7 @@ async def test_route_client_allow_list_applies_to_the_tokens_client(
 
 async def rewrite_registry(gw: Any, clients: list[dict[str, Any]]) -> None:
     gw.registry_path.write_text(yaml.safe_dump({"clients": clients}))
-    assert await gw.gateway.registry.reload()
+    assert gw.gateway.registry.reload()
 
 
 async def test_scope_taken_from_the_client_stops_working_at_once(

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.lifecycle import FileWatcher
 from gateway.outbound.client_tls import ClientTls, Trust
 from tests.outbound.conftest import (
     Partner,
@@ -125,18 +126,23 @@ def test_a_failed_reload_keeps_the_running_material(pki: Pki, tmp_path: Path) ->
     shutil.copy(first.cert_path, cert)
     shutil.copy(first.key_path, key)
     tls = ClientTls(
-        cert=cert, key=key, trusts=[Trust(pki.ca.cert_path)], where="t.yaml:outbound[0].tls"
+        cert=cert,
+        key=key,
+        trusts=[Trust(pki.ca.cert_path)],
+        where="t.yaml:outbound[0].tls",
+        name="outbound[0].tls",
     )
+    watcher = FileWatcher([tls])  # what the gateway polls once a second
     before = tls.material
-    assert tls.reload_if_changed() and tls.material is before  # nothing changed
+    assert watcher.poll() == {} and tls.material is before  # nothing changed
 
     cert.write_bytes(second.pem)  # the new certificate, the old key: no pair
-    assert tls.reload_if_changed() is False
+    assert watcher.poll() == {"outbound[0].tls": False}
     assert tls.material is before and tls.reload_failures == 1
-    assert tls.reload_if_changed() is False
+    assert watcher.poll() == {"outbound[0].tls": False}  # retried while failing
     assert tls.reload_failures == 1, "one failure counted (and logged) once"
 
     shutil.copy(second.key_path, key)
-    assert tls.reload_if_changed() is True
+    assert watcher.poll() == {"outbound[0].tls": True}
     assert tls.material.generation == before.generation + 1
     assert tls.material.x5t_s256 == x5t_s256(second.der)

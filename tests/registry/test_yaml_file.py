@@ -13,6 +13,7 @@ import yaml
 
 from gateway.config import ConfigError
 from gateway.identity import identity_from_der
+from gateway.lifecycle import FileWatcher
 from gateway.registry.base import RegistryWriteError
 from gateway.registry.model import parse_client
 from gateway.registry.yaml_file import (
@@ -163,18 +164,18 @@ async def test_broken_reload_keeps_the_old_index(registry_file: Path, client_cer
     index = registry.index
 
     registry_file.write_text("clients:\n  - client_id: [broken\n")
-    assert await registry.reload() is False
+    assert registry.reload() is False
     assert registry.reload_failures == 1
     assert registry.index is index and registry.generation == generation
     assert (await registry.match(identity, exact_only=False)).client is not None
 
     _write(registry_file, [registry_client("x", thumbprint_secret("zz"))])  # valid YAML, bad client
-    assert await registry.reload() is False
+    assert registry.reload() is False
     assert registry.reload_failures == 2
     assert registry.index is index
 
     _write(registry_file, [registry_client("renamed", name_secret(CLIENT_DN))])
-    assert await registry.reload() is True
+    assert registry.reload() is True
     assert registry.reload_failures == 2
     assert registry.generation == generation + 1
     result = await registry.match(identity, exact_only=False)
@@ -188,9 +189,10 @@ async def test_a_broken_file_at_start_is_refused(tmp_path: Path) -> None:
         YamlRegistry(path)
 
 
-async def test_watcher_picks_up_a_changed_file(registry_file: Path) -> None:
-    registry = YamlRegistry(registry_file, poll_interval=0.02)
-    await registry.start()
+async def test_the_file_watcher_picks_up_a_changed_file(registry_file: Path) -> None:
+    registry = YamlRegistry(registry_file)
+    watcher = FileWatcher([registry], interval=0.02)
+    watching = asyncio.create_task(watcher.watch())
     try:
         generation = registry.generation
         _write(registry_file, [registry_client("new", name_secret("CN=new"))])
@@ -199,9 +201,10 @@ async def test_watcher_picks_up_a_changed_file(registry_file: Path) -> None:
                 break
             await asyncio.sleep(0.02)
         assert registry.generation == generation + 1
+        assert registry.reloads_ok == 1
         assert await registry.get("new") is not None
     finally:
-        await registry.close()
+        watching.cancel()
 
 
 # --------------------------------------------------------------------------- writes

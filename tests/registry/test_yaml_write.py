@@ -157,7 +157,7 @@ async def test_start_removes_leftovers_of_killed_writers_but_not_live_ones(
 ) -> None:
     leftover = commented.with_name(".clients.yaml.tmp-abc123")
     leftover.write_text("clients: [half")
-    registry = YamlRegistry(commented, poll_interval=60)
+    registry = YamlRegistry(commented)
     with _lock_held(commented):
         await registry.start()  # a writer holds the lock: its file may be live
         assert leftover.exists()

@@ -18,7 +18,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, ResponseError
 
 from gateway.config import RegistryConfig
 
@@ -27,6 +27,18 @@ CommandClient = Redis | RedisCluster
 # RedisClusterException is not a RedisError: without it here, a cluster that
 # cannot be initialised escaped as a traceback from `check` and `clients import`.
 REDIS_ERRORS = (RedisError, OSError, RedisClusterException)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Redis unreachable, as opposed to one command refused (that fails one lookup only)."""
+    return not isinstance(exc, ResponseError) or isinstance(exc, ClusterDownError)
+
+
+def reply_text(value: bytes | str | None) -> str:
+    """Replies are decoded (decode_responses=True); the types allow bytes too."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value or ""
 
 
 def explain(exc: BaseException) -> str:
