@@ -18,7 +18,8 @@ from gateway.app import Gateway
 from gateway.config import BindAddress, ConfigError, LimitsConfig
 from gateway.framing import check_framing
 from gateway.http1.connections import ConnectionSet
-from gateway.http1.server import Http1ServerProtocol, Http1Settings
+from gateway.http1.reader import Http1Settings
+from gateway.http1.server import Http1ServerProtocol
 from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.listener.stack import ProtocolFactory, bound_address, describe, listen, tls_stack

@@ -26,19 +26,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
-
-import httptools
-from multidict import CIMultiDict
 
 from gateway.forwarded import folded_certificate_hint
 from gateway.http1.connections import ConnectionSet
-from gateway.http1.head import NO_BODY_STATUSES, printable, response_head
+from gateway.http1.head import NO_BODY_STATUSES, response_head
+from gateway.http1.reader import (
+    Connection,
+    HeadRefused,
+    Http1Settings,
+    RequestReader,
+    UpgradeRequested,
+)
 from gateway.http1.upgrade import UpgradedStream
 from gateway.http1.writer import ResponseWriter
-from gateway.pipeline.messages import Handler, MalformedBody, Request, RequestBody, Response
-from gateway.pipeline.target import split_target
+from gateway.pipeline.messages import Handler, Request, Response
 
 log = logging.getLogger("gateway.http1")
 
@@ -55,27 +57,6 @@ class Observing(Protocol):
 
 # Admission against limits.max_connections (gateway/listener/connection_limit.py).
 Gate = Callable[[], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class Http1Settings:
-    max_header_bytes: int = 8190  # one line: the request line or one field
-    max_headers: int = 100
-    header_read_timeout: float = 10.0
-    keepalive_timeout: float = 75.0
-    send_timeout: float | None = None  # plain listeners only (TLS: the TLS layer's)
-    scheme: str = "https"
-
-    @property
-    def max_head_bytes(self) -> int:
-        # The whole head, as NGINX's large_client_header_buffers bounds it:
-        # httptools buffers a line until it ends, so the bytes fed while a
-        # head is incomplete are counted and cut here.
-        return self.max_header_bytes * 8
-
-
-class _Refused(Exception):
-    """Raised from a parser callback: the head broke one of our limits."""
 
 
 def _json_refusal(status: int, error: str, description: str) -> Response:
@@ -105,16 +86,9 @@ class Http1ServerProtocol(asyncio.Protocol):
         self._release = release
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._reader: RequestReader | None = None  # from connection_made
         self._writer: ResponseWriter | None = None
-        self._remote = ""
         self._timer: asyncio.TimerHandle | None = None
-        # The request being parsed, and its fields so far.
-        self._in_head = True
-        self._head_bytes = 0
-        self._url = b""
-        self._fields: list[tuple[bytes, bytes]] = []
-        self._parsing: Request | None = None
         # Requests parsed and waiting for the one in flight (pipelining).
         self._pending: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -141,7 +115,12 @@ class Http1ServerProtocol(asyncio.Protocol):
             transport.close()
             return
         peer = transport.get_extra_info("peername")
-        self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._reader = RequestReader(
+            self._settings,
+            Connection(remote, transport, self._pause_reading, self._resume_reading),
+            self._request_ready,
+        )
         self._writer = ResponseWriter(transport, self._loop)  # type: ignore[arg-type]
         self._settings_timer(self._settings.header_read_timeout)
         if self._connections is not None:
@@ -158,9 +137,8 @@ class Http1ServerProtocol(asyncio.Protocol):
             self._connections.discard(self)
         if self._writer is not None:
             self._writer.connection_lost()
-        broken = ConnectionResetError("the caller closed the connection")
-        if self._parsing is not None:
-            self._parsing.content.fail(broken)
+        if self._reader is not None:
+            self._reader.fail_body(ConnectionResetError("the caller closed the connection"))
         if self._upgraded is not None:
             self._upgraded.feed_eof()
         if self._task is not None and not self._task.done() and self._upgraded is None:
@@ -180,28 +158,27 @@ class Http1ServerProtocol(asyncio.Protocol):
             if len(self._held) > _HELD_BYTES:
                 self._pause_reading()
             return
-        if self._in_head:
-            if self._head_bytes == 0 and self._task is None:
-                # The first byte of a head after an answer: the keep-alive
-                # wait is over, the header-read deadline starts.
-                self._settings_timer(self._settings.header_read_timeout)
-            room = self._settings.max_head_bytes - self._head_bytes
-            if len(data) > room:
-                self._feed(data[: max(room, 0)])
-                if self._in_head:
-                    self._refuse_head("request head too large")
-                    return
-                data = data[max(room, 0) :]
-            else:
-                self._head_bytes += len(data)
-        self._feed(data)
+        reader = self._reader
+        assert reader is not None
+        if reader.idle and self._task is None:
+            # The first byte of a head after an answer: the keep-alive wait
+            # is over, the header-read deadline starts.
+            self._settings_timer(self._settings.header_read_timeout)
+        try:
+            reader.feed(data)
+        except UpgradeRequested as upgrade:
+            # The bytes after an upgrade request are held until its answer
+            # says whose they are: the upgraded protocol's (101) or the next request's.
+            self._held = upgrade.rest
+        except HeadRefused as refused:
+            self._refuse_head(refused)
 
     def eof_received(self) -> bool | None:
         if self._upgraded is not None:
             self._upgraded.feed_eof()
             return True  # the relay decides when to close
-        if self._parsing is not None:
-            self._parsing.content.fail(ConnectionResetError("the caller ended its stream"))
+        if self._reader is not None:
+            self._reader.fail_body(ConnectionResetError("the caller ended its stream"))
         # A half-closed caller may still read the answer in flight.
         return self._task is not None
 
@@ -241,112 +218,17 @@ class Http1ServerProtocol(asyncio.Protocol):
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
-    # -- parser callbacks (httptools) --------------------------------------------
+    # -- requests read off the connection (RequestReader) ----------------------
 
-    def _feed(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade_requested(data, upgrade)
-        except _Refused as exc:
-            self._refuse_head(str(exc))
-        except httptools.HttpParserError as exc:
-            if self._parsing is not None and not self._in_head:
-                # A malformed chunk in a body being read: its reader fails with
-                # it (a 400 from the stage reading it), the connection closes.
-                self._parsing.content.fail(MalformedBody(printable(str(exc))))
-                self._parsing = None
-                self._close_after = True
-                self._held = None
-                return
-            cause = exc.__context__
-            if isinstance(cause, _Refused):
-                self._refuse_head(str(cause))
-            else:
-                detail = printable(str(exc))
-                field = self._failing_field(data)
-                if field:
-                    detail = f"{detail} (in the {printable(field, 60)} field)"
-                self._refuse_head(f"malformed request: {detail}", parser=True)
-
-    def _failing_field(self, data: bytes) -> str | None:
-        """The name of the header field the parser stopped in, where the head came in one piece.
-
-        llhttp's messages name no field; naming it tells a caller which
-        header to fix (and lets forwarded.folded_certificate_hint spot NGINX's
-        folded certificate header).
-        """
-        lines = data.split(b"\n")
-        index = len(self._fields) + 1  # line 0 is the request line
-        if self._fields or index < len(lines):
-            name, colon, _ = lines[index].partition(b":") if index < len(lines) else (b"", b"", b"")
-            if colon and name.strip():
-                return name.strip().decode("latin-1")
-        return None
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._fields = []
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self._settings.max_header_bytes:
-            raise _Refused("request target too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > self._settings.max_header_bytes:
-            raise _Refused("header field too long")
-        self._fields.append((name, value))
-        if len(self._fields) > self._settings.max_headers:
-            raise _Refused("too many header fields")
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._head_bytes = 0
-        self._stop_timer()
-        parser = self._parser
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-            for name, value in self._fields
-        )
-        raw = self._url.decode("utf-8", "surrogateescape")
-        path, query = split_target(raw)
-        major, minor = parser.get_http_version().split(".")
-        version = (int(major), int(minor))
-        has_body = "Content-Length" in headers or "Transfer-Encoding" in headers
-        body = RequestBody(self._pause_reading, self._resume_reading) if has_body else _EMPTY
-        request = Request(
-            method=parser.get_method().decode("ascii"),
-            raw_path=raw,
-            path=path,
-            query_string=query,
-            headers=headers,
-            version=version,
-            remote=self._remote,
-            scheme=self._settings.scheme,
-            transport=self._transport,
-            content=body,
-            body_exists=has_body and headers.get("Content-Length", "1") != "0",
-            protocol=f"HTTP/{major}.{minor}",
-        )
-        if "Expect" in headers:
+    def _request_ready(self, request: Request) -> None:
+        self._stop_timer()  # the head is in: no deadline while the pipeline runs
+        if "Expect" in request.headers:
             request.send_continue = self._continue_for(request)
-        self._parsing = request if has_body else None
         if self._task is None:
             self._start(request)
         else:
             self._pending.append(request)
             self._pause_reading()
-
-    def on_body(self, body: bytes) -> None:
-        if self._parsing is not None:
-            self._parsing.content.feed(body)
-
-    def on_message_complete(self) -> None:
-        if self._parsing is not None:
-            self._parsing.content.end()
-            self._parsing = None
-        self._in_head = True
 
     # -- running requests --------------------------------------------------------
 
@@ -449,7 +331,7 @@ class Http1ServerProtocol(asyncio.Protocol):
             self._transport.close()
             return
         self._resolve_done()
-        if self._in_head and self._head_bytes == 0:
+        if self._reader is not None and self._reader.idle:
             self._settings_timer(self._settings.keepalive_timeout)
         else:
             self._settings_timer(self._settings.header_read_timeout)
@@ -462,13 +344,14 @@ class Http1ServerProtocol(asyncio.Protocol):
 
         return send_continue
 
-    def _refuse_head(self, description: str, *, parser: bool = False) -> None:
+    def _refuse_head(self, refused: HeadRefused) -> None:
         """Answer a head the parser or our limits refused, then close."""
-        if parser:
+        description = refused.description
+        if refused.parser_message:
             hint = folded_certificate_hint(description)
             if hint is not None:
                 description = f"{description} ({hint})"
-        self._in_head = False
+        self._held = None
         self._stop_timer()
         refusal = _json_refusal(400, "invalid_request", description)
         if self._task is not None:
@@ -478,19 +361,6 @@ class Http1ServerProtocol(asyncio.Protocol):
         if self._writer is not None and self._transport is not None:
             self._writer.write(self._head_for(refusal, keep_alive=False) + refusal.body)
             self._transport.close()
-
-    def _upgrade_requested(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
-        """llhttp stops after a request with ``Upgrade`` (or CONNECT).
-
-        The request itself was delivered (on_headers_complete); what follows it
-        is either the upgraded protocol's bytes (WebSocket, after our 101) or,
-        when the answer is not a 101, the next request.  So the bytes are held
-        until the answer decides, and a fresh parser takes over for the latter.
-        """
-        offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
-        self._parser = httptools.HttpRequestParser(self)
-        self._in_head = True
-        self._held = data[offset:]
 
     # -- helpers ---------------------------------------------------------------
 
@@ -518,5 +388,4 @@ class Http1ServerProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-_EMPTY = RequestBody.complete(b"")
 _HELD_BYTES = 64 * 1024
