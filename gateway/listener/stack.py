@@ -1,6 +1,7 @@
 """The protocol stack of one listener, built once and named in the start-up log.
 
     socket → [PROXY header] → TLS (pyOpenSSL) → HTTP/1.1 (header deadline, connection cap)
+                                               ↘ HTTP/2 where ALPN chose h2
 
 Each layer is an asyncio protocol that owns the one below as its transport;
 ``describe`` gives the chain as logged at start.
@@ -19,6 +20,29 @@ from gateway.tls import ListenerTls
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
+class AlpnChooser(asyncio.Protocol):
+    """Starts HTTP/2 or HTTP/1.1 by the ALPN the handshake settled, then steps aside.
+
+    The TLS layer makes its wrapped protocol only once the handshake is done,
+    so the negotiated protocol is known here (the transport's ``ssl_object``
+    is the ``TlsSession``); the chosen protocol takes this one's place on the
+    transport before any plaintext is delivered.
+    """
+
+    __slots__ = ("_http1", "_http2")
+
+    def __init__(self, http1: ProtocolFactory, http2: ProtocolFactory) -> None:
+        self._http1 = http1
+        self._http2 = http2
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        session = transport.get_extra_info("ssl_object")
+        alpn = session.selected_alpn_protocol() if session is not None else None
+        protocol = self._http2() if alpn == "h2" else self._http1()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+
 def tls_stack(
     tls: ListenerTls,
     http: ProtocolFactory,
@@ -27,15 +51,26 @@ def tls_stack(
     send_timeout: float | None = None,
     proxy_protocol: ProxyProtocolConfig | None = None,
     proxy_refusals: ProxyRefusals | None = None,
+    http2: ProtocolFactory | None = None,
 ) -> ProtocolFactory:
-    """A factory for one accepted connection's protocol chain."""
+    """A factory for one accepted connection's protocol chain.
+
+    With ``http2``, a connection whose ALPN is ``h2`` gets that protocol (the
+    listener's context must offer h2: ``tls_context.ALPN_WITH_HTTP2``).
+    """
     context = tls.context
     observer = tls.handshakes
+    application = http
+    if http2 is not None:
+        h2 = http2
+
+        def application() -> asyncio.Protocol:
+            return AlpnChooser(http, h2)
 
     def tls_layer() -> asyncio.Protocol:
         return TlsServerProtocol(
             context,
-            http,
+            application,
             handshake_timeout=handshake_timeout,
             observer=observer,
             send_timeout=send_timeout,

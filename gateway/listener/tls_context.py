@@ -12,7 +12,7 @@ needs no trust-store entry: nothing registered by thumbprint can ever issue.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,10 @@ TLS12_CIPHERS = (
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
 ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1",)
+# With HTTP/2 on (listeners[].http2), h2 is preferred when a client offers
+# both.  RFC 9113 §9.2 asks of TLS 1.2 what this context does anyway: no
+# renegotiation, no compression, only ephemeral AEAD suites (TLS12_CIPHERS).
+ALPN_WITH_HTTP2: tuple[bytes, ...] = (b"h2", b"http/1.1")
 # Resumption needs a session id context once the server asks for certificates
 # (OpenSSL refuses to resume otherwise); any constant string serves.
 _SESSION_ID_CONTEXT = b"mtls-gateway"
@@ -37,13 +41,19 @@ UntrustedMode = Literal["respond", "alert"]
 _SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1  # include/openssl/ssl.h; pyOpenSSL exports no name for it
 
 
-def _select_alpn(_conn: SSL.Connection, offered: list[bytes]) -> Any:
-    for protocol in ALPN_PROTOCOLS:
-        if protocol in offered:
-            return protocol
-    # RFC 7301 §3.2 allows a server to continue without ALPN; HTTP/1.1 clients
-    # that offered only h2 then see no protocol rather than a wrong one.
-    return SSL.NO_OVERLAPPING_PROTOCOLS
+def _alpn_selector(protocols: Sequence[bytes]) -> Callable[[SSL.Connection, list[bytes]], Any]:
+    """The server's preference wins (RFC 7301 §3.2 lets the server choose)."""
+
+    def select(_conn: SSL.Connection, offered: list[bytes]) -> Any:
+        for protocol in protocols:
+            if protocol in offered:
+                return protocol
+        # RFC 7301 §3.2 allows a server to continue without ALPN; a client that
+        # offered only protocols we do not serve then sees none rather than a
+        # wrong one.
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
 
 
 def _record_verdict(
@@ -74,6 +84,7 @@ def build_server_context(
     client_certs: Literal["optional", "required"],
     min_version: Literal["1.2", "1.3"],
     untrusted: UntrustedMode = "respond",
+    alpn: Sequence[bytes] = ALPN_PROTOCOLS,
 ) -> SSL.Context:
     """One listener's context; raises ``SSL.Error`` or ``OSError`` for unusable files."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -106,7 +117,7 @@ def build_server_context(
     # cache; OpenSSL's internal cache would keep every session, peer
     # certificate included, for up to 20,000 connections after they closed.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.set_alpn_select_callback(_select_alpn)
+    ctx.set_alpn_select_callback(_alpn_selector(tuple(alpn)))
     return ctx
 
 

@@ -1,0 +1,51 @@
+"""The limits one downstream HTTP/2 connection enforces, with their defaults and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Limits:
+    # SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2 recommends no less than
+    # 100; NGINX's http2_max_concurrent_streams is 128).  A stream counts until
+    # its answer ended, so it bounds the handlers one connection runs at once.
+    # h2 enforces it from the first frame: a peer that opens one more stream
+    # ends its connection with GOAWAY PROTOCOL_ERROR.
+    max_concurrent_streams: int = 100
+    # SETTINGS_MAX_HEADER_LIST_SIZE: the decoded fields of one header block,
+    # each counted as name + value + 32 (RFC 9113 §6.5.2).  A larger block,
+    # once the peer acknowledged our SETTINGS, is an HPACK-bomb pattern and
+    # ends the connection (GOAWAY ENHANCE_YOUR_CALM); one sent before it is
+    # answered 431.  NGINX allows 4 x 8 KiB (large_client_header_buffers).
+    max_header_list_size: int = 32 * 1024
+    # Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE, RFC 9113
+    # §6.9.2): the body bytes a peer may send before we give credit back.
+    # Credit is returned as the pipeline reads the body (RequestBody's
+    # pause/resume), so one stream buffers at most this plus
+    # RequestBody.high_water.
+    initial_window_size: int = 65535
+    # The connection's receive window (raised by a WINDOW_UPDATE at start,
+    # RFC 9113 §6.9.1): a few streams whose bodies nobody reads yet do not
+    # stall the others.
+    connection_window_size: int = 1024 * 1024
+    # CVE-2023-44487 ("rapid reset"): a peer opens streams and cancels them at
+    # once, so the concurrency limit never binds while every stream starts
+    # work.  More than max_resets RST_STREAM frames from the peer within
+    # reset_window seconds end the connection with GOAWAY ENHANCE_YOUR_CALM.
+    # A gRPC client cancelling on deadlines stays far below 20 a second.
+    max_resets: int = 200
+    reset_window: float = 10.0
+    # A connection without any open stream for this long gets a GOAWAY and is
+    # closed (the HTTP/1.1 keep-alive timeout's counterpart).
+    idle_timeout: float = 75.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_streams < 1:
+            raise ValueError("max_concurrent_streams must be at least 1")
+        if not 65535 <= self.connection_window_size < 2**31:
+            raise ValueError("connection_window_size must be in [65535, 2**31)")
+        if not 0 < self.initial_window_size < 2**31:
+            raise ValueError("initial_window_size must be in (0, 2**31)")
+        if self.max_resets < 1 or self.reset_window <= 0:
+            raise ValueError("max_resets and reset_window must be positive")

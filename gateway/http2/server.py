@@ -1,0 +1,443 @@
+"""The downstream HTTP/2 protocol: each stream a ``Request`` through the pipeline's ``Handler``.
+
+It sits where the HTTP/1.1 protocol does, over the TLS layer's transport,
+once ALPN chose ``h2`` (``gateway/listener/stack.py``).  h2 parses and
+validates frames and header blocks (RFC 9113 §8.2: lowercase names, no
+connection-specific fields, pseudo-fields well formed); this module runs one
+task per stream, feeds the request body to it with flow control, and writes
+the ``Response`` back as a header block, DATA within the peer's windows, and
+a trailer block.
+
+Limits (``limits.py``): concurrent streams and the header list size are
+advertised in SETTINGS and enforced by h2; the rapid-reset pattern
+(CVE-2023-44487) is counted here.  ``drain()`` (shutdown) sends GOAWAY and
+closes once the streams it admitted have ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from gateway.http2.endpoint import H2Endpoint, StreamGone
+from gateway.http2.fields import header_list_size, request_head, response_block, trailer_block
+from gateway.http2.limits import Http2Limits
+from gateway.pipeline.messages import Handler, Request, RequestBody, Response
+from gateway.throttle import ThrottledWarning
+
+log = logging.getLogger("gateway")
+_calm_warnings = ThrottledWarning(log)
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_HEADER_TOO_LARGE = Response(
+    431,
+    [("content-type", "application/json")],
+    b'{"error":"invalid_request","error_description":"request header fields too large"}',
+)
+
+
+class _Stream:
+    """One request in flight: its body, its task, and the credit not yet given back."""
+
+    __slots__ = ("body", "id", "paused", "remote_open", "task", "unacked")
+
+    def __init__(self, stream_id: int, *, remote_open: bool) -> None:
+        self.id = stream_id
+        self.remote_open = remote_open  # the caller may still send DATA
+        self.body: RequestBody | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.unacked = 0  # flow-controlled bytes received while the consumer is behind
+        self.paused = False
+
+
+class Http2ServerProtocol(H2Endpoint):
+    """Server side of one HTTP/2 connection (RFC 9113), created after the TLS handshake."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        limits: Http2Limits | None = None,
+        scheme: str = "https",
+    ) -> None:
+        super().__init__(
+            H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        )
+        self._handler = handler
+        self._limits = limits or Http2Limits()
+        self._scheme = scheme
+        self._streams: dict[int, _Stream] = {}
+        self._loop = asyncio.get_running_loop()
+        self._remote = ""
+        self._draining = False
+        self._last_stream_id = 2**31 - 1  # until a GOAWAY names the last one processed
+        self._resets = 0
+        self._resets_since = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._done: asyncio.Future[None] = self._loop.create_future()
+
+    # -- from the transport ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        limits = self._limits
+        # Effective at once in h2 (not only once acknowledged), so a peer that
+        # opens more streams than advertised in its first flight is refused too.
+        self.h2.local_settings = Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+                SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
+                SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        self.h2.initiate_connection()
+        if limits.connection_window_size > 65535:
+            self.h2.increment_flow_control_window(limits.connection_window_size - 65535)
+        self.flush()
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as exc:
+            # h2 queued the GOAWAY that names the error (RFC 9113 §5.4.1).
+            log.info("http2 connection error from %s: %s", self._remote, exc)
+            self._terminate()
+            return
+        for event in events:
+            self._dispatch(event)
+            if self.closed:
+                return
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        return False  # the peer sends nothing more: no stream can complete its request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._cancel_idle_timer()
+        gone = ConnectionError("the HTTP/2 connection closed")
+        for stream in list(self._streams.values()):
+            if stream.body is not None:
+                stream.body.fail(gone)
+            if stream.task is not None:
+                stream.task.cancel()
+        self._streams.clear()
+        if not self._done.done():
+            self._done.set_result(None)
+
+    # -- events ------------------------------------------------------------------------
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, DataReceived):
+            self._data(event)
+        elif isinstance(event, RequestReceived):
+            self._request(event)
+        elif isinstance(event, StreamEnded):
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None:
+                stream.remote_open = False
+                if stream.body is not None:
+                    stream.body.end()
+        elif isinstance(event, WindowUpdated):
+            self.wake_sender(event.stream_id)
+        elif isinstance(event, StreamReset):
+            self._stream_reset(event)
+        elif isinstance(event, RemoteSettingsChanged):
+            if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                self.wake_sender(None)
+        elif isinstance(event, ConnectionTerminated):
+            # The peer's GOAWAY.  h2 accepts no frame after one (its state
+            # machine is closed), so streams still running cannot be answered.
+            self._terminate()
+        # Trailers on a request, PRIORITY and PING are h2's business (or ignored).
+
+    def _request(self, event: RequestReceived) -> None:
+        stream_id = event.stream_id or 0
+        if self._draining and stream_id > self._last_stream_id:
+            # Past the GOAWAY's last stream id: not processed, safe to retry
+            # on a new connection (RFC 9113 §6.8).
+            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        block = list(event.headers or ())
+        ended = event.stream_ended is not None
+        stream = _Stream(stream_id, remote_open=not ended)
+        self._streams[stream_id] = stream
+        self._cancel_idle_timer()
+        if header_list_size(block) > self._limits.max_header_list_size:
+            # Before our SETTINGS were acknowledged h2's decoder still allows
+            # its default (64 KiB); the advertised limit applies all the same.
+            stream.task = self._loop.create_task(self._respond_only(stream, _HEADER_TOO_LARGE))
+            return
+        head = request_head(block)
+        body = RequestBody(
+            pause=lambda: self._pause_body(stream), resume=lambda: self._resume_body(stream)
+        )
+        stream.body = body
+        if ended:
+            body.end()
+        expects_continue = head.headers.get("Expect", "").lower() == "100-continue"
+        request = Request(
+            method=head.method,
+            raw_path=head.target if head.method != "CONNECT" else head.authority,
+            path=head.path,
+            query_string=head.query_string,
+            headers=head.headers,
+            version=(2, 0),
+            remote=self._remote,
+            scheme=self._scheme,
+            transport=self.transport,
+            content=body,
+            body_exists=not ended,
+            protocol="HTTP/2",
+            send_continue=(lambda: self._send_continue(stream_id)) if expects_continue else None,
+        )
+        stream.task = self._loop.create_task(self._serve(stream, request))
+
+    def _data(self, event: DataReceived) -> None:
+        stream_id = event.stream_id or 0
+        size = event.flow_controlled_length or 0
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.body is None:
+            # Nobody reads it: hand the connection's credit back at once.
+            if size:
+                self.h2.acknowledge_received_data(size, stream_id)
+            return
+        stream.body.feed(event.data or b"")
+        if stream.paused:
+            stream.unacked += size
+        elif size:
+            self.h2.acknowledge_received_data(size, stream_id)
+
+    def _stream_reset(self, event: StreamReset) -> None:
+        stream_id = event.stream_id or 0
+        self.wake_sender(stream_id)
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            if stream.body is not None:
+                stream.body.fail(ConnectionResetError("the caller reset the stream"))
+            if stream.task is not None:
+                stream.task.cancel()
+            self._stream_finished()
+        if event.remote_reset and self._count_reset():
+            _calm_warnings.warning(
+                "http2 rapid reset (CVE-2023-44487): too many RST_STREAM; connection closed",
+                event="http2_rapid_reset",
+                peer=self._remote,
+                max_resets=self._limits.max_resets,
+                seconds=self._limits.reset_window,
+            )
+            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            self._terminate()
+
+    def _count_reset(self) -> bool:
+        """Another RST_STREAM from the peer; True past the limit (fixed windows)."""
+        now = self._loop.time()
+        if now - self._resets_since > self._limits.reset_window:
+            self._resets_since = now
+            self._resets = 0
+        self._resets += 1
+        return self._resets > self._limits.max_resets
+
+    # -- one stream --------------------------------------------------------------------
+
+    async def _serve(self, stream: _Stream, request: Request) -> None:
+        try:
+            try:
+                response = await self._handler(request)
+            except Exception:
+                log.exception("http2: the handler failed on %s %s", request.method, request.path)
+                self.reset(stream.id, ErrorCodes.INTERNAL_ERROR)
+                return
+            await self._respond(stream, request.method, response)
+        except StreamGone:
+            pass
+        finally:
+            self._close_stream(stream)
+
+    async def _respond_only(self, stream: _Stream, response: Response) -> None:
+        try:
+            await self._respond(stream, "GET", response)
+        except StreamGone:
+            pass
+        finally:
+            self._close_stream(stream)
+
+    async def _respond(self, stream: _Stream, method: str, response: Response) -> None:
+        stream_id = stream.id
+        if response.upgraded is not None or response.status < 200:
+            # No Upgrade in HTTP/2 (RFC 9113 §8.6); WebSockets would need RFC 8441.
+            self.reset(stream_id, ErrorCodes.INTERNAL_ERROR)
+            return
+        no_body = method == "HEAD" or response.status in _NO_BODY_STATUSES
+        body, chunks = response.body, response.stream
+        if no_body:
+            length = response.length if method == "HEAD" else None
+        else:
+            length = len(body) if chunks is None and body else response.length
+        block = response_block(response.status, response.headers, content_length=length)
+        bare = no_body or (chunks is None and not body and response.trailers is None)
+        try:
+            self.h2.send_headers(stream_id, block, end_stream=bare)
+        except ProtocolError:
+            raise StreamGone(stream_id) from None
+        self.flush()
+        if bare:
+            await self._close_chunks(response)
+            return
+        try:
+            if chunks is None:
+                if body:
+                    await self.send_data(stream_id, body)
+                    response.sent_bytes += len(body)
+            else:
+                async for chunk in chunks:
+                    if chunk:
+                        await self.send_data(stream_id, chunk)
+                        response.sent_bytes += len(chunk)
+        finally:
+            await self._close_chunks(response)
+        trailers = trailer_block(response.trailers()) if response.trailers is not None else []
+        await self.end_stream(stream_id, trailers)
+
+    @staticmethod
+    async def _close_chunks(response: Response) -> None:
+        # An answer abandoned half way releases its upstream exchange now.
+        close = getattr(response.stream, "aclose", None)
+        if close is not None:
+            await close()
+
+    def _close_stream(self, stream: _Stream) -> None:
+        if self._streams.get(stream.id) is not stream:
+            return  # already reset and forgotten
+        del self._streams[stream.id]
+        if not self.closed:
+            if stream.unacked:
+                self.h2.acknowledge_received_data(stream.unacked, stream.id)
+            if stream.remote_open:
+                # The answer is complete and the body is no longer wanted:
+                # RFC 9113 §8.1 lets the server stop it without an error.
+                self.reset(stream.id, ErrorCodes.NO_ERROR)
+            self.flush()
+        self._stream_finished()
+
+    def _stream_finished(self) -> None:
+        if self._streams or self.closed:
+            return
+        if self._draining:
+            self._goodbye()
+        else:
+            self._arm_idle_timer()
+
+    # -- flow control on the request body ---------------------------------------------
+
+    def _pause_body(self, stream: _Stream) -> None:
+        # The pipeline is behind: stop giving credit back, so the peer's
+        # window for this stream closes (RFC 9113 §5.2.1).
+        stream.paused = True
+
+    def _resume_body(self, stream: _Stream) -> None:
+        stream.paused = False
+        if stream.unacked and not self.closed and self._streams.get(stream.id) is stream:
+            self.h2.acknowledge_received_data(stream.unacked, stream.id)
+            stream.unacked = 0
+            self.flush()
+
+    def _send_continue(self, stream_id: int) -> None:
+        if stream_id in self._streams and not self.closed:
+            try:
+                self.h2.send_headers(stream_id, [(b":status", b"100")])
+            except ProtocolError:
+                return
+            self.flush()
+
+    # -- closing -----------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Shutdown: GOAWAY now; close once the streams admitted so far have ended.
+
+        h2's ``close_connection`` closes its state machine (no frame for an
+        open stream could follow), so the first GOAWAY is one frame of our
+        own; h2's final one is sent when the last stream ended.
+        """
+        if self._draining or self.closed:
+            return
+        self._draining = True
+        self._last_stream_id = self.h2.highest_inbound_stream_id
+        self.flush()
+        goaway = GoAwayFrame(0, last_stream_id=self._last_stream_id, error_code=ErrorCodes.NO_ERROR)
+        if self.transport is not None:
+            self.transport.write(goaway.serialize())
+        if not self._streams:
+            self._goodbye()
+
+    close_when_idle = drain  # the name the HTTP/1.1 connection set uses
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._streams)
+
+    def cut(self) -> None:
+        """The shutdown grace is over: end the connection, whatever is in flight."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def finished(self) -> None:
+        await asyncio.shield(self._done)
+
+    def _goodbye(self) -> None:
+        if not self.closed:
+            self.h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self._last_stream_id)
+            self._terminate()
+
+    def _terminate(self) -> None:
+        """Write what h2 queued (a GOAWAY) and close; running streams are cancelled."""
+        self.flush()
+        self._cancel_idle_timer()
+        for stream in list(self._streams.values()):
+            if stream.task is not None:
+                stream.task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    def _arm_idle_timer(self) -> None:
+        self._cancel_idle_timer()
+        self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._idle_expired)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if not self._streams:
+            self.drain()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default) if self.transport else default
