@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# h2's HPACK decoder refuses a block that decodes to more (h2's
+# DEFAULT_MAX_HEADER_LIST_SIZE), whatever was advertised.
+HARD_HEADER_LIST_SIZE = 65536
+
 
 @dataclass(frozen=True, slots=True)
 class Http2Limits:
@@ -14,10 +18,11 @@ class Http2Limits:
     # ends its connection with GOAWAY PROTOCOL_ERROR.
     max_concurrent_streams: int = 100
     # SETTINGS_MAX_HEADER_LIST_SIZE: the decoded fields of one header block,
-    # each counted as name + value + 32 (RFC 9113 §6.5.2).  A larger block,
-    # once the peer acknowledged our SETTINGS, is an HPACK-bomb pattern and
-    # ends the connection (GOAWAY ENHANCE_YOUR_CALM); one sent before it is
-    # answered 431.  NGINX allows 4 x 8 KiB (large_client_header_buffers).
+    # each counted as name + value + 32 (RFC 9113 §6.5.2).  A larger block is
+    # answered 431 (RFC 9113 §10.5.1); the connection lives on.  Decoding
+    # itself stops at HARD_HEADER_LIST_SIZE (h2's HPACK decoder): an
+    # HPACK bomb past it ends the connection with GOAWAY ENHANCE_YOUR_CALM.
+    # NGINX allows 4 x 8 KiB (large_client_header_buffers).
     max_header_list_size: int = 32 * 1024
     # Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE, RFC 9113
     # §6.9.2): the body bytes a peer may send before we give credit back.
@@ -47,5 +52,7 @@ class Http2Limits:
             raise ValueError("connection_window_size must be in [65535, 2**31)")
         if not 0 < self.initial_window_size < 2**31:
             raise ValueError("initial_window_size must be in (0, 2**31)")
+        if not 0 < self.max_header_list_size <= HARD_HEADER_LIST_SIZE:
+            raise ValueError(f"max_header_list_size must be in (0, {HARD_HEADER_LIST_SIZE}]")
         if self.max_resets < 1 or self.reset_window <= 0:
             raise ValueError("max_resets and reset_window must be positive")

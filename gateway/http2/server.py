@@ -9,8 +9,9 @@ the ``Response`` back as a header block, DATA within the peer's windows, and
 a trailer block.
 
 Limits (``limits.py``): concurrent streams and the header list size are
-advertised in SETTINGS and enforced by h2; the rapid-reset pattern
-(CVE-2023-44487) is counted here.  ``drain()`` (shutdown) sends GOAWAY and
+advertised in SETTINGS; h2 enforces the first, this module answers a block
+over the second 431; the rapid-reset pattern (CVE-2023-44487) is counted
+here.  ``drain()`` (shutdown) sends GOAWAY and
 closes once the streams it admitted have ended.
 """
 
@@ -189,8 +190,8 @@ class Http2ServerProtocol(H2Endpoint):
         self._streams[stream_id] = stream
         self._cancel_idle_timer()
         if header_list_size(block) > self._limits.max_header_list_size:
-            # Before our SETTINGS were acknowledged h2's decoder still allows
-            # its default (64 KiB); the advertised limit applies all the same.
+            # RFC 9113 §10.5.1; h2's decoder ends the connection only past
+            # its hard limit (limits.HARD_HEADER_LIST_SIZE).
             stream.task = self._loop.create_task(self._respond_only(stream, _HEADER_TOO_LARGE))
             return
         head = request_head(block)
