@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
@@ -38,15 +38,15 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from gateway.http2.endpoint import H2Endpoint, StreamGone
-from gateway.http2.fields import header_list_size, request_head, response_block, trailer_block
+from gateway.http2.fields import header_list_size, request_head
 from gateway.http2.limits import Http2Limits
+from gateway.http2.respond import write_response
 from gateway.pipeline.messages import Handler, Request, RequestBody, Response
 from gateway.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway")
 _calm_warnings = ThrottledWarning(log)
 
-_NO_BODY_STATUSES = frozenset({204, 304})
 _HEADER_TOO_LARGE = Response(
     431,
     [("content-type", "application/json")],
@@ -97,9 +97,9 @@ class Http2ServerProtocol(H2Endpoint):
     # -- from the transport ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+        # uvloop's transports are asyncio.Transport in all but their class.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         limits = self._limits
         # Effective at once in h2 (not only once acknowledged), so a peer that
@@ -268,69 +268,26 @@ class Http2ServerProtocol(H2Endpoint):
 
     async def _serve(self, stream: _Stream, request: Request) -> None:
         try:
-            try:
-                response = await self._handler(request)
-            except Exception:
-                log.exception("http2: the handler failed on %s %s", request.method, request.path)
-                self.reset(stream.id, ErrorCodes.INTERNAL_ERROR)
-                return
-            await self._respond(stream, request.method, response)
+            response = await self._handler(request)
+            await write_response(self, stream.id, request.method, response)
         except StreamGone:
             pass
+        except Exception:
+            # Before the head: nothing was answered; after it: the body broke
+            # off (the upstream failed mid-answer).  Either way only a reset
+            # tells the caller this stream's answer is not complete.
+            log.exception("http2: answering %s %s failed", request.method, request.path)
+            self.reset(stream.id, ErrorCodes.INTERNAL_ERROR)
         finally:
             self._close_stream(stream)
 
     async def _respond_only(self, stream: _Stream, response: Response) -> None:
         try:
-            await self._respond(stream, "GET", response)
+            await write_response(self, stream.id, "GET", response)
         except StreamGone:
             pass
         finally:
             self._close_stream(stream)
-
-    async def _respond(self, stream: _Stream, method: str, response: Response) -> None:
-        stream_id = stream.id
-        if response.upgraded is not None or response.status < 200:
-            # No Upgrade in HTTP/2 (RFC 9113 §8.6); WebSockets would need RFC 8441.
-            self.reset(stream_id, ErrorCodes.INTERNAL_ERROR)
-            return
-        no_body = method == "HEAD" or response.status in _NO_BODY_STATUSES
-        body, chunks = response.body, response.stream
-        if no_body:
-            length = response.length if method == "HEAD" else None
-        else:
-            length = len(body) if chunks is None and body else response.length
-        block = response_block(response.status, response.headers, content_length=length)
-        bare = no_body or (chunks is None and not body and response.trailers is None)
-        try:
-            self.h2.send_headers(stream_id, block, end_stream=bare)
-        except ProtocolError:
-            raise StreamGone(stream_id) from None
-        self.flush()
-        if bare:
-            await self._close_chunks(response)
-            return
-        try:
-            if chunks is None:
-                if body:
-                    await self.send_data(stream_id, body)
-                    response.sent_bytes += len(body)
-            else:
-                async for chunk in chunks:
-                    if chunk:
-                        await self.send_data(stream_id, chunk)
-                        response.sent_bytes += len(chunk)
-        finally:
-            await self._close_chunks(response)
-        trailers = trailer_block(response.trailers()) if response.trailers is not None else []
-        await self.end_stream(stream_id, trailers)
-
-    @staticmethod
-    async def _close_chunks(response: Response) -> None:
-        # An answer abandoned half way releases its upstream exchange now.
-        close = getattr(response.stream, "aclose", None)
-        if close is not None:
-            await close()
 
     def _close_stream(self, stream: _Stream) -> None:
         if self._streams.get(stream.id) is not stream:
