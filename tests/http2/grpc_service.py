@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 
-import grpc
+import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
 
 SERVICE = "test.Echo"
 
