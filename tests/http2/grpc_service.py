@@ -13,6 +13,9 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
+from cryptography.hazmat.primitives import serialization
+
+from tests.pki import Issued, Pki
 
 SERVICE = "test.Echo"
 
@@ -101,3 +104,17 @@ def unframe(data: bytes) -> list[bytes]:
         messages.append(data[5 : 5 + length])
         data = data[5 + length :]
     return messages
+
+
+def channel(port: int, pki: Pki, cert: Issued) -> grpc.Channel:
+    """A grpcio client channel over mTLS to localhost:port, presenting ``cert``."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.pem,
+        private_key=cert.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        certificate_chain=cert.pem,
+    )
+    return grpc.secure_channel(f"localhost:{port}", credentials, options=OPTIONS)

@@ -37,7 +37,10 @@ async def _settled(port: int, pki: Pki, cert: Issued) -> RawH2:
 async def _until_closed(peer: RawH2) -> None:
     async with asyncio.timeout(5):
         while not peer.eof:
-            await peer.pump()
+            try:
+                await peer.pump()
+            except ConnectionResetError:
+                return  # closed without our reading the GOAWAY: the caller's assert says so
 
 
 async def test_streams_past_the_concurrency_limit_end_the_connection(
@@ -176,8 +179,9 @@ async def test_rapid_reset_past_the_limit_ends_the_connection_with_enhance_your_
     await _until_closed(peer)
     assert peer.terminated is not None
     assert peer.terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
-    await asyncio.sleep(0.1)
-    assert cancelled == started  # no handler outlives its reset stream
+    async with asyncio.timeout(2):
+        while cancelled != started:  # no handler outlives its reset stream
+            await asyncio.sleep(0.01)
 
 
 async def test_resets_below_the_limit_keep_the_connection(
