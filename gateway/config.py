@@ -28,6 +28,10 @@ from gateway.route_rules import dead_prefix, routing_key
 ENV_PREFIX = "MTLS_GATEWAY_"
 
 AuthMode = Literal["client", "token", "none"]
+# How a route speaks to its upstream: HTTP/1.1; HTTP/2 in cleartext with
+# prior knowledge (RFC 9113 §3.3, http:// upstreams); HTTP/2 over TLS chosen
+# by ALPN (RFC 9113 §3.2, https:// upstreams).  gRPC needs h2c or h2.
+UpstreamProtocol = Literal["http1", "h2c", "h2"]
 ClientCertMode = Literal["optional", "required"]
 
 
@@ -100,6 +104,8 @@ class ListenerConfig:
     tls: TlsConfig
     proxy_protocol: ProxyProtocolConfig | None = None
     forwarded_client_cert: ForwardedCertConfig | None = None
+    # ALPN offers h2 before http/1.1 (gateway/http2/); false: HTTP/1.1 only.
+    http2: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,7 @@ class RouteConfig:
     # Path/method-override headers (headers.OVERRIDE_HEADERS) relayed on this
     # route, in key form; every other one is stripped.
     allow_override_headers: frozenset[str] = frozenset()
+    upstream_protocol: UpstreamProtocol = "http1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,7 +730,14 @@ def _listeners(r: _Reader, data: Any) -> tuple[ListenerConfig, ...]:
             with r.at(i):
                 ls = r.mapping(
                     item,
-                    {"bind", "public_url", "tls", "proxy_protocol", "forwarded_client_cert"},
+                    {
+                        "bind",
+                        "public_url",
+                        "tls",
+                        "proxy_protocol",
+                        "forwarded_client_cert",
+                        "http2",
+                    },
                 )
                 bind = r.get(ls, "bind", parse_bind)
                 public_url = r.get(ls, "public_url", _url(("https",)), None)
@@ -776,6 +790,7 @@ def _listeners(r: _Reader, data: Any) -> tuple[ListenerConfig, ...]:
                         tls=tls,
                         proxy_protocol=_proxy_protocol(r, ls.get("proxy_protocol")),
                         forwarded_client_cert=_forwarded_cert(r, ls.get("forwarded_client_cert")),
+                        http2=r.get(ls, "http2", _boolean, True),
                     )
                 )
         binds = [str(ls.bind) for ls in result if ls.bind is not None]
@@ -1049,6 +1064,7 @@ _ROUTE_KEYS = {
     "strip_prefix",
     "preserve_host",
     "allow_override_headers",
+    "upstream_protocol",
 }
 
 
@@ -1063,6 +1079,15 @@ def _override_headers(value: Any) -> frozenset[str]:
             f"(expected some of: {', '.join(sorted(OVERRIDE_HEADERS))})"
         )
     return frozenset(header_key(n) for n in names)
+
+
+def _check_upstream_protocol(r: _Reader, route: RouteConfig) -> None:
+    """h2c is cleartext and h2 is TLS: the upstream URL's scheme must say the same."""
+    scheme = route.upstream.partition("://")[0] if route.upstream else None
+    if route.upstream_protocol == "h2c" and scheme == "https":
+        r.problem("h2c is HTTP/2 in cleartext: use an http:// upstream, or h2", "upstream_protocol")
+    elif route.upstream_protocol == "h2" and scheme == "http":
+        r.problem("h2 is HTTP/2 over TLS: use an https:// upstream, or h2c", "upstream_protocol")
 
 
 def _routes(r: _Reader, data: Any) -> tuple[RouteConfig, ...]:
@@ -1090,9 +1115,13 @@ def _routes(r: _Reader, data: Any) -> tuple[RouteConfig, ...]:
                     allow_override_headers=r.get(
                         rt, "allow_override_headers", _override_headers, frozenset()
                     ),
+                    upstream_protocol=r.get(
+                        rt, "upstream_protocol", _choice("http1", "h2c", "h2"), "http1"
+                    ),
                 )
                 if route.scopes and route.auth != "token":
                     r.problem("scopes apply only to auth: token routes", "scopes")
+                _check_upstream_protocol(r, route)
                 result.append(route)
         for i, loaded in enumerate(result):
             dead = dead_prefix(loaded.prefix) if loaded.prefix is not None else None

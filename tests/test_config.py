@@ -409,7 +409,7 @@ def test_an_env_variable_typo_is_reported_as_the_variable(spec_config: Path) -> 
         "env:MTLS_GATEWAY_ADMN__BIND: unknown key admn (expected one of: admin, headers, "
         "issuer, limits, listeners, logging, outbound, registry, routes, tokens)",
         "env:MTLS_GATEWAY_LISTENERS__0__BND: unknown key listeners[0].bnd (expected one of: "
-        "bind, forwarded_client_cert, proxy_protocol, public_url, tls)",
+        "bind, forwarded_client_cert, http2, proxy_protocol, public_url, tls)",
     ]
 
 
@@ -436,3 +436,50 @@ def test_a_bad_slow_peer_limit_is_one_line_naming_file_and_key(
     path = _config_with(spec_config, tmp_path, {"limits": {key: value}})
     (problem,) = _problems(path)
     assert problem.startswith(f"{path}:limits.{key}: ")
+
+
+# --------------------------------------------------------------------------- HTTP/2 (issue 17)
+
+
+def test_http2_is_on_by_default_and_upstream_protocol_is_http1(spec_config: Path) -> None:
+    config = load_config(spec_config, env={})
+    assert all(listener.http2 for listener in config.listeners)
+    assert all(route.upstream_protocol == "http1" for route in config.routes)
+
+
+def test_http2_can_be_turned_off_per_listener(spec_config: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(spec_config.read_text())
+    data["listeners"][0]["http2"] = False
+    path = _config_with(spec_config, tmp_path, {"listeners": data["listeners"]})
+    assert load_config(path, env={}).listeners[0].http2 is False
+
+
+@pytest.mark.parametrize(
+    ("upstream", "protocol"),
+    [("http://127.0.0.1:9000", "h2c"), ("https://grpc.internal", "h2"), ("http://x", "http1")],
+)
+def test_upstream_protocol(spec_config: Path, tmp_path: Path, upstream: str, protocol: str) -> None:
+    route = {"prefix": "/grpc", "upstream": upstream, "upstream_protocol": protocol}
+    path = _config_with(spec_config, tmp_path, {"routes": [route]})
+    assert load_config(path, env={}).routes[0].upstream_protocol == protocol
+
+
+@pytest.mark.parametrize(
+    ("upstream", "protocol", "problem"),
+    [
+        (
+            "https://grpc.internal",
+            "h2c",
+            "h2c is HTTP/2 in cleartext: use an http:// upstream, or h2",
+        ),
+        ("http://127.0.0.1:9000", "h2", "h2 is HTTP/2 over TLS: use an https:// upstream, or h2c"),
+        ("http://127.0.0.1:9000", "http2", "expected one of http1, h2c, h2, got 'http2'"),
+    ],
+)
+def test_upstream_protocol_problems(
+    spec_config: Path, tmp_path: Path, upstream: str, protocol: str, problem: str
+) -> None:
+    route = {"prefix": "/grpc", "upstream": upstream, "upstream_protocol": protocol}
+    path = _config_with(spec_config, tmp_path, {"routes": [route]})
+    (reported,) = _problems(path)
+    assert reported == f"{path}:routes[0].upstream_protocol: {problem}"
