@@ -11,12 +11,14 @@ and the framing fields are the protocol's own.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
-from urllib.parse import unquote
 
 from multidict import CIMultiDict
+
+from gateway.pipeline.messages import Connection, Request, RequestBody
+from gateway.pipeline.target import split_target
 
 SERVER_NAME = b"mtls-gateway"
 
@@ -55,14 +57,35 @@ class RequestHead:
     target: str  # :path as sent ("" for CONNECT)
     headers: CIMultiDict[str]
 
-    @property
-    def path(self) -> str:
-        """The path, percent-decoded (RFC 3986 §2.1); routing removes dot segments."""
-        return unquote(self.target.partition("?")[0])
-
-    @property
-    def query_string(self) -> str:
-        return self.target.partition("?")[2]
+    def request(
+        self,
+        body: RequestBody,
+        *,
+        ended: bool,
+        remote: str,
+        scheme: str,
+        transport: Connection | None,
+        send_continue: Callable[[], None],
+    ) -> Request:
+        """The pipeline's ``Request``; the path decoded as HTTP/1.1's is (``split_target``)."""
+        target = self.target if self.method != "CONNECT" else self.authority
+        path, query = split_target(target) if target else ("", "")
+        expects = self.headers.get("Expect", "").lower() == "100-continue"
+        return Request(
+            method=self.method,
+            raw_path=target,
+            path=path,
+            query_string=query,
+            headers=self.headers,
+            version=(2, 0),
+            remote=remote,
+            scheme=scheme,
+            transport=transport,
+            content=body,
+            body_exists=not ended,
+            protocol="HTTP/2",
+            send_continue=send_continue if expects else None,
+        )
 
 
 def request_head(block: Sequence[tuple[bytes, bytes]]) -> RequestHead:

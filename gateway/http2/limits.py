@@ -56,3 +56,23 @@ class Http2Limits:
             raise ValueError(f"max_header_list_size must be in (0, {HARD_HEADER_LIST_SIZE}]")
         if self.max_resets < 1 or self.reset_window <= 0:
             raise ValueError("max_resets and reset_window must be positive")
+
+
+class ResetCounter:
+    """RST_STREAM frames from the peer, counted in fixed windows of ``window`` seconds."""
+
+    __slots__ = ("_count", "_limit", "_since", "_window")
+
+    def __init__(self, limit: int, window: float) -> None:
+        self._limit = limit
+        self._window = window
+        self._since = -window
+        self._count = 0
+
+    def count(self, now: float) -> bool:
+        """One more reset at ``now``; True once past the limit in the current window."""
+        if now - self._since > self._window:
+            self._since = now
+            self._count = 0
+        self._count += 1
+        return self._count > self._limit

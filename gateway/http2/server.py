@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+import time
+from collections.abc import Callable
+from typing import cast
 
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
@@ -37,9 +39,12 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from gateway.http1.connections import ConnectionSet
+from gateway.http1.server import Gate, Observing
 from gateway.http2.endpoint import H2Endpoint, StreamGone
 from gateway.http2.fields import header_list_size, request_head
-from gateway.http2.limits import Http2Limits
+from gateway.http2.inbound import InboundStream
+from gateway.http2.limits import Http2Limits, ResetCounter
 from gateway.http2.respond import write_response
 from gateway.pipeline.messages import Handler, Request, RequestBody, Response
 from gateway.throttle import ThrottledWarning
@@ -54,20 +59,6 @@ _HEADER_TOO_LARGE = Response(
 )
 
 
-class _Stream:
-    """One request in flight: its body, its task, and the credit not yet given back."""
-
-    __slots__ = ("body", "id", "paused", "remote_open", "task", "unacked")
-
-    def __init__(self, stream_id: int, *, remote_open: bool) -> None:
-        self.id = stream_id
-        self.remote_open = remote_open  # the caller may still send DATA
-        self.body: RequestBody | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.unacked = 0  # flow-controlled bytes received while the consumer is behind
-        self.paused = False
-
-
 class Http2ServerProtocol(H2Endpoint):
     """Server side of one HTTP/2 connection (RFC 9113), created after the TLS handshake."""
 
@@ -77,6 +68,11 @@ class Http2ServerProtocol(H2Endpoint):
         *,
         limits: Http2Limits | None = None,
         scheme: str = "https",
+        observer: Observing | None = None,
+        connections: ConnectionSet | None = None,
+        draining: Callable[[], bool] | None = None,
+        admit: Gate | None = None,
+        release: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
             H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
@@ -84,13 +80,17 @@ class Http2ServerProtocol(H2Endpoint):
         self._handler = handler
         self._limits = limits or Http2Limits()
         self._scheme = scheme
-        self._streams: dict[int, _Stream] = {}
+        self._observer = observer
+        self._connections = connections
+        self._shutting_down = draining
+        self._admit = admit
+        self._release = release
+        self._streams: dict[int, InboundStream] = {}
         self._loop = asyncio.get_running_loop()
         self._remote = ""
         self._draining = False
         self._last_stream_id = 2**31 - 1  # until a GOAWAY names the last one processed
-        self._resets = 0
-        self._resets_since = 0.0
+        self._resets = ResetCounter(self._limits.max_resets, self._limits.reset_window)
         self._idle_timer: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] = self._loop.create_future()
 
@@ -99,6 +99,11 @@ class Http2ServerProtocol(H2Endpoint):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are asyncio.Transport in all but their class.
         self.transport = cast(asyncio.Transport, transport)
+        if self._admit is not None and not self._admit():
+            self._refuse_connection()
+            return
+        if self._connections is not None:
+            self._connections.add(self)
         peer = self.transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         limits = self._limits
@@ -140,6 +145,11 @@ class Http2ServerProtocol(H2Endpoint):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._release is not None:
+            self._release()
+            self._release = None
+        if self._connections is not None:
+            self._connections.discard(self)
         self._cancel_idle_timer()
         gone = ConnectionError("the HTTP/2 connection closed")
         for stream in list(self._streams.values()):
@@ -186,7 +196,7 @@ class Http2ServerProtocol(H2Endpoint):
             return
         block = list(event.headers or ())
         ended = event.stream_ended is not None
-        stream = _Stream(stream_id, remote_open=not ended)
+        stream = InboundStream(stream_id, remote_open=not ended)
         self._streams[stream_id] = stream
         self._cancel_idle_timer()
         if header_list_size(block) > self._limits.max_header_list_size:
@@ -194,28 +204,17 @@ class Http2ServerProtocol(H2Endpoint):
             # its hard limit (limits.HARD_HEADER_LIST_SIZE).
             stream.task = self._loop.create_task(self._respond_only(stream, _HEADER_TOO_LARGE))
             return
-        head = request_head(block)
-        body = RequestBody(
-            pause=lambda: self._pause_body(stream), resume=lambda: self._resume_body(stream)
-        )
+        body = RequestBody(pause=stream.pause, resume=lambda: self._resume_body(stream))
         stream.body = body
         if ended:
             body.end()
-        expects_continue = head.headers.get("Expect", "").lower() == "100-continue"
-        request = Request(
-            method=head.method,
-            raw_path=head.target if head.method != "CONNECT" else head.authority,
-            path=head.path,
-            query_string=head.query_string,
-            headers=head.headers,
-            version=(2, 0),
+        request = request_head(block).request(
+            body,
+            ended=ended,
             remote=self._remote,
             scheme=self._scheme,
             transport=self.transport,
-            content=body,
-            body_exists=not ended,
-            protocol="HTTP/2",
-            send_continue=(lambda: self._send_continue(stream_id)) if expects_continue else None,
+            send_continue=lambda: self._send_continue(stream_id),
         )
         stream.task = self._loop.create_task(self._serve(stream, request))
 
@@ -228,11 +227,9 @@ class Http2ServerProtocol(H2Endpoint):
             if size:
                 self.h2.acknowledge_received_data(size, stream_id)
             return
-        stream.body.feed(event.data or b"")
-        if stream.paused:
-            stream.unacked += size
-        elif size:
-            self.h2.acknowledge_received_data(size, stream_id)
+        credit = stream.feed(event.data or b"", size)
+        if credit:
+            self.h2.acknowledge_received_data(credit, stream_id)
 
     def _stream_reset(self, event: StreamReset) -> None:
         stream_id = event.stream_id or 0
@@ -244,7 +241,7 @@ class Http2ServerProtocol(H2Endpoint):
             if stream.task is not None:
                 stream.task.cancel()
             self._stream_finished()
-        if event.remote_reset and self._count_reset():
+        if event.remote_reset and self._resets.count(self._loop.time()):
             _calm_warnings.warning(
                 "http2 rapid reset (CVE-2023-44487): too many RST_STREAM; connection closed",
                 event="http2_rapid_reset",
@@ -255,23 +252,22 @@ class Http2ServerProtocol(H2Endpoint):
             self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
             self._terminate()
 
-    def _count_reset(self) -> bool:
-        """Another RST_STREAM from the peer; True past the limit (fixed windows)."""
-        now = self._loop.time()
-        if now - self._resets_since > self._limits.reset_window:
-            self._resets_since = now
-            self._resets = 0
-        self._resets += 1
-        return self._resets > self._limits.max_resets
-
     # -- one stream --------------------------------------------------------------------
 
-    async def _serve(self, stream: _Stream, request: Request) -> None:
+    async def _serve(self, stream: InboundStream, request: Request) -> None:
+        started = time.perf_counter()
+        observer = self._observer
+        if observer is not None:
+            observer.begin()
+        response: Response | None = None
         try:
             response = await self._handler(request)
             await write_response(self, stream.id, request.method, response)
         except StreamGone:
-            pass
+            response = Response(499) if response is None else response
+        except asyncio.CancelledError:
+            response = Response(499) if response is None else response  # the caller reset it
+            raise
         except Exception:
             # Before the head: nothing was answered; after it: the body broke
             # off (the upstream failed mid-answer).  Either way only a reset
@@ -279,9 +275,11 @@ class Http2ServerProtocol(H2Endpoint):
             log.exception("http2: answering %s %s failed", request.method, request.path)
             self.reset(stream.id, ErrorCodes.INTERNAL_ERROR)
         finally:
+            if observer is not None:
+                observer.end(request, response or Response(500), started)
             self._close_stream(stream)
 
-    async def _respond_only(self, stream: _Stream, response: Response) -> None:
+    async def _respond_only(self, stream: InboundStream, response: Response) -> None:
         try:
             await write_response(self, stream.id, "GET", response)
         except StreamGone:
@@ -289,13 +287,13 @@ class Http2ServerProtocol(H2Endpoint):
         finally:
             self._close_stream(stream)
 
-    def _close_stream(self, stream: _Stream) -> None:
+    def _close_stream(self, stream: InboundStream) -> None:
         if self._streams.get(stream.id) is not stream:
             return  # already reset and forgotten
         del self._streams[stream.id]
         if not self.closed:
-            if stream.unacked:
-                self.h2.acknowledge_received_data(stream.unacked, stream.id)
+            if credit := stream.take_credit():
+                self.h2.acknowledge_received_data(credit, stream.id)
             if stream.remote_open:
                 # The answer is complete and the body is no longer wanted:
                 # RFC 9113 §8.1 lets the server stop it without an error.
@@ -304,7 +302,12 @@ class Http2ServerProtocol(H2Endpoint):
         self._stream_finished()
 
     def _stream_finished(self) -> None:
-        if self._streams or self.closed:
+        if self.closed:
+            return
+        if not self._draining and self._shutting_down is not None and self._shutting_down():
+            self.drain()  # a connection accepted while the gateway drains
+            return
+        if self._streams:
             return
         if self._draining:
             self._goodbye()
@@ -313,16 +316,10 @@ class Http2ServerProtocol(H2Endpoint):
 
     # -- flow control on the request body ---------------------------------------------
 
-    def _pause_body(self, stream: _Stream) -> None:
-        # The pipeline is behind: stop giving credit back, so the peer's
-        # window for this stream closes (RFC 9113 §5.2.1).
-        stream.paused = True
-
-    def _resume_body(self, stream: _Stream) -> None:
-        stream.paused = False
-        if stream.unacked and not self.closed and self._streams.get(stream.id) is stream:
-            self.h2.acknowledge_received_data(stream.unacked, stream.id)
-            stream.unacked = 0
+    def _resume_body(self, stream: InboundStream) -> None:
+        credit = stream.take_credit()
+        if credit and not self.closed and self._streams.get(stream.id) is stream:
+            self.h2.acknowledge_received_data(credit, stream.id)
             self.flush()
 
     def _send_continue(self, stream_id: int) -> None:
@@ -367,6 +364,19 @@ class Http2ServerProtocol(H2Endpoint):
     async def finished(self) -> None:
         await asyncio.shield(self._done)
 
+    def _refuse_connection(self) -> None:
+        """Past limits.max_connections: SETTINGS, then GOAWAY before any stream, and close.
+
+        RFC 9113 §6.8: a GOAWAY naming stream 0 says no stream was processed,
+        so the caller may retry every request elsewhere.
+        """
+        self._release = None  # not admitted: nothing to release
+        self.h2.initiate_connection()
+        self.h2.close_connection(
+            ErrorCodes.NO_ERROR, additional_data=b"too many open connections", last_stream_id=0
+        )
+        self._terminate()
+
     def _goodbye(self) -> None:
         if not self.closed:
             self.h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self._last_stream_id)
@@ -396,6 +406,3 @@ class Http2ServerProtocol(H2Endpoint):
         self._idle_timer = None
         if not self._streams:
             self.drain()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.transport.get_extra_info(name, default) if self.transport else default
