@@ -19,9 +19,11 @@ from gateway.config import ConfigError, GatewayConfig, ListenerConfig
 from gateway.config_reload import ConfigReloader
 from gateway.framing import check_framing
 from gateway.headers import managed_header_keys
+from gateway.http2.client import Http2Client
 from gateway.lifecycle import FileWatcher
 from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
+from gateway.listener.tls_context import ALPN_PROTOCOLS, ALPN_WITH_HTTP2
 from gateway.metrics import MULTIPROC_ENV, Metrics, create_metrics
 from gateway.observability import AccessLog
 from gateway.pipeline.chain import Pipeline, Stage
@@ -71,6 +73,7 @@ class Gateway:
     metrics: Metrics = field(default_factory=create_metrics)
     access_log: AccessLog | None = None
     upstreams: UpstreamPool | None = None  # every other proxied request
+    http2_upstreams: Http2Client | None = None  # routes with upstream_protocol h2c | h2
     # Plain-HTTP listeners for the local app's outgoing calls (gateway/outbound/);
     # server.py binds them, close() releases their pools.
     outbound: list[OutboundListener] = field(default_factory=list)
@@ -83,6 +86,7 @@ class Gateway:
         # The proxy's own pooled HTTP/1.1 client (gateway/upstream.py): aiohttp's
         # client cost ~46 of the 130 µs of CPU per request (bench/RESULTS.md).
         self.upstreams = UpstreamPool(max_idle=self.config.limits.upstream_idle_connections)
+        self.http2_upstreams = Http2Client()
         await self.registry.start()
         self._tasks.append(asyncio.create_task(self._watch_files(), name="file-watch"))
         if os.environ.get(MULTIPROC_ENV):
@@ -103,6 +107,8 @@ class Gateway:
             self.access_log.flush()
         if self.upstreams is not None:
             await self.upstreams.close()
+        if self.http2_upstreams is not None:
+            await self.http2_upstreams.close()
 
     async def _sync_metrics(self) -> None:
         while True:
@@ -134,6 +140,7 @@ class Gateway:
             limits=self.config.limits,
             token_checker=self.token_checker,
             metrics=self.metrics,
+            http2_upstreams=self.http2_upstreams,
         )
         self.proxies.append(proxy)
         stages = [Stage.of("framing", check_framing)]
@@ -159,8 +166,9 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     tls_list: list[ListenerTls] = []
     for i, listener in enumerate(config.listeners):
         try:
+            alpn = ALPN_WITH_HTTP2 if listener.http2 else ALPN_PROTOCOLS
             where = f"{config.source}:listeners[{i}].tls"
-            tls_list.append(ListenerTls(listener.tls, where, name=f"tls:listeners[{i}]"))
+            tls_list.append(ListenerTls(listener.tls, where, name=f"tls:listeners[{i}]", alpn=alpn))
         except TlsMaterialError as exc:
             problems += exc.problems
     if problems:

@@ -20,6 +20,8 @@ from gateway.framing import check_framing
 from gateway.http1.connections import ConnectionSet
 from gateway.http1.reader import Http1Settings
 from gateway.http1.server import Http1ServerProtocol
+from gateway.http2.limits import Http2Limits
+from gateway.http2.server import Http2ServerProtocol
 from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.listener.stack import ProtocolFactory, bound_address, describe, listen, tls_stack
@@ -114,6 +116,33 @@ def http1_factory(
     return http1
 
 
+def http2_factory(
+    pipeline: Pipeline,
+    limits: LimitsConfig,
+    *,
+    observer: Observer,
+    connections: ConnectionSet,
+    draining: Callable[[], bool],
+    gate: ConnectionLimit | None = None,
+) -> ProtocolFactory:
+    """Connections whose ALPN chose h2 (listeners[].http2): the same pipeline, per stream."""
+    # A connection without streams waits as long as an idle HTTP/1.1 one.
+    settings = Http2Limits(idle_timeout=limits.keepalive_timeout)
+
+    def http2() -> asyncio.Protocol:
+        return Http2ServerProtocol(
+            pipeline,
+            limits=settings,
+            observer=observer,
+            connections=connections,
+            draining=draining,
+            admit=gate.admit if gate is not None else None,
+            release=gate.release if gate is not None else None,
+        )
+
+    return http2
+
+
 @dataclass
 class BoundOutbound:
     server: asyncio.Server
@@ -181,16 +210,25 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
             running.pipelines.append(pipeline)
             gate = ConnectionLimit(limits.max_connections) if limits.max_connections else None
             listener.connections = gate
+            observer = Observer(gateway.metrics, str(listener.index), access_log=gateway.access_log)
             http = http1_factory(
                 pipeline,
                 http1_settings(limits, scheme="https"),
-                observer=Observer(
-                    gateway.metrics, str(listener.index), access_log=gateway.access_log
-                ),
+                observer=observer,
                 connections=running.connections,
                 draining=draining,
                 gate=gate,
             )
+            http2 = None
+            if listener.config.http2:
+                http2 = http2_factory(
+                    pipeline,
+                    limits,
+                    observer=observer,
+                    connections=running.connections,
+                    draining=draining,
+                    gate=gate,
+                )
             listener.proxy_refusals = ProxyRefusals()
             factory = tls_stack(
                 listener.tls,
@@ -199,6 +237,7 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
                 send_timeout=limits.send_timeout,
                 proxy_protocol=listener.config.proxy_protocol,
                 proxy_refusals=listener.proxy_refusals,
+                http2=http2,
             )
             where = f"{config.source}:listeners[{listener.index}].bind"
             bound = await _listen(running, factory, where, listener.config.bind, reuse_port)
@@ -302,7 +341,10 @@ async def serve_forever(
             host,
             port,
             listener.public_url,
-            describe(listener.config.proxy_protocol, "http/1.1"),
+            describe(
+                listener.config.proxy_protocol,
+                "h2 | http/1.1" if listener.config.http2 else "http/1.1",
+            ),
             pipeline.describe(),
         )
     outbound_pipelines = running.pipelines[len(gateway.listeners) :]

@@ -39,7 +39,7 @@ from gateway.dn import format_name, name_key
 from gateway.identity import CertificateIdentity, can_sign_certificates, sha1_thumbprint
 from gateway.lifecycle import ReloadableBase, ReloadFailed
 from gateway.listener.handshakes import HandshakeStats
-from gateway.listener.tls_context import build_server_context, openssl_reason
+from gateway.listener.tls_context import ALPN_PROTOCOLS, build_server_context, openssl_reason
 
 log = logging.getLogger("gateway.tls")
 
@@ -162,8 +162,17 @@ class TlsMaterial:
     ignored_pins: tuple[str, ...] = ()
 
 
-def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMaterial:
-    """Build a server context from files; every problem is reported at once."""
+def load_material(
+    tls: TlsConfig,
+    where: str,
+    generation: int = 1,
+    *,
+    alpn: Sequence[bytes] = ALPN_PROTOCOLS,
+) -> TlsMaterial:
+    """Build a server context from files; every problem is reported at once.
+
+    ``alpn``: the protocols offered, in preference order (listeners[].http2).
+    """
     problems: list[str] = []
     server_not_after = dt.datetime.now(dt.UTC)
     server_subject = ""
@@ -250,6 +259,7 @@ def load_material(tls: TlsConfig, where: str, generation: int = 1) -> TlsMateria
                 client_certs=tls.client_certs,
                 min_version=tls.min_version,
                 untrusted=tls.untrusted_certificates,
+                alpn=alpn,
             )
         except (OSError, SSL.Error, ValueError) as exc:
             problems.append(
@@ -287,7 +297,14 @@ def _one_line(exc: BaseException) -> str:
 class ListenerTls(ReloadableBase):
     """The listening context of one listener, and the material it swaps in."""
 
-    def __init__(self, tls: TlsConfig, where: str, *, name: str = "tls") -> None:
+    def __init__(
+        self,
+        tls: TlsConfig,
+        where: str,
+        *,
+        name: str = "tls",
+        alpn: Sequence[bytes] = ALPN_PROTOCOLS,
+    ) -> None:
         super().__init__(
             name=name,
             logger=log,
@@ -295,7 +312,8 @@ class ListenerTls(ReloadableBase):
         )
         self._config = tls
         self._where = where
-        self._material = load_material(tls, where)
+        self._alpn = tuple(alpn)  # listeners[].http2: h2 offered first
+        self._material = load_material(tls, where, alpn=self._alpn)
         self.handshakes = HandshakeStats()
 
     @property
@@ -328,6 +346,9 @@ class ListenerTls(ReloadableBase):
     def rebuild(self) -> None:
         """New handshakes take the new context; connections already open keep theirs."""
         self._material = load_material(
-            self._config, self._where, generation=self._material.trust.generation + 1
+            self._config,
+            self._where,
+            generation=self._material.trust.generation + 1,
+            alpn=self._alpn,
         )
         log.info("TLS material reloaded for %s", self._where)

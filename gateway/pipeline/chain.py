@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import GatewayError
+from gateway.http2.grpc import grpc_status_for, render_grpc_error, wants_grpc_answer
 from gateway.pipeline.messages import Request, Response
 
 SyncStage = Callable[[Request], Response | None]
@@ -27,7 +28,15 @@ ErrorRenderer = Callable[[Request, GatewayError], Response]
 
 
 def render_error(request: Request, error: GatewayError) -> Response:
-    """The one rendering of a refusal: ``{"error", "error_description"}`` (RFC 6749 §5.2 shape)."""
+    """The one rendering of a refusal: ``{"error", "error_description"}`` (RFC 6749 §5.2 shape).
+
+    A gRPC caller (HTTP/2, ``application/grpc``) reads ``grpc-status`` instead:
+    the same refusal as a Trailers-Only answer (gateway/http2/grpc.py).
+    """
+    if wants_grpc_answer(request.protocol, request.headers):
+        answer = render_grpc_error(error)
+        request.facts.grpc_status = int(grpc_status_for(error.status))
+        return answer
     return error.response()
 
 

@@ -14,11 +14,13 @@ from gateway.auth import Authenticator, ConnectionAuth
 from gateway.config import LimitsConfig, RouteConfig
 from gateway.errors import GatewayError, access_denied
 from gateway.headers import OVERRIDE_HEADERS, upstream_request_headers
+from gateway.http2.client import Http2Client
 from gateway.metrics import Metrics
 from gateway.pipeline.chain import Stage
 from gateway.pipeline.messages import Request, Response
 from gateway.proxy.exchange import ProxyExchange, exchange_of
 from gateway.proxy.forward import Forwarder
+from gateway.proxy.forward_h2 import Http2Forwarder
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.websockets import WebSocketStage
 from gateway.request_body import continue_if_expected
@@ -56,11 +58,14 @@ class Proxy:
         limits: LimitsConfig,
         token_checker: TokenChecker | None = None,
         metrics: Metrics | None = None,
+        http2_upstreams: Http2Client | None = None,
     ) -> None:
         self._auth = authenticator
         self._managed = managed_headers
         self._tokens = token_checker or TokenChecker()
         self._forwarder = Forwarder(upstreams, limits, metrics)
+        # Routes with upstream_protocol h2c | h2 (gateway/http2/client.py).
+        self._http2 = Http2Forwarder(http2_upstreams or Http2Client())
         # Open WebSockets, re-admitted when the registry or trust generation moves.
         self.sockets = OpenSockets(authenticator.generation)
         self._websockets = WebSocketStage(
@@ -151,6 +156,10 @@ class Proxy:
         if is_upgrade(request.headers):
             return await self._websockets.upgrade(request, exchange)
         origin = self._origins.get(policy.upstream) or parse_origin(policy.upstream)
+        if policy.upstream_protocol != "http1":
+            return await self._http2.forward(
+                request, origin, exchange.target, exchange.headers, policy
+            )
         return await self._forwarder.forward(
             request, origin, exchange.target, exchange.headers, policy
         )

@@ -102,19 +102,35 @@ async def test_required_client_certificate_missing_is_a_certificate_required_ale
     assert 'mtls_gateway_tls_handshake_failures_total{reason="certificate_required"} 1.0' in metrics
 
 
-async def test_alpn_http_1_1_is_selected_and_h2_only_clients_get_no_protocol(
+def _negotiated(port: int, context: ssl.SSLContext, protocols: list[str]) -> str | None:
+    context.set_alpn_protocols(protocols)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return tls.selected_alpn_protocol()
+
+
+async def test_alpn_prefers_h2_and_an_h2_only_client_gets_h2(
     make_gateway: MakeGateway, pki: Pki, client_cert: Issued
 ) -> None:
     gw = await make_gateway(clients=[MTLS_CLIENT])
-
-    def negotiated(protocols: list[str]) -> str | None:
+    for offered, selected in (
+        (["h2", "http/1.1"], "h2"),
+        (["h2"], "h2"),
+        (["http/1.1"], "http/1.1"),
+    ):
         context = pki.client_context(client_cert)
-        context.set_alpn_protocols(protocols)
-        with (
-            socket.create_connection(("127.0.0.1", gw.port), timeout=5) as raw,
-            context.wrap_socket(raw, server_hostname="localhost") as tls,
-        ):
-            return tls.selected_alpn_protocol()
+        assert await asyncio.to_thread(_negotiated, gw.port, context, offered) == selected
 
-    assert await asyncio.to_thread(negotiated, ["h2", "http/1.1"]) == "http/1.1"
-    assert await asyncio.to_thread(negotiated, ["h2"]) is None
+
+async def test_with_http2_off_alpn_is_http_1_1_only(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT], listener={"http2": False})
+    both = await asyncio.to_thread(
+        _negotiated, gw.port, pki.client_context(client_cert), ["h2", "http/1.1"]
+    )
+    assert both == "http/1.1"
+    h2_only = await asyncio.to_thread(_negotiated, gw.port, pki.client_context(client_cert), ["h2"])
+    assert h2_only is None

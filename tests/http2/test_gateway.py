@@ -1,0 +1,221 @@
+"""Issue 17 end to end: grpcio client → the real gateway (h2 + mTLS) → grpcio server (h2c).
+
+The gateway is started from a config file as `serve` would (tests/conftest.py
+make_gateway); every identity rule of HTTP/1.1 applies per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
+import pytest
+
+from tests.conftest import (
+    GatewayUnderTest,
+    MakeGateway,
+    Upstream,
+    free_port,
+    name_secret,
+    registry_client,
+)
+from tests.http2.grpc_service import SERVICE, GrpcUpstream, channel, start_grpc_upstream
+from tests.oauth.test_resource import get_token
+from tests.pki import Issued, Pki
+
+CLIENTS = [
+    registry_client("mtls.client", name_secret("CN=client, OU=production, O=company")),
+    registry_client("other.client", name_secret("CN=other, OU=production, O=company")),
+]
+
+
+@pytest.fixture
+def grpc_h2c() -> Iterator[GrpcUpstream]:
+    upstream = start_grpc_upstream()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def other_cert(pki: Pki) -> Issued:
+    return pki.client("other", label="other")
+
+
+def _route(port: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "prefix": f"/{SERVICE}",
+        "upstream": f"http://127.0.0.1:{port}",
+        "upstream_protocol": "h2c",
+        "auth": "client",
+        **extra,
+    }
+
+
+async def _gateway(make_gateway: MakeGateway, *routes: dict[str, Any]) -> GatewayUnderTest:
+    return await make_gateway(clients=CLIENTS, routes=list(routes))
+
+
+def _unary(port: int, pki: Pki, cert: Issued, message: bytes, **kwargs: Any) -> bytes:
+    with channel(port, pki, cert) as ch:
+        return bytes(ch.unary_unary(f"/{SERVICE}/Unary")(message, timeout=10, **kwargs))
+
+
+def _refusal(port: int, pki: Pki, cert: Issued, **kwargs: Any) -> grpc.RpcError:
+    with channel(port, pki, cert) as ch, pytest.raises(grpc.RpcError) as caught:
+        ch.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=10, **kwargs)
+    return caught.value
+
+
+async def test_unary_carries_the_identity_and_never_a_spoofed_copy(
+    make_gateway: MakeGateway, grpc_h2c: GrpcUpstream, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await _gateway(make_gateway, _route(grpc_h2c.port))
+    spoofed = (("x-client-id", "admin"), ("x-client-cert-thumbprint", "00" * 20))
+    reply = await asyncio.to_thread(_unary, gw.port, pki, client_cert, b"hello", metadata=spoofed)
+    assert reply == b"echo:hello"
+    (metadata,) = grpc_h2c.seen.metadata
+    assert [v for k, v in metadata if k == "x-client-id"] == ["mtls.client"]
+    assert [v for k, v in metadata if k == "x-client-cert-thumbprint"] == [client_cert.thumbprint]
+    assert ("x-forwarded-proto", "https") in metadata
+
+
+async def test_server_streaming_and_bidirectional_streaming(
+    make_gateway: MakeGateway, grpc_h2c: GrpcUpstream, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await _gateway(make_gateway, _route(grpc_h2c.port))
+
+    def calls() -> tuple[list[bytes], list[bytes]]:
+        with channel(gw.port, pki, client_cert) as ch:
+            parts = list(ch.unary_stream(f"/{SERVICE}/ServerStream")(b"20", timeout=10))
+            outbox: queue.Queue[bytes | None] = queue.Queue()
+            outbox.put(b"one")
+
+            def requests() -> Iterator[bytes]:
+                while (message := outbox.get(timeout=5)) is not None:
+                    yield message
+
+            echoed: list[bytes] = []
+            # Each message goes up only once the previous answer came down.
+            for answer in ch.stream_stream(f"/{SERVICE}/Bidi")(requests(), timeout=10):
+                echoed.append(answer)
+                outbox.put({1: b"two", 2: b"three"}.get(len(echoed)))
+            return parts, echoed
+
+    parts, echoed = await asyncio.to_thread(calls)
+    assert parts == [b"part %d" % i for i in range(20)]
+    assert echoed == [b"ONE", b"TWO", b"THREE"]
+
+
+async def test_a_token_route_takes_a_bound_token_and_refuses_it_on_another_certificate(
+    make_gateway: MakeGateway,
+    grpc_h2c: GrpcUpstream,
+    pki: Pki,
+    client_cert: Issued,
+    other_cert: Issued,
+) -> None:
+    gw = await _gateway(make_gateway, _route(grpc_h2c.port, auth="token"))
+    token = await get_token(gw, client_cert)
+    metadata = (("authorization", f"Bearer {token}"),)
+    reply = await asyncio.to_thread(_unary, gw.port, pki, client_cert, b"bound", metadata=metadata)
+    assert reply == b"echo:bound"
+    error = await asyncio.to_thread(_refusal, gw.port, pki, other_cert, metadata=metadata)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details().startswith("invalid_token: ")
+    missing = await asyncio.to_thread(_refusal, gw.port, pki, client_cert)
+    assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_an_unregistered_certificate_is_permission_denied(
+    make_gateway: MakeGateway, grpc_h2c: GrpcUpstream, pki: Pki
+) -> None:
+    gw = await _gateway(make_gateway, _route(grpc_h2c.port))
+    stranger = pki.client("stranger")
+    error = await asyncio.to_thread(_refusal, gw.port, pki, stranger)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error.details().startswith("access_denied: ")
+    assert grpc_h2c.seen.metadata == []  # nothing reached the service
+
+
+async def test_the_upstream_down_is_unavailable(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await _gateway(make_gateway, _route(free_port()))
+    error = await asyncio.to_thread(_refusal, gw.port, pki, client_cert)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == "bad_gateway: the upstream is unreachable"
+
+
+async def test_an_unrouted_grpc_method_is_unimplemented(
+    make_gateway: MakeGateway, grpc_h2c: GrpcUpstream, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await _gateway(make_gateway, {**_route(grpc_h2c.port), "prefix": "/other.Service"})
+    error = await asyncio.to_thread(_refusal, gw.port, pki, client_cert)
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def _curl_http2(url: str, pki: Pki, cert: Issued, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--http2",
+            "--cacert",
+            str(pki.ca.cert_path),
+            "--cert",
+            str(cert.cert_path),
+            "--key",
+            str(cert.key_path),
+            "--write-out",
+            "\\n%{http_version} %{response_code}",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+async def test_curl_http2_against_an_http1_upstream(
+    make_gateway: MakeGateway, echo_upstream: Upstream, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await make_gateway(
+        clients=CLIENTS, routes=[{"prefix": "/", "upstream": echo_upstream.url, "auth": "client"}]
+    )
+    done = await asyncio.to_thread(
+        _curl_http2,
+        gw.url + "/echo/path?q=1",
+        pki,
+        client_cert,
+        "-H",
+        "X-Client-Id: spoofed",
+        "--data-binary",
+        "posted body",
+    )
+    assert done.returncode == 0, done.stderr
+    body, _, status_line = done.stdout.rpartition("\n")
+    assert status_line == "2 200"  # HTTP/2 to the caller
+    echoed = json.loads(body)
+    headers = {k.lower(): v for k, v in echoed["headers"]}
+    assert headers["x-client-id"] == "mtls.client"
+    assert headers["host"] == f"127.0.0.1:{echo_upstream.port}"
+    assert echoed["method"] == "POST"
+
+
+async def test_curl_http2_gets_json_refusals(
+    make_gateway: MakeGateway, echo_upstream: Upstream, pki: Pki
+) -> None:
+    gw = await make_gateway(
+        clients=CLIENTS, routes=[{"prefix": "/", "upstream": echo_upstream.url, "auth": "client"}]
+    )
+    done = await asyncio.to_thread(_curl_http2, gw.url + "/", pki, pki.client("unknown"))
+    body, _, status_line = done.stdout.rpartition("\n")
+    assert status_line == "2 403"
+    assert json.loads(body)["error"] == "access_denied"
