@@ -219,3 +219,17 @@ async def test_curl_http2_gets_json_refusals(
     body, _, status_line = done.stdout.rpartition("\n")
     assert status_line == "2 403"
     assert json.loads(body)["error"] == "access_denied"
+
+
+async def test_shutdown_sends_goaway_and_lets_an_admitted_call_finish(
+    make_gateway: MakeGateway, grpc_h2c: GrpcUpstream, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await _gateway(make_gateway, _route(grpc_h2c.port))
+    call = asyncio.create_task(asyncio.to_thread(_unary, gw.port, pki, client_cert, b"sleep:1"))
+    async with asyncio.timeout(5):
+        while not grpc_h2c.seen.metadata:  # the call reached the service
+            await asyncio.sleep(0.02)
+    started = asyncio.get_running_loop().time()
+    await gw.running.stop(grace=10)
+    assert await call == b"echo:sleep:1"
+    assert asyncio.get_running_loop().time() - started < 5  # not held to the grace
