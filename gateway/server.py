@@ -21,6 +21,7 @@ from gateway.http1.connections import ConnectionSet
 from gateway.http1.reader import Http1Settings
 from gateway.http1.server import Http1ServerProtocol
 from gateway.http2.limits import Http2Limits
+from gateway.http2.prior_knowledge import PrefaceSniffer
 from gateway.http2.server import Http2ServerProtocol
 from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
@@ -120,6 +121,7 @@ def http2_factory(
     pipeline: Pipeline,
     limits: LimitsConfig,
     *,
+    scheme: str = "https",
     observer: Observer,
     connections: ConnectionSet,
     draining: Callable[[], bool],
@@ -133,6 +135,7 @@ def http2_factory(
         return Http2ServerProtocol(
             pipeline,
             limits=settings,
+            scheme=scheme,
             observer=observer,
             connections=connections,
             draining=draining,
@@ -179,13 +182,23 @@ async def bind_outbound(
     observer = Observer(metrics, f"outbound[{outbound.index}]", access_log=access_log)
     pipeline = outbound_pipeline(outbound)
     connections = connections if connections is not None else ConnectionSet()
-    factory = http1_factory(
+    http1 = http1_factory(
         pipeline,
         http1_settings(limits, scheme="http", plain=True),
         observer=observer,
         connections=connections,
         draining=draining,
     )
+    # gRPC clients speak h2c with prior knowledge (RFC 9113 §3.3): the preface tells.
+    http2 = http2_factory(
+        pipeline,
+        limits,
+        scheme="http",
+        observer=observer,
+        connections=connections,
+        draining=draining,
+    )
+    factory = lambda: PrefaceSniffer(http1, http2)  # noqa: E731
     try:
         server = await listen(factory, outbound.config.bind, reuse_port=reuse_port)
     except OSError as exc:

@@ -23,7 +23,7 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from h2.config import H2Configuration
@@ -59,11 +59,12 @@ _LAST_STREAM_ID = 2**31 - 1
 class Http2UpstreamConnection(H2Endpoint):
     """Client side of one HTTP/2 connection to an upstream."""
 
-    def __init__(self, scheme: str) -> None:
+    def __init__(self, scheme: str, *, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(
             H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
         )
         self.scheme = scheme  # :scheme of every request ("http" for h2c)
+        self.tls = tls  # the context it was made with
         self.going_away = False
         self._answers: dict[int, UpstreamAnswer] = {}
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
@@ -125,8 +126,16 @@ class Http2UpstreamConnection(H2Endpoint):
         self._forget(stream_id)
         self.reset(stream_id, ErrorCodes.CANCEL)  # nothing is sent for a closed stream
 
+    def retire(self) -> None:
+        """No new streams; close once the ones in flight ended."""
+        self.going_away = True
+        if not self._answers:
+            self.close()
+
     def _forget(self, stream_id: int) -> None:
         self._answers.pop(stream_id, None)
+        if self.going_away and not self._answers and not self.closed:
+            self.close()
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
@@ -214,6 +223,10 @@ class Http2Origin:
     protocol: UpstreamProtocol
     host: str
     port: int
+    # "h2" only: the client context (its ALPN must be h2).  Not part of the
+    # key: a new context (reloaded client material) retires the connection
+    # made with the old one, which closes once its streams ended.
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
 
 
 class Http2Client:
@@ -264,7 +277,9 @@ class Http2Client:
     async def _connection(self, origin: Http2Origin, seconds: float) -> Http2UpstreamConnection:
         connection = self._connections.get(origin)
         if connection is not None and connection.usable:
-            return connection
+            if origin.tls is None or connection.tls is origin.tls:
+                return connection
+            connection.retire()
         task = self._connecting.get(origin)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._connect(origin, seconds))
@@ -279,9 +294,11 @@ class Http2Client:
         tls = origin.protocol == "h2"
         context: ssl.SSLContext | None = None
         if tls:
-            context = self._tls or ssl.create_default_context()
-            context.set_alpn_protocols(["h2"])
-        connection = Http2UpstreamConnection("https" if tls else "http")
+            context = origin.tls
+            if context is None:
+                context = self._tls or ssl.create_default_context()
+                context.set_alpn_protocols(["h2"])
+        connection = Http2UpstreamConnection("https" if tls else "http", tls=context)
         where = f"{origin.host}:{origin.port}"
         try:
             async with asyncio.timeout(seconds):

@@ -70,7 +70,9 @@ def _pinned_class(pins: Iterable[str]) -> type[ssl.SSLObject]:
     )
 
 
-def _verifying_context(trust: Trust, min_version: Literal["1.2", "1.3"]) -> ssl.SSLContext:
+def _verifying_context(
+    trust: Trust, min_version: Literal["1.2", "1.3"], alpn: str = "http/1.1"
+) -> ssl.SSLContext:
     # create_default_context: CERT_REQUIRED and check_hostname; the system
     # store only when no CA file is named.
     ctx = ssl.create_default_context(cafile=str(trust.ca) if trust.ca is not None else None)
@@ -80,7 +82,7 @@ def _verifying_context(trust: Trust, min_version: Literal["1.2", "1.3"]) -> ssl.
     # As on the server side: an intermediate, or the partner's own leaf, may
     # be the anchor without trusting the whole root.
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols([alpn])
     if trust.server_sha256:
         ctx.sslobject_class = _pinned_class(trust.server_sha256)
     return ctx
@@ -103,9 +105,14 @@ class ClientMaterial:
     thumbprint: str  # SHA-1 hex, for logs
     x5t_s256: str  # what tokens obtained with it are bound to (RFC 8705 §3.1)
     contexts: dict[Trust, ssl.SSLContext] = field(repr=False)
+    # The same, offering ALPN h2 only: an app's h2c calls leave as h2 (RFC 9113 §3.2).
+    h2_contexts: dict[Trust, ssl.SSLContext] = field(repr=False, default_factory=dict)
 
     def context(self, trust: Trust) -> ssl.SSLContext:
         return self.contexts[trust]
+
+    def h2_context(self, trust: Trust) -> ssl.SSLContext:
+        return self.h2_contexts[trust]
 
 
 def _ssl_reason(exc: BaseException) -> str:
@@ -131,13 +138,15 @@ def load_client_material(
     except (OSError, ValueError, IndexError) as exc:
         problems.append(f"{where}.cert: cannot read {cert}: {exc or 'no certificate'}")
     contexts: dict[Trust, ssl.SSLContext] = {}
+    h2_contexts: dict[Trust, ssl.SSLContext] = {}
     for trust in dict.fromkeys(trusts):
         try:
             contexts[trust] = _verifying_context(trust, min_version)
+            h2_contexts[trust] = _verifying_context(trust, min_version, alpn="h2")
         except (OSError, ssl.SSLError, ValueError) as exc:
             problems.append(f"{trust.where}: cannot use {trust.ca}: {_ssl_reason(exc)}")
     if not problems:
-        for ctx in contexts.values():
+        for ctx in (*contexts.values(), *h2_contexts.values()):
             try:
                 ctx.load_cert_chain(cert, key)
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -152,6 +161,7 @@ def load_client_material(
         thumbprint=sha1_thumbprint(der),
         x5t_s256=base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode(),
         contexts=contexts,
+        h2_contexts=h2_contexts,
     )
 
 

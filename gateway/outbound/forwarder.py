@@ -28,6 +28,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
@@ -38,6 +39,7 @@ from gateway.outbound.pool import OutboundPool
 from gateway.outbound.routing import OutboundRoute, OutboundRouteTable, request_host
 from gateway.outbound.tokens import TokenSource, TokenUnavailable
 from gateway.paths import encode_path, normalise_path
+from gateway.pipeline.chain import render_error
 from gateway.pipeline.messages import Request, Response
 from gateway.upstream import (
     CertificateRefused,
@@ -52,6 +54,9 @@ from gateway.upstream import (
     request_head,
     send_body,
 )
+
+if TYPE_CHECKING:
+    from gateway.outbound.forward_h2 import Http2Outbound
 
 log = logging.getLogger("gateway.outbound")
 
@@ -94,9 +99,11 @@ class Forwarder:
         pool: OutboundPool,
         connect_timeout: float,
         timeout: float,
+        http2: Http2Outbound | None = None,
     ) -> None:
         self._table = table
         self._pool = pool
+        self._http2 = http2  # the app's h2c calls (gRPC), sent as h2
         self._timeout = timeout
         self._connect_timeout = min(connect_timeout, timeout)
         self._origins: dict[str, Origin] = {}
@@ -105,7 +112,7 @@ class Forwarder:
         try:
             return await self._handle(request)
         except GatewayError as exc:
-            return exc.response()
+            return render_error(request, exc)  # a gRPC caller (h2c) gets its gRPC status
 
     async def _handle(self, request: Request) -> Response:
         if "upgrade" in request.headers.get("Connection", "").lower():
@@ -128,6 +135,11 @@ class Forwarder:
             injected=(),
             host=origin.authority,
         )
+        if request.protocol == "HTTP/2" and self._http2 is not None:
+            target = encode_path(route.destination_path(path))
+            if request.query_string:
+                target += "?" + request.query_string
+            return await self._http2.forward(request, route, target, headers)
         length = request.content_length
         replayable = request.method in IDEMPOTENT_METHODS and (
             not request.body_exists or (length is not None and length <= REPLAY_BUFFER_BYTES)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.config import ConfigError, GatewayConfig, OutboundConfig, OutboundTokenConfig
+from gateway.http2.client import Http2Client
 from gateway.outbound.client_tls import ClientTls, Trust
+from gateway.outbound.forward_h2 import Http2Outbound
 from gateway.outbound.forwarder import Forwarder, RouteTarget
 from gateway.outbound.pool import OutboundPool
 from gateway.outbound.routing import OutboundRouteTable
@@ -74,11 +76,19 @@ class OutboundListener:
                 for r in config.routes
             ]
         )
+        # The app's h2c calls leave as h2 over one connection per destination.
+        self.http2 = Http2Client(connect_timeout=config.connect_timeout)
         self.forwarder = Forwarder(
             table=table,
             pool=self.pool,
             connect_timeout=config.connect_timeout,
             timeout=config.timeout,
+            http2=Http2Outbound(
+                self.http2,
+                self.pool,
+                connect_timeout=config.connect_timeout,
+                timeout=config.timeout,
+            ),
         )
 
     async def handle(self, request: Request) -> Response:
@@ -88,6 +98,7 @@ class OutboundListener:
     async def close(self) -> None:
         for source in self.token_sources.values():
             await source.close()
+        await self.http2.close()
         await self.pool.close()
 
 
