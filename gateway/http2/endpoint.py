@@ -62,10 +62,14 @@ class H2Endpoint(asyncio.Protocol):
     # -- sending within the windows -------------------------------------------------
 
     async def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
-        """Send ``data`` as DATA frames, waiting for window credit and a writable socket."""
-        offset = 0
-        total = len(data)
-        while offset < total or (end_stream and offset == total == 0):
+        """Send ``data`` as DATA frames, waiting for window credit and a writable socket.
+
+        Empty ``data`` with ``end_stream`` is one empty DATA frame with END_STREAM.
+        """
+        if not data and not end_stream:
+            return
+        offset, total = 0, len(data)
+        while True:
             if not self._writable.is_set():
                 await self._writable.wait()
             if self.closed:
@@ -74,20 +78,19 @@ class H2Endpoint(asyncio.Protocol):
                 window = self.h2.local_flow_control_window(stream_id)
             except (StreamClosedError, ProtocolError):
                 raise StreamGone(stream_id) from None
-            if window <= 0 and total:
+            if window <= 0 and offset < total:
                 await self._wait_for_window(stream_id)
                 continue
             size = min(window, self.h2.max_outbound_frame_size, total - offset)
             last = offset + size == total
             try:
-                self.h2.send_data(
-                    stream_id, data[offset : offset + size], end_stream=end_stream and last
-                )
+                chunk = data[offset : offset + size]
+                self.h2.send_data(stream_id, chunk, end_stream=end_stream and last)
             except (StreamClosedError, ProtocolError, FlowControlError):
                 raise StreamGone(stream_id) from None
             offset += size
             self.flush()
-            if total == 0:
+            if last:
                 return
 
     async def end_stream(

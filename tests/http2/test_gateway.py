@@ -233,3 +233,27 @@ async def test_shutdown_sends_goaway_and_lets_an_admitted_call_finish(
     await gw.running.stop(grace=10)
     assert await call == b"echo:sleep:1"
     assert asyncio.get_running_loop().time() - started < 5  # not held to the grace
+
+
+async def test_an_http2_connection_over_max_connections_gets_goaway_before_any_stream(
+    make_gateway: MakeGateway, echo_upstream: Upstream, pki: Pki, client_cert: Issued
+) -> None:
+    from tests.http2.peer import RawH2
+
+    gw = await make_gateway(
+        clients=CLIENTS,
+        routes=[{"prefix": "/", "upstream": echo_upstream.url, "auth": "client"}],
+        extra={"limits": {"max_connections": 1}},
+    )
+    first = await RawH2.connect(gw.port, pki.client_context(client_cert))
+    first.start()
+    assert (await first.answer(first.request("/held"))).status == 200
+    second = await RawH2.connect(gw.port, pki.client_context(client_cert))
+    second.start()
+    second.request("/refused")
+    await second.until(lambda: second.terminated is not None)
+    assert second.terminated is not None
+    assert second.terminated.last_stream_id == 0  # nothing processed: safe to retry
+    assert second.terminated.additional_data == b"too many open connections"
+    await first.close()
+    await second.close()
