@@ -77,6 +77,7 @@ class Metrics:
     tokens: Counter
     registry_lookups: Counter
     in_flight: Gauge
+    http2_requests: Counter
 
     state: list[Collector] = field(default_factory=list)
     # admin.metrics_client_labels: client ids and CA subjects as label values.
@@ -114,6 +115,13 @@ def create_metrics(*, client_labels: bool = False) -> Metrics:
     metrics = Metrics(
         client_labels=client_labels,
         registry=registry,
+        http2_requests=Counter(
+            "mtls_gateway_http2_requests",
+            "HTTP/2 requests answered (also counted in mtls_gateway_requests_total), by "
+            'listener, route prefix and gRPC status ("" when the request was not gRPC).',
+            ["listener", "route", "grpc_status"],
+            registry=registry,
+        ),
         requests=Counter(
             "mtls_gateway_requests",
             "Requests answered, by listener, route prefix, HTTP method and status.",

@@ -90,6 +90,8 @@ class Observer:
         "_access_log",
         "_children",
         "_client_labels",
+        "_http2",
+        "_http2_children",
         "_in_flight",
         "_listener",
         "_requests",
@@ -103,6 +105,8 @@ class Observer:
         self._requests = metrics.requests
         self._tokens = metrics.tokens
         self._client_labels = metrics.client_labels
+        self._http2 = metrics.http2_requests
+        self._http2_children: dict[tuple[str, int | None], Any] = {}
         # labels() takes a lock and builds a key on every call: keep the children.
         self._children: dict[tuple[str, str, int], Any] = {}
 
@@ -121,6 +125,8 @@ class Observer:
             if len(self._children) < 10_000:  # routes x statuses: bounded in practice
                 self._children[(route, kind, status)] = child
         child.inc()
+        if request.protocol == "HTTP/2":
+            self._count_http2(route, info.grpc_status)
         if info.oauth_outcome is not None and route in TOKEN_PATHS:
             client = (info.client_id or "-") if self._client_labels else ""
             self._tokens.labels(client, info.oauth_outcome).inc()
@@ -150,6 +156,15 @@ class Observer:
                 **({"grpc_status": info.grpc_status} if info.grpc_status is not None else {}),
             }
         )
+
+    def _count_http2(self, route: str, grpc_status: int | None) -> None:
+        child = self._http2_children.get((route, grpc_status))
+        if child is None:
+            label = "" if grpc_status is None else str(grpc_status)
+            child = self._http2.labels(self._listener, route, label)
+            if len(self._http2_children) < 10_000:
+                self._http2_children[(route, grpc_status)] = child
+        child.inc()
 
 
 # Parameters whose values are credentials (RFC 6750 §2.3 access_token, and the

@@ -45,7 +45,7 @@ from h2.settings import SettingCodes, Settings
 from gateway.http2.endpoint import H2Endpoint, StreamGone
 from gateway.http2.fields import end_to_end
 from gateway.http2.stream import UpstreamAnswer
-from gateway.pipeline.messages import RequestBody
+from gateway.pipeline.messages import RequestBody, Response
 from gateway.upstream import UpstreamDisconnected, UpstreamTimeout, UpstreamUnreachable
 
 UpstreamProtocol = Literal["h2c", "h2"]
@@ -345,6 +345,30 @@ async def _upload(
         await connection.end_stream(stream_id)
     except StreamGone:
         pass  # the answer ended or was reset first; the answer says which
+
+
+async def answer_response(
+    answer: UpstreamAnswer, chunks: AsyncIterator[bytes] | None = None
+) -> Response:
+    """The upstream's answer as the pipeline's ``Response``, its body and trailers streamed.
+
+    An answer that ended with its head (gRPC's Trailers-Only form: the status
+    fields are in the head) stays one: no body and no trailer block, so the
+    caller gets one HEADERS frame with END_STREAM again.  A gRPC client takes
+    a head, an empty DATA frame and no trailers for a broken call.
+    """
+    length = dict(answer.headers).get("content-length")
+    announced = int(length) if length is not None and length.isdigit() else None
+    if answer.ended:
+        await answer.aclose()
+        return Response(answer.status, answer.headers, length=announced)
+    return Response(
+        answer.status,
+        answer.headers,
+        stream=chunks if chunks is not None else relay_chunks(answer),
+        trailers=answer.trailers,
+        length=announced,
+    )
 
 
 async def relay_chunks(answer: UpstreamAnswer) -> AsyncIterator[bytes]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from multidict import CIMultiDict
 
 from gateway.errors import bad_gateway, gateway_timeout
-from gateway.http2.client import Http2Client, Http2Origin, relay_chunks
+from gateway.http2.client import Http2Client, Http2Origin, answer_response
 from gateway.outbound.forwarder import RouteTarget, invalid_token_challenge, token_unavailable
 from gateway.outbound.pool import OutboundPool
 from gateway.outbound.routing import OutboundRoute
@@ -84,6 +84,4 @@ class Http2Outbound:
         if refused and invalid_token_challenge(encoded):
             assert tokens is not None and token is not None
             tokens.forget(token)
-        return Response(
-            answer.status, answer.headers, stream=relay_chunks(answer), trailers=answer.trailers
-        )
+        return await answer_response(answer)

@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 
 from gateway.config import RouteConfig
 from gateway.errors import bad_gateway, gateway_timeout
-from gateway.http2.client import Http2Client, Http2Origin
+from gateway.http2.client import Http2Client, Http2Origin, answer_response
 from gateway.http2.stream import UpstreamAnswer
 from gateway.pipeline.facts import RequestFacts
 from gateway.pipeline.messages import Request, Response
@@ -71,18 +71,7 @@ class Http2Forwarder:
         grpc_status = dict(answer.headers).get("grpc-status")  # a Trailers-Only answer
         if grpc_status is not None and grpc_status.isdigit():
             info.grpc_status = int(grpc_status)
-        return Response(
-            answer.status,
-            answer.headers,
-            stream=_relay(answer, info),
-            trailers=answer.trailers,
-            length=_length(answer),
-        )
-
-
-def _length(answer: UpstreamAnswer) -> int | None:
-    value = dict(answer.headers).get("content-length")
-    return int(value) if value is not None and value.isdigit() else None
+        return await answer_response(answer, _relay(answer, info))
 
 
 async def _relay(answer: UpstreamAnswer, info: RequestFacts) -> AsyncIterator[bytes]:

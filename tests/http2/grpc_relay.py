@@ -9,7 +9,7 @@ callers, as the pipeline's error renderer does.
 from __future__ import annotations
 
 from gateway.errors import GatewayError, bad_gateway, gateway_timeout
-from gateway.http2.client import Http2Client, Http2Origin, relay_chunks
+from gateway.http2.client import Http2Client, Http2Origin, answer_response
 from gateway.http2.grpc import render_grpc_error, wants_grpc_answer
 from gateway.pipeline.messages import Handler, Request, Response, json_response
 from gateway.upstream import UpstreamError, UpstreamTimeout
@@ -35,9 +35,7 @@ def relay(client: Http2Client, origin: Http2Origin, *, response_timeout: float =
                 else bad_gateway(str(exc))
             )
             return refuse(request, refusal)
-        return Response(
-            answer.status, answer.headers, stream=relay_chunks(answer), trailers=answer.trailers
-        )
+        return await answer_response(answer)
 
     return handle
 

@@ -257,3 +257,41 @@ async def test_an_http2_connection_over_max_connections_gets_goaway_before_any_s
     assert second.terminated.additional_data == b"too many open connections"
     await first.close()
     await second.close()
+
+
+async def test_metrics_and_the_access_log_carry_the_protocol_and_the_grpc_status(
+    make_gateway: MakeGateway, grpc_h2c: GrpcUpstream, pki: Pki, client_cert: Issued
+) -> None:
+    import io
+
+    gw = await _gateway(make_gateway, _route(grpc_h2c.port))
+    assert gw.gateway.access_log is not None
+    gw.gateway.access_log.stream = access = io.BytesIO()
+    gw.gateway.access_log.format = "json"
+    assert await asyncio.to_thread(_unary, gw.port, pki, client_cert, b"ok") == b"echo:ok"
+    failed = await asyncio.to_thread(_unary_failing, gw.port, pki, client_cert)
+    assert failed.code() == grpc.StatusCode.FAILED_PRECONDITION
+    refused = await asyncio.to_thread(_refusal, gw.port, pki, pki.client("nobody"))
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    metrics = gw.gateway.metrics.render().decode()
+    route = f"/{SERVICE}"
+    for status, count in (("0", 1), ("9", 1), ("7", 1)):
+        line = (
+            f'mtls_gateway_http2_requests_total{{grpc_status="{status}",listener="0",'
+            f'route="{route}"}} {count:.1f}'
+        )
+        assert line in metrics
+    gw.gateway.access_log.flush()
+    logged = [json.loads(line) for line in access.getvalue().decode().splitlines()]
+    assert [(e["protocol"], e["grpc_status"], e["status"]) for e in logged] == [
+        ("HTTP/2", 0, 200),
+        ("HTTP/2", 9, 200),
+        ("HTTP/2", 7, 200),
+    ]
+
+
+def _unary_failing(port: int, pki: Pki, cert: Issued) -> grpc.RpcError:
+    with channel(port, pki, cert) as ch, pytest.raises(grpc.RpcError) as caught:
+        ch.unary_unary(f"/{SERVICE}/Unary")(b"fail", timeout=10)
+    return caught.value

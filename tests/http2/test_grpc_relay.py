@@ -159,3 +159,22 @@ async def test_a_slow_upstream_is_deadline_exceeded(
     error = await asyncio.to_thread(call)
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert error.details().startswith("gateway_timeout: ")
+
+
+async def test_an_upstream_trailers_only_error_stays_one(
+    h2_listener: StartH2,
+    http2_client: Http2Client,
+    grpc_h2c: GrpcUpstream,
+    pki: Pki,
+    client_cert: Issued,
+) -> None:
+    port = await _through(h2_listener, http2_client, grpc_h2c.port)
+
+    def call() -> grpc.RpcError:
+        with channel(port, pki, client_cert) as ch, pytest.raises(grpc.RpcError) as caught:
+            ch.unary_unary(f"/{SERVICE}/Unary")(b"fail", timeout=5)
+        return caught.value
+
+    error = await asyncio.to_thread(call)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == "asked to fail"
