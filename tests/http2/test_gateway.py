@@ -295,3 +295,46 @@ def _unary_failing(port: int, pki: Pki, cert: Issued) -> grpc.RpcError:
     with channel(port, pki, cert) as ch, pytest.raises(grpc.RpcError) as caught:
         ch.unary_unary(f"/{SERVICE}/Unary")(b"fail", timeout=10)
     return caught.value
+
+
+async def test_an_http1_caller_reaches_an_h2c_upstream(
+    make_gateway: MakeGateway, pki: Pki, client_cert: Issued
+) -> None:
+    from gateway.http2.server import Http2ServerProtocol
+    from gateway.pipeline.messages import Request, Response
+
+    seen: list[Request] = []
+
+    async def upstream(request: Request) -> Response:
+        seen.append(request)
+        return Response(200, [("content-type", "text/plain")], b"via h2c: " + await request.read())
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: Http2ServerProtocol(upstream, scheme="http"), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    gw = await make_gateway(
+        clients=CLIENTS,
+        routes=[
+            {
+                "prefix": "/",
+                "upstream": f"http://127.0.0.1:{port}",
+                "upstream_protocol": "h2c",
+                "auth": "client",
+            }
+        ],
+    )
+    async with (
+        gw.session(client_cert) as session,
+        session.post(
+            gw.url + "/items?x=1", data=b"payload", headers={"X-Client-Id": "spoofed"}
+        ) as response,
+    ):
+        assert response.status == 200
+        assert await response.read() == b"via h2c: payload"
+    (request,) = seen
+    assert request.protocol == "HTTP/2" and request.raw_path == "/items?x=1"
+    assert request.headers.getall("X-Client-Id") == ["mtls.client"]
+    assert request.host == f"127.0.0.1:{port}"
+    server.close()
