@@ -338,3 +338,21 @@ async def test_an_http1_caller_reaches_an_h2c_upstream(
     assert request.headers.getall("X-Client-Id") == ["mtls.client"]
     assert request.host == f"127.0.0.1:{port}"
     server.close()
+
+
+async def test_the_route_timeout_is_deadline_exceeded(
+    make_gateway: MakeGateway, grpc_h2c: GrpcUpstream, pki: Pki, client_cert: Issued
+) -> None:
+    gw = await _gateway(make_gateway, _route(grpc_h2c.port, timeout=0.5))
+
+    def call() -> grpc.RpcError:
+        with channel(gw.port, pki, client_cert) as ch, pytest.raises(grpc.RpcError) as caught:
+            ch.unary_unary(f"/{SERVICE}/Unary")(b"sleep:2", timeout=10)
+        return caught.value
+
+    error = await asyncio.to_thread(call)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.details() == "gateway_timeout: the upstream did not answer in time"
+    assert await asyncio.to_thread(
+        grpc_h2c.seen.cancelled.wait, 5
+    )  # the call was cancelled upstream
