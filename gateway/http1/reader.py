@@ -139,6 +139,12 @@ class RequestReader:
                 raise HeadRefused("malformed request body") from None
             if isinstance(exc.__context__, _Refused):
                 raise HeadRefused(str(exc.__context__)) from None
+            if data.startswith(b"PRI * HTTP/2.0"):
+                # RFC 9113 §3.4's preface, sent without ALPN: say what works.
+                raise HeadRefused(
+                    "an HTTP/2 connection preface on an HTTP/1.1 connection: "
+                    "HTTP/2 is served over TLS with ALPN h2"
+                ) from None
             detail = printable(str(exc))
             field = self._failing_field(data)
             if field:

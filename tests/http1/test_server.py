@@ -140,6 +140,15 @@ async def test_a_refused_head_is_a_json_400_and_the_connection_closes(
     assert reason in answer
 
 
+async def test_an_http2_preface_without_alpn_gets_a_json_400_saying_what_works(
+    serve: Serve,
+) -> None:
+    port, _ = await serve(echo_path)
+    answer = await exchange(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"ALPN h2" in answer
+
+
 async def test_a_101_hands_the_bytes_after_the_request_to_the_upgraded_stream(
     serve: Serve,
 ) -> None:
