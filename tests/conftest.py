@@ -16,7 +16,7 @@ import yaml
 from aiohttp import web
 
 from gateway.app import Gateway
-from gateway.config import load_config
+from gateway.config.load import load_config
 from gateway.echo import create_echo_app
 from gateway.runtime import assemble
 from gateway.server import RunningGateway, start_gateway

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import load_config
+from gateway.config.load import load_config
 from gateway.runtime import assemble
 from gateway.server import start_gateway
 from tests.registry.conftest import RedisServer

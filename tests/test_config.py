@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import BindAddress, ConfigError, GatewayConfig, load_config, parse_bind
+from gateway.config.load import GatewayConfig, load_config
+from gateway.config.reader import ConfigError
+from gateway.config.values import BindAddress, parse_bind
 from gateway.devpki import init_dev_pki
 from gateway.oauth.keys import generate_signing_key
 

@@ -19,9 +19,11 @@ import redis.asyncio as aioredis
 import yaml
 from cryptography.x509.oid import NameOID
 
-from gateway.config import ConfigError, RegistryConfig, load_config
+from gateway.config.load import load_config
+from gateway.config.reader import ConfigError
 from gateway.identity import identity_from_der
 from gateway.registry.base import RegistryUnavailable, RegistryWriteError
+from gateway.registry.config import RegistryConfig
 from gateway.registry.factory import create_registry
 from gateway.registry.matching import ClientIndex, MatchResult
 from gateway.registry.model import Client, parse_client
