@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.auth import Authenticator
-from gateway.config import ConfigError, GatewayConfig, ListenerConfig
+from gateway.config.load import GatewayConfig
+from gateway.config.reader import ConfigError
 from gateway.config_reload import ConfigReloader
 from gateway.framing import check_framing
 from gateway.headers import managed_header_keys
 from gateway.http2.client import Http2Client
 from gateway.lifecycle import FileWatcher
+from gateway.listener.config import ListenerConfig
 from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.listener.tls_context import ALPN_PROTOCOLS, ALPN_WITH_HTTP2
@@ -29,7 +31,7 @@ from gateway.observability import AccessLog
 from gateway.pipeline.chain import Pipeline, Stage
 from gateway.pipeline.endpoints import Endpoints
 from gateway.pipeline.messages import Handler
-from gateway.proxy import Proxy, TokenChecker
+from gateway.proxy.stages import Proxy, TokenChecker
 from gateway.registry.base import Registry
 from gateway.registry.factory import create_registry
 from gateway.state_metrics import GatewayStateCollector

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from gateway.chain import CertificateTrust
-from gateway.config import ForwardedCertConfig, HeaderNames
 from gateway.errors import (
     GatewayError,
     access_denied,
@@ -37,12 +36,14 @@ from gateway.errors import (
 from gateway.forwarded import HEADERS, ForwardedCertError, header_values, parse_forwarded
 from gateway.headers import identity_headers
 from gateway.identity import CertificateError, CertificateIdentity, cached_identity_from_der
+from gateway.listener.config import ForwardedCertConfig
 from gateway.listener.proxy_header import TrustedSources
 from gateway.listener.session import TlsSession
 from gateway.listener.verdict import VerifyFailure
 from gateway.metrics import Metrics
 from gateway.observability import facts
 from gateway.pipeline.messages import Request
+from gateway.proxy.config import HeaderNames
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
 from gateway.registry.model import Client

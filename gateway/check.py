@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config import BindAddress, GatewayConfig
+from gateway.config.load import GatewayConfig
+from gateway.config.values import BindAddress
 from gateway.registry.base import Registry
 from gateway.registry.model import Client
 from gateway.route_rules import shadowed_gateway_paths

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from gateway import __version__
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.load import GatewayConfig, load_config
+from gateway.config.reader import ConfigError
 from gateway.devpki import DevPkiError, init_dev_pki
 from gateway.oauth.keys import SigningKeyError
 from gateway.registry.base import RegistryUnavailable

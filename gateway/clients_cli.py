@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from gateway.config import ConfigError, GatewayConfig, read_yaml_file
+from gateway.config.load import GatewayConfig
+from gateway.config.reader import ConfigError, read_yaml_file
 from gateway.registry.base import RegistryWriteError, WritableRegistry
 from gateway.registry.dn_order import config_dn_order_warnings
 from gateway.registry.factory import create_registry

@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.config import ConfigError, load_config
+from gateway.config.load import load_config
+from gateway.config.reader import ConfigError
 from gateway.lifecycle import ReloadableBase, ReloadFailed
 
 if TYPE_CHECKING:

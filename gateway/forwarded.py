@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
 
-from gateway.config import ForwardedCertFormat
+from gateway.listener.config import ForwardedCertFormat
 
 MAX_CERTIFICATES: Final = 8  # leaf plus chain, per header
 MAX_VALUE_BYTES: Final = 64 * 1024

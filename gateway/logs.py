@@ -15,8 +15,8 @@ import queue
 import sys
 from typing import Any
 
-from gateway.config import LoggingConfig
 from gateway.logfmt import rfc3339, text_line
+from gateway.ops.config import LoggingConfig
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import yaml
 from aiohttp import web
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.load import GatewayConfig, load_config
+from gateway.config.reader import ConfigError
 from gateway.devpki import DevPki, init_dev_pki
 from gateway.echo import create_echo_app
 from gateway.logs import configure_logging

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gateway.app import Gateway, build_gateway
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config.load import GatewayConfig
+from gateway.config.reader import ConfigError
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.service import TokenService, load_signing_keys
 from gateway.outbound.listener import OutboundListener, build_outbound

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from gateway.admin import create_admin_app
 from gateway.app import Gateway
-from gateway.config import BindAddress, ConfigError, LimitsConfig
+from gateway.config.reader import ConfigError
+from gateway.config.values import BindAddress
 from gateway.framing import check_framing
 from gateway.http1.connections import ConnectionSet
 from gateway.http1.reader import Http1Settings
@@ -23,6 +24,7 @@ from gateway.http1.server import Http1ServerProtocol
 from gateway.http2.limits import Http2Limits
 from gateway.http2.prior_knowledge import PrefaceSniffer
 from gateway.http2.server import Http2ServerProtocol
+from gateway.listener.config import LimitsConfig
 from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.listener.stack import ProtocolFactory, bound_address, describe, listen, tls_stack

@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 from gateway.logs import configure_logging
 from gateway.worker import START_FAILED, forked_worker_main, read_report, run_worker
 

@@ -34,10 +34,10 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from gateway.chain import CertificateTrust, TrustPool
-from gateway.config import TlsConfig
 from gateway.dn import format_name, name_key
 from gateway.identity import CertificateIdentity, can_sign_certificates, sha1_thumbprint
 from gateway.lifecycle import ReloadableBase, ReloadFailed
+from gateway.listener.config import TlsConfig
 from gateway.listener.handshakes import HandshakeStats
 from gateway.listener.tls_context import ALPN_PROTOCOLS, build_server_context, openssl_reason
 

@@ -17,7 +17,8 @@ import contextlib
 import logging
 import os
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.load import GatewayConfig, load_config
+from gateway.config.reader import ConfigError
 from gateway.lifecycle import FileSignature, signature
 from gateway.logs import configure_logging, stop_logging
 

@@ -16,16 +16,23 @@ import yaml
 from aiohttp import web
 
 from gateway.app import Gateway
-from gateway.config import load_config
+from gateway.config.load import load_config
 from gateway.echo import create_echo_app
 from gateway.runtime import assemble
 from gateway.server import RunningGateway, start_gateway
 from tests.pki import Issued, Pki
+from tests.spec_example import write_spec_example
 
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def spec_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SPEC's example gateway.yaml over a dev PKI, a signing key and its registry."""
+    return write_spec_example(tmp_path_factory.mktemp("spec") / "conf")
 
 
 @pytest.fixture(scope="session")

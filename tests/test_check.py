@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import load_config
+from gateway.config.load import load_config
 from gateway.runtime import assemble
 from gateway.server import start_gateway
 from tests.registry.conftest import RedisServer
 from tests.registry.conftest import redis_server as redis_server  # the fixture
+from tests.spec_example import write_spec_example
 from tests.test_cli import error_lines, run_cli
-from tests.test_config import write_spec_example
 
 
 @pytest.fixture

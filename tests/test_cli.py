@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import gateway
 from gateway.registry.yaml_file import load_registry_file
 from tests.conftest import Upstream, echoed_headers, free_port
-from tests.test_config import write_spec_example
+from tests.spec_example import write_spec_example
 
 REPO = Path(gateway.__file__).resolve().parent.parent
 CURL = Path("/usr/bin/curl")

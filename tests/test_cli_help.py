@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.spec_example import write_spec_example
 from tests.test_cli import run_cli
-from tests.test_config import write_spec_example
 
 COMMANDS = [
     ["quickstart"],

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.registry.yaml_file import load_registry_file
+from tests.spec_example import SPEC_REGISTRY, write_spec_example
 from tests.test_cli import _env, error_lines, run_cli
-from tests.test_config import SPEC_REGISTRY, write_spec_example
 
 CLI_TIMEOUT = 120.0
 

@@ -1096,7 +1096,8 @@ def test_gateway_loads_the_rendered_config_in_the_mounted_layout(
     target: str, tmp_path: Path
 ) -> None:
     """gateway.yaml as rendered, every file where the pod's volume mounts put it."""
-    from gateway.config import ConfigError, load_config
+    from gateway.config.load import load_config
+    from gateway.config.reader import ConfigError
     from gateway.runtime import assemble
 
     config_file, env, fs_group = _mount_gateway(target, tmp_path)
@@ -1124,7 +1125,7 @@ def test_gateway_loads_the_rendered_config_in_the_mounted_layout(
 
 
 def test_relative_paths_survive_the_kubelets_symlinked_config(tmp_path: Path) -> None:
-    from gateway.config import load_config
+    from gateway.config.load import load_config
 
     config_file, env, _ = _mount_gateway("sidecar", tmp_path, relative=True)
     assert config_file.is_symlink()

@@ -9,7 +9,6 @@ import pytest
 from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config import HeaderNames
 from gateway.headers import (
     downstream_response_fields,
     header_key,
@@ -19,6 +18,7 @@ from gateway.headers import (
     xfcc_element,
 )
 from gateway.identity import CertificateIdentity, identity_from_der
+from gateway.proxy.config import HeaderNames
 from tests.pki import Issued, Pki, name
 
 MANAGED = managed_header_keys(HeaderNames())

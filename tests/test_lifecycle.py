@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.config import load_config
+from gateway.config.load import load_config
 from gateway.runtime import assemble
 from gateway.server import RunningGateway, start_gateway
 from tests.conftest import GatewayUnderTest, Upstream, write_config

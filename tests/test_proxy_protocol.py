@@ -21,7 +21,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import load_config
+from gateway.config.load import load_config
 from gateway.echo import create_echo_app
 from gateway.proxy_protocol import (
     V2_SIGNATURE,

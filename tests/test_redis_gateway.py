@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.config import RegistryConfig
+from gateway.registry.config import RegistryConfig
 from gateway.registry.model import Client, parse_client
 from gateway.registry.redis_store import RedisRegistry
 from tests.conftest import (

@@ -10,7 +10,8 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from gateway.config import ConfigError, load_config
+from gateway.config.load import load_config
+from gateway.config.reader import ConfigError
 from gateway.runtime import assemble
 from tests.conftest import MakeGateway, name_secret, registry_client
 from tests.pki import Issued, Pki

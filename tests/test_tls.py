@@ -22,9 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.config import TlsConfig
 from gateway.identity import identity_from_der
 from gateway.lifecycle import FileWatcher
+from gateway.listener.config import TlsConfig
 from gateway.listener.session import TlsSession
 from gateway.listener.tls_protocol import TlsServerProtocol
 from gateway.tls import ListenerTls, TlsMaterialError, load_material

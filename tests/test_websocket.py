@@ -22,7 +22,8 @@ import pytest
 import yaml
 from aiohttp import WSMsgType, web
 
-from gateway.config import ConfigError, load_config
+from gateway.config.load import load_config
+from gateway.config.reader import ConfigError
 from gateway.websocket import WebSocketLimits
 from tests.conftest import (
     GatewayUnderTest,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import ProxyProtocolConfig
+from gateway.listener.config import ProxyProtocolConfig
 from gateway.listener.transport import DelegatingTransport
 from gateway.proxy_protocol import ProxyHeader, ProxyProtocolError, classify, parse_header
 from gateway.throttle import ThrottledWarning

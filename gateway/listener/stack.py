@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gateway.config import BindAddress, ProxyProtocolConfig
+from gateway.config.values import BindAddress
+from gateway.listener.config import ProxyProtocolConfig
 from gateway.listener.proxy_header import ProxyHeaderProtocol, ProxyRefusals, TrustedSources
 from gateway.listener.tls_protocol import TlsServerProtocol
 from gateway.tls import ListenerTls

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from gateway.auth import Authenticator, ConnectionAuth
-from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
+from gateway.listener.config import LimitsConfig
 from gateway.oauth.errors import InvalidClientError, InvalidRequestError, MethodNotAllowedError
 from gateway.oauth.forms import read_form
 from gateway.observability import facts

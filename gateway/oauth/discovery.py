@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.app import ListenerContext
-from gateway.config import RouteConfig
 from gateway.oauth import paths
 from gateway.oauth.errors import MethodNotAllowedError
 from gateway.oauth.keys import SigningKeySet
 from gateway.pipeline.messages import Request, Response, json_response
+from gateway.proxy.config import RouteConfig
 
 AUTH_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")  # RFC 8705 §2.1, §2.2
 GRANT_TYPES = ("client_credentials",)

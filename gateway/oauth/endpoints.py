@@ -9,7 +9,7 @@ not take.
 from __future__ import annotations
 
 from gateway.app import Gateway, ListenerContext
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 from gateway.oauth import paths
 from gateway.oauth.discovery import Discovery
 from gateway.oauth.introspection import IntrospectionEndpoint

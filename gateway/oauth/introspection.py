@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth import Authenticator
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 from gateway.errors import NO_STORE, registry_unavailable
 from gateway.oauth.client_auth import authenticated_form
 from gateway.oauth.errors import InvalidRequestError

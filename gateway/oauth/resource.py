@@ -14,7 +14,6 @@ import logging
 import re
 
 from gateway.auth import ConnectionAuth
-from gateway.config import HeaderNames, RouteConfig
 from gateway.errors import access_denied
 from gateway.headers import identity_headers
 from gateway.oauth.errors import (
@@ -26,7 +25,8 @@ from gateway.oauth.errors import (
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.tokens import InvalidToken, cnf_x5t_s256, scopes_of, verify_access_token
 from gateway.pipeline.messages import Request
-from gateway.proxy import TokenChecker
+from gateway.proxy.config import HeaderNames, RouteConfig
+from gateway.proxy.stages import TokenChecker
 
 log = logging.getLogger("gateway.oauth")
 

@@ -9,7 +9,8 @@ gateway's file watcher (``Gateway.watcher``: on change and on SIGHUP).
 from __future__ import annotations
 
 from gateway.app import Gateway, ListenerContext
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config.load import GatewayConfig
+from gateway.config.reader import ConfigError
 from gateway.oauth.endpoints import oauth_endpoints
 from gateway.oauth.keys import SigningKey, SigningKeyError, SigningKeySet, load_signing_key
 from gateway.oauth.resource import BearerTokenChecker

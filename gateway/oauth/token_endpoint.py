@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.auth import Authenticator
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 from gateway.errors import NO_STORE
 from gateway.oauth.client_auth import authenticated_form
 from gateway.oauth.errors import (

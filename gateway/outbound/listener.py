@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.config import ConfigError, GatewayConfig, OutboundConfig, OutboundTokenConfig
+from gateway.config.load import GatewayConfig
+from gateway.config.reader import ConfigError
 from gateway.http2.client import Http2Client
 from gateway.outbound.client_tls import ClientTls, Trust
+from gateway.outbound.config import OutboundConfig, OutboundTokenConfig
 from gateway.outbound.forward_h2 import Http2Outbound
 from gateway.outbound.forwarder import Forwarder, RouteTarget
 from gateway.outbound.pool import OutboundPool

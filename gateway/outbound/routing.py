@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from gateway.config import OutboundRouteConfig
+from gateway.outbound.config import OutboundRouteConfig
 
 T = TypeVar("T")
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from gateway.config import OutboundTokenConfig
 from gateway.outbound.client_tls import ClientMaterial, Trust
+from gateway.outbound.config import OutboundTokenConfig
 from gateway.outbound.pool import OutboundPool
 from gateway.upstream import (
     CertificateRefused,

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from multidict import CIMultiDict
 
 from gateway.auth import ConnectionAuth
-from gateway.config import RouteConfig
 from gateway.pipeline.messages import Request
+from gateway.proxy.config import RouteConfig
 
 
 @dataclass(slots=True, eq=False)

@@ -16,11 +16,12 @@ import time
 from multidict import CIMultiDict
 from prometheus_client import Histogram
 
-from gateway.config import LimitsConfig, RouteConfig
 from gateway.errors import GatewayError, upstream_failure
 from gateway.headers import downstream_response_fields
+from gateway.listener.config import LimitsConfig
 from gateway.metrics import Metrics
 from gateway.pipeline.messages import Request, Response
+from gateway.proxy.config import RouteConfig
 from gateway.upstream import (
     BodyPace,
     Origin,

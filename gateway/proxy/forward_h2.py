@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 
 from multidict import CIMultiDict
 
-from gateway.config import RouteConfig
 from gateway.errors import bad_gateway, gateway_timeout
 from gateway.http2.client import Http2Client, Http2Origin, answer_response
 from gateway.http2.stream import UpstreamAnswer
 from gateway.pipeline.facts import RequestFacts
 from gateway.pipeline.messages import Request, Response
+from gateway.proxy.config import RouteConfig
 from gateway.upstream import Origin, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 
 log = logging.getLogger("gateway.proxy")

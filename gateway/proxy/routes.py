@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.config import RouteConfig
 from gateway.errors import GatewayError
 from gateway.paths import (
     ambiguous_dot_segment,
@@ -14,6 +13,7 @@ from gateway.paths import (
     readings_disagree,
     refused_character,
 )
+from gateway.proxy.config import RouteConfig
 
 # Routing results kept per decoded path: bounded in count and in key length,
 # so at most ~1 MiB of keys.

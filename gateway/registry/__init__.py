@@ -1,15 +1,6 @@
-"""Client registries: where the gateway looks up who a certificate belongs to."""
+"""Client registries: where the gateway looks up who a certificate belongs to.
 
-from gateway.registry.base import Registry, RegistryUnavailable
-from gateway.registry.matching import ClientMatch, MatchResult
-from gateway.registry.model import Client, ClientError, Secret
-
-__all__ = [
-    "Client",
-    "ClientError",
-    "ClientMatch",
-    "MatchResult",
-    "Registry",
-    "RegistryUnavailable",
-    "Secret",
-]
+The ``Registry`` protocol is in base.py, the client model in model.py, the
+matching rules in matching.py; nothing is imported here, so that
+gateway/registry/config.py loads without them.
+"""

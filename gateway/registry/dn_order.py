@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 from cryptography import x509
 
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 from gateway.dn import DnKey, ParsedDn, looks_least_specific_first, name_key
 from gateway.registry.model import Client
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.config import ConfigError, RegistryConfig
+from gateway.config.reader import ConfigError
 from gateway.registry.base import WritableRegistry
+from gateway.registry.config import RegistryConfig
 from gateway.registry.yaml_file import YamlRegistry
 
 

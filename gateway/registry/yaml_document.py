@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from gateway.config import ConfigError, read_yaml_file
+from gateway.config.reader import ConfigError, read_yaml_file
 from gateway.registry.model import Client, ClientError, parse_client
 
 

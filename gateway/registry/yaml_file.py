@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from gateway.config import ConfigError
+from gateway.config.reader import ConfigError
 from gateway.identity import CertificateIdentity
 from gateway.lifecycle import ReloadableBase, ReloadFailed
 from gateway.registry.base import RegistryWriteError, already_exists

@@ -47,7 +47,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError as RoundTripYAMLError
 from ruamel.yaml.util import load_yaml_guess_indent
 
-from gateway.config import ConfigError
+from gateway.config.reader import ConfigError
 from gateway.registry.base import RegistryWriteError
 from gateway.registry.matching import ClientIndex
 from gateway.registry.model import Client

@@ -14,7 +14,7 @@ from typing import Any
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 
-from gateway.config import LimitsConfig
+from gateway.listener.config import LimitsConfig
 from gateway.websocket.end import Closing, WebSocketEnd
 
 log = logging.getLogger("gateway.websocket")

@@ -11,7 +11,8 @@ import jwt
 import pytest
 
 from gateway.cli import main
-from gateway.config import ConfigError, load_config
+from gateway.config.load import load_config
+from gateway.config.reader import ConfigError
 from gateway.oauth.keys import generate_signing_key, load_signing_key
 from gateway.runtime import assemble
 from tests.conftest import MakeGateway, Upstream, name_secret, registry_client, write_config

@@ -21,15 +21,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.config import (
-    BindAddress,
-    LimitsConfig,
+from gateway.config.values import BindAddress
+from gateway.listener.config import LimitsConfig
+from gateway.metrics import create_metrics
+from gateway.outbound.config import (
     OutboundConfig,
     OutboundRouteConfig,
     OutboundTlsConfig,
     OutboundTokenConfig,
 )
-from gateway.metrics import create_metrics
 from gateway.outbound.listener import OutboundListener
 from gateway.server import BoundOutbound, bind_outbound
 from tests.pki import Issued, Pki

@@ -9,16 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import (
-    BindAddress,
-    ConfigError,
-    OutboundTokenConfig,
-    load_config,
-)
+from gateway.config.load import load_config
+from gateway.config.reader import ConfigError
+from gateway.config.values import BindAddress
 from gateway.devpki import init_dev_pki
 from gateway.oauth.keys import generate_signing_key
+from gateway.outbound.config import OutboundTokenConfig
 from gateway.runtime import assemble
-from tests.test_config import write_spec_example
+from tests.spec_example import write_spec_example
 
 ROOT = Path(__file__).resolve().parents[2]
 PIN = "ab" * 32

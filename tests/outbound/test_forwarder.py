@@ -12,7 +12,7 @@ import pytest
 import yarl
 from aiohttp import web
 
-from gateway.config import OutboundRouteConfig
+from gateway.outbound.config import OutboundRouteConfig
 from tests.conftest import free_port
 from tests.outbound.conftest import (
     Partner,

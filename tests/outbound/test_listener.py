@@ -12,7 +12,7 @@ import time
 
 import aiohttp
 
-from gateway.config import LimitsConfig
+from gateway.listener.config import LimitsConfig
 from tests.outbound.conftest import Partner, StartOutbound, outbound_config
 from tests.pki import Issued, Pki
 

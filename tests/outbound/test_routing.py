@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import OutboundRouteConfig
+from gateway.outbound.config import OutboundRouteConfig
 from gateway.outbound.routing import OutboundRouteTable, request_host
 
 

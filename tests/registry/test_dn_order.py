@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.config import load_config
+from gateway.config.load import load_config
 from gateway.dn import parse_dn
 from gateway.registry.dn_order import client_ca_names, dn_order_warnings
 from gateway.registry.model import Client, parse_client

@@ -289,7 +289,7 @@ async def test_import_into_redis(
             "mtls.client",
             "mtls.self",
         ]
-        from gateway.config import load_config
+        from gateway.config.load import load_config
         from gateway.runtime import assemble
         from gateway.server import start_gateway
 

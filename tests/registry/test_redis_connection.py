@@ -25,8 +25,8 @@ from tests.registry.test_redis_store import (  # noqa: F401 - fixtures
     registry_config,
     san_cert,
 )
+from tests.spec_example import write_spec_example
 from tests.test_cli import REPO, error_lines, run_cli
-from tests.test_config import write_spec_example
 
 DOCS = REPO / "docs" / "redis.md"
 CLUSTER_PREFIX = "{mtls-gateway}:"

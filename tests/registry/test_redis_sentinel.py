@@ -12,8 +12,8 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.config import RegistryConfig
 from gateway.identity import identity_from_der
+from gateway.registry.config import RegistryConfig
 from gateway.registry.model import Client, parse_client
 from gateway.registry.redis_store import RedisRegistry
 from tests.conftest import GatewayUnderTest, MakeGateway

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import RegistryConfig
 from gateway.identity import identity_from_der
+from gateway.registry.config import RegistryConfig
 from gateway.registry.matching import ClientIndex, MatchResult
 from gateway.registry.model import Client, parse_client
 from gateway.registry.redis_store import RedisRegistry

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import ConfigError
+from gateway.config.reader import ConfigError
 from gateway.identity import identity_from_der
 from gateway.lifecycle import FileWatcher
 from gateway.registry.base import RegistryWriteError

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
+from gateway.config.load import load_config
+from gateway.config.reader import ConfigError
 from tests.conftest import GatewayUnderTest, MakeGateway, write_config
 from tests.pki import Issued, Pki
 from tests.security.conftest import RecordingUpstream, recording_gateway

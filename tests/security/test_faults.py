@@ -24,7 +24,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from gateway.config import RegistryConfig
+from gateway.registry.config import RegistryConfig
 from gateway.registry.model import parse_client
 from gateway.registry.redis_store import RedisRegistry
 from tests.conftest import GatewayUnderTest, MakeGateway, Upstream, registry_client

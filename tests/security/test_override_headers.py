@@ -91,7 +91,7 @@ async def test_a_route_may_let_named_override_headers_through(
 async def test_only_override_headers_can_be_allowed(
     make_gateway: MakeGateway, recording_upstream: RecordingUpstream, value: object
 ) -> None:
-    from gateway.config import ConfigError
+    from gateway.config.reader import ConfigError
 
     routes = two_routes(recording_upstream.url)
     routes[0]["allow_override_headers"] = value  # type: ignore[assignment]

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config import ConfigError, GatewayConfig, HeaderNames, load_config
+from gateway.config.load import GatewayConfig, load_config
+from gateway.config.reader import ConfigError
 from gateway.forwarded import ForwardedCertError, header_values, parse_forwarded
 from gateway.headers import (
     HOP_BY_HOP,
@@ -32,6 +33,7 @@ from gateway.headers import (
 from gateway.identity import CertificateError, identity_from_der
 from gateway.oauth.errors import OAuthError
 from gateway.oauth.forms import MAX_FIELDS, parse_form
+from gateway.proxy.config import HeaderNames
 from gateway.registry.model import (
     CLIENT_KEYS,
     SECRET_TYPES,

@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, ResponseError
 
-from gateway.config import RegistryConfig
+from gateway.registry.config import RegistryConfig
 
 CommandClient = Redis | RedisCluster
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from gateway.config import RegistryConfig
 from gateway.identity import CertificateIdentity
 from gateway.lifecycle import ReloadableBase
+from gateway.registry.config import RegistryConfig
 from gateway.registry.matching import ChainFacts, MatchResult
 from gateway.registry.model import Client
 from gateway.registry.redis_store.connection import REDIS_ERRORS, describe, open_clients

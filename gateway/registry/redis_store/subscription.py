@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.asyncio.client import PubSub
 
-from gateway.config import RegistryConfig
+from gateway.registry.config import RegistryConfig
 from gateway.registry.redis_store.connection import REDIS_ERRORS, RedisClients, reply_text
 from gateway.registry.redis_store.keys import KeySchema, parse_change
 from gateway.registry.redis_store.replica import ReplicaView
