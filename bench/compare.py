@@ -1423,7 +1423,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print("\n== identity check (one curl through each system, upstream echoes the head)")
+    if report.get("identity"):
+        print("\n== identity check (one curl through each system, upstream echoes the head)")
     for name, check in report.get("identity", {}).items():
         failed = [k for k, v in check["checks"].items() if not v]
         print(

@@ -27,6 +27,7 @@ upstream.
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 import subprocess
@@ -203,12 +204,25 @@ def add_latencies(result: H2loadResult, log_text: str) -> None:
     result.mean_ms = round(statistics.fmean(durations), 3)
 
 
+@functools.cache
+def alpn_option() -> str:
+    """h2load's option for the ALPN list (RFC 7301), offered as h2 only.
+
+    nghttp2 1.52 (Debian 12) names it --npn-list (used for ALPN and NPN alike) and
+    refuses --alpn-list; newer releases have --alpn-list: ask the installed one.
+    """
+    usage = subprocess.run(
+        ["h2load", "--help"], capture_output=True, text=True, timeout=10, check=False
+    )
+    return "--alpn-list" if "--alpn-list" in usage.stdout else "--npn-list"
+
+
 def h2load(bench: Bench, system: System, *, n: int, label: str) -> H2loadResult:
     """One h2load run; CPU per request measured as for ab (Bench.run_load)."""
     args = bench.args
     log_file = bench.work / f"h2load-{label}.tsv"
     argv = ["h2load", "-n", str(n), "-c", str(args.h2_connections)]
-    argv += ["-m", str(args.h2_streams), "--alpn-list=h2", "--log-file", str(log_file)]
+    argv += ["-m", str(args.h2_streams), f"{alpn_option()}=h2", "--log-file", str(log_file)]
     argv.append(f"https://127.0.0.1:{system.port}/")
     load = bench.run_load(system, argv)
     (bench.out / "h2load").mkdir(exist_ok=True)
@@ -321,6 +335,7 @@ def h2_phase(
                     f"  non-2xx {res.non2xx}  {res.protocol or '?'}"
                     f"  cpu {res.proxy_cpu_us} us/req  other load {res.other_cpu_cores} cores"
                     f"{'' if res.all_ok(len(body)) else '  NOT ALL OK'}"
+                    f"{f'  error: {res.error}' if res.error else ''}"
                 )
     finally:
         for system in systems.values():
