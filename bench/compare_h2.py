@@ -28,6 +28,7 @@ upstream.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import statistics
 import subprocess
@@ -198,8 +199,12 @@ def add_latencies(result: H2loadResult, log_text: str) -> None:
     )
     if not durations:
         return
-    result.p50_ms = round(durations[len(durations) // 2], 3)
-    result.p99_ms = round(durations[min(len(durations) - 1, int(len(durations) * 0.99))], 3)
+
+    def nearest_rank(fraction: float) -> float:
+        # The smallest duration with at least that fraction of requests at or below it.
+        return round(durations[max(0, math.ceil(fraction * len(durations)) - 1)], 3)
+
+    result.p50_ms, result.p99_ms = nearest_rank(0.50), nearest_rank(0.99)
     result.max_ms = round(durations[-1], 3)
     result.mean_ms = round(statistics.fmean(durations), 3)
 
