@@ -24,13 +24,24 @@ idle mTLS keep-alive connections (fresh processes), the gateway with
 ``--workers 2``, and optionally a py-spy profile of the gateway under the
 keep-alive load.
 
+The HTTP/2 row (issue 17, ``bench/compare_h2.py``): ``h2load`` over TLS with
+ALPN h2, ``-c 1 -m 32`` (32 streams in flight) by default, against a fresh
+NGINX (``listen ... ssl http2``) and a fresh gateway (``http2: true``), both
+proxying to the same upstream, in alternating rounds: req/s, latency, CPU per
+request, the ratio gateway/nginx and the target (h2 req/s >= 0.5x NGINX).
+**Both run without a client certificate**, because Debian's h2load cannot
+present one: NGINX with ``ssl_verify_client optional``, the gateway with
+``client_certs: optional`` and an ``auth: none`` route. That row measures
+HTTP/2 and proxying, not the mTLS handshake or the registry lookup.
+
     python3 bench/compare.py                 # full run (~10 min on 2 cores)
     python3 bench/compare.py --quick         # smoke run (~1 min)
     python3 bench/compare.py --only gateway --profile
+    python3 bench/compare.py --modes h2      # the HTTP/2 row alone (NGINX and gateway)
 
-Needs ``nginx``, ``haproxy``, ``ab`` and ``curl`` (Debian: ``apt-get install -y
-nginx-light haproxy apache2-utils curl``) and, for ``--profile``, ``py-spy``
-(``pip install py-spy``).  Every process it starts is killed on exit.
+Needs ``nginx``, ``haproxy``, ``ab``, ``curl`` and, for the h2 row, ``h2load``
+(Debian: ``apt-get install -y nginx-light haproxy apache2-utils curl
+nghttp2-client``) and, for ``--profile``, ``py-spy`` (``pip install py-spy``).  Every process it starts is killed on exit.
 """
 
 from __future__ import annotations
@@ -61,10 +72,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from compare_h2 import (  # bench/ is not a package: imported from its directory
+    GATEWAY_H2,
+    H2_SYSTEMS,
+    NGINX_H2,
+    h2_phase,
+    h2_target,
+    print_h2,
+)
+
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 SYSTEMS = ("nginx", "haproxy", "gateway", "pytls")
 PROXIES = ("nginx", "haproxy", "gateway")
+MODES = ("http1", "h2")  # http1: every HTTP/1.1 phase (issue 6); h2: the HTTP/2 row (issue 17)
 BODY = '{"ok":true}\n'
 CLIENT_ID = "bench.client"
 CLIENT_DN = "CN=client, OU=production, O=company"  # what `certs init` issues
@@ -477,7 +498,7 @@ class Bench:
                 [sys.executable, str(HERE / "upstream.py"), "--port", str(self.upstream_port)],
             )
         else:
-            fast = self._start_nginx(
+            fast = self.start_nginx(
                 "upstream",
                 NGINX_UPSTREAM.format(
                     dir="{dir}",
@@ -492,7 +513,7 @@ class Bench:
         wait_port(self.upstream_port, fast)
         self.upstream_pids = group_pids(fast.pid)
 
-    def _start_nginx(self, name: str, template: str) -> subprocess.Popen[bytes]:
+    def start_nginx(self, name: str, template: str) -> subprocess.Popen[bytes]:
         prefix = self.work / name
         prefix.mkdir(exist_ok=True)
         conf = prefix / "nginx.conf"
@@ -504,14 +525,17 @@ class Bench:
 
     # -- systems under test -----------------------------------------------
 
-    def start(self, name: str, workers: int = 1, tag: str = "") -> System:
+    def start(self, name: str, workers: int = 1, tag: str = "", h2: bool = False) -> System:
+        """One system on a fresh port; h2: the HTTP/2 row's set-up (bench/compare_h2.py)."""
+        if h2 and name not in H2_SYSTEMS:
+            raise ValueError(f"no HTTP/2 set-up for {name}")
         port = free_port()
         proc_name = f"{name}{tag}"
         p = self.pki
         if name == "nginx":
-            proc = self._start_nginx(
+            proc = self.start_nginx(
                 proc_name,
-                NGINX_FRONT.format(
+                (NGINX_H2 if h2 else NGINX_FRONT).format(
                     dir="{dir}",
                     nofile=self.nofile,
                     conns=self.nofile - 100,
@@ -562,7 +586,7 @@ class Bench:
             conf = self.work / f"{proc_name}.yaml"
             admin_port = free_port()
             conf.write_text(
-                GATEWAY.format(
+                (GATEWAY_H2 if h2 else GATEWAY).format(
                     port=port,
                     admin_port=admin_port,
                     cert=p.server_cert,
@@ -732,11 +756,30 @@ class Bench:
         if timelimit:
             argv[1:1] = ["-t", str(timelimit)]  # before -n: "-t" alone would cap -n at 50000
         argv.append(f"https://127.0.0.1:{system.port}/")
+        load = self.run_load(system, argv, quiet=quiet)
+        (self.out / "ab").mkdir(exist_ok=True)
+        (self.out / "ab" / f"{label}.txt").write_text(" ".join(argv) + "\n\n" + load.output)
+        result = parse_ab(load.output, csv if csv.exists() else None)
+        result.exit_code = load.exit_code
+        result.wall_seconds = load.wall_seconds
+        result.busy_before_cores = load.busy_before_cores
+        result.other_cpu_cores = load.other_cpu_cores
+        if result.complete:
+            result.proxy_cpu_us = load.per_request_us(load.proxy_cpu, result.complete)
+            result.upstream_cpu_us = load.per_request_us(load.upstream_cpu, result.complete)
+            result.ab_cpu_us = load.per_request_us(load.client_cpu, result.complete)
+        return result
+
+    def run_load(self, system: System, argv: list[str], quiet: bool = True) -> LoadRun:
+        """Run one load client (ab, h2load) to its end; CPU of the system, upstream, client.
+
+        quiet=False when a tracer we started is running (it would look busy).
+        """
         busy_before = self.wait_quiet() if quiet else None
         pids = system.all_pids()
         machine0 = machine_busy_seconds()[0]
         cpu0, up0 = cpu_seconds(pids), cpu_seconds(self.upstream_pids)
-        ab0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         try:
             proc = subprocess.run(
@@ -744,27 +787,47 @@ class Bench:
             )
             output, code = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
-            output = f"ab timed out after {self.args.ab_timeout}s\n{exc.stdout or ''}"
+            # text=True: what ran before the timeout is str, or bytes on some Pythons.
+            partial = exc.stdout or ""
+            if isinstance(partial, bytes):
+                partial = partial.decode(errors="replace")
+            output = f"{argv[0]} timed out after {self.args.ab_timeout}s\n{partial}"
             code = -1
         wall = time.monotonic() - started
-        ab1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu1, up1 = cpu_seconds(pids), cpu_seconds(self.upstream_pids)
         machine1 = machine_busy_seconds()[0]
-        (self.out / "ab").mkdir(exist_ok=True)
-        (self.out / "ab" / f"{label}.txt").write_text(" ".join(argv) + "\n\n" + output)
-        result = parse_ab(output, csv if csv.exists() else None)
-        result.exit_code = code
-        result.wall_seconds = round(wall, 2)
-        result.busy_before_cores = busy_before
-        ab_cpu = (ab1.ru_utime + ab1.ru_stime) - (ab0.ru_utime + ab0.ru_stime)
-        ours = (cpu1 - cpu0) + (up1 - up0) + ab_cpu
-        # CPU used by anything else on the machine meanwhile (other users, other jobs).
-        result.other_cpu_cores = round(max(0.0, (machine1 - machine0) - ours) / wall, 2)
-        if result.complete:
-            result.proxy_cpu_us = round((cpu1 - cpu0) / result.complete * 1e6, 1)
-            result.upstream_cpu_us = round((up1 - up0) / result.complete * 1e6, 1)
-            result.ab_cpu_us = round(ab_cpu / result.complete * 1e6, 1)
-        return result
+        client_cpu = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
+        ours = (cpu1 - cpu0) + (up1 - up0) + client_cpu
+        return LoadRun(
+            output=output,
+            exit_code=code,
+            wall_seconds=round(wall, 2),
+            busy_before_cores=busy_before,
+            # CPU used by anything else on the machine meanwhile (other users, other jobs).
+            other_cpu_cores=round(max(0.0, (machine1 - machine0) - ours) / wall, 2),
+            proxy_cpu=cpu1 - cpu0,
+            upstream_cpu=up1 - up0,
+            client_cpu=client_cpu,
+        )
+
+
+@dataclass
+class LoadRun:
+    """One load client's run: its output and the CPU seconds each side used meanwhile."""
+
+    output: str
+    exit_code: int
+    wall_seconds: float
+    busy_before_cores: float | None
+    other_cpu_cores: float
+    proxy_cpu: float
+    upstream_cpu: float
+    client_cpu: float
+
+    @staticmethod
+    def per_request_us(seconds: float, requests: int) -> float:
+        return round(seconds / requests * 1e6, 1)
 
 
 def _wait_ready(admin_port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -1022,7 +1085,7 @@ def _read_json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, 
     reader.start()
     reader.join(timeout)
     if not box or not box[0]:
-        raise RuntimeError(f"no answer from {proc.args[1]} within {timeout}s")
+        raise RuntimeError(f"no answer from {proc.args!r} within {timeout}s")
     parsed: dict[str, Any] = json.loads(box[0])
     return parsed
 
@@ -1291,6 +1354,7 @@ def machine_info() -> dict[str, str]:
         "nginx": cmd(["nginx", "-v"]),
         "haproxy": cmd(["haproxy", "-v"]),
         "ab": cmd(["ab", "-V"]),
+        "h2load": cmd(["h2load", "--version"]),
     }
     for module in ("aiohttp", "uvloop", "multidict", "yarl"):
         try:
@@ -1355,11 +1419,12 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "by": f"{entry['rss_mb'] - want:+.1f} MB",
                 }
             )
-    return rows
+    return rows + h2_target(report)
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print("\n== identity check (one curl through each system, upstream echoes the head)")
+    if report.get("identity"):
+        print("\n== identity check (one curl through each system, upstream echoes the head)")
     for name, check in report.get("identity", {}).items():
         failed = [k for k, v in check["checks"].items() if not v]
         print(
@@ -1393,6 +1458,7 @@ def print_report(report: dict[str, Any]) -> None:
                     g, o = thr["gateway"][mode]["rps"], thr[other][mode]["rps"]
                     if g and o:
                         print(f"  gateway/{other} {mode}: {g / o:.3f}")
+    print_h2(report)
     scaling = report.get("scaling")
     if scaling:
         print("\n== gateway --workers 2")
@@ -1420,7 +1486,7 @@ def print_report(report: dict[str, Any]) -> None:
                 )
     rows = report.get("targets", [])
     if rows:
-        print("\n== issue 6 targets")
+        print("\n== targets (issue 6; the h2 row: issue 17)")
         for row in rows:
             print(
                 f"  {'met   ' if row['met'] else 'MISSED'} {row['target']}: {row['measured']} ({row['by']})"
@@ -1451,8 +1517,12 @@ def _f(value: float | None, width: int = 8, digits: int = 1) -> str:
 # ----------------------------------------------------------------- main
 
 
-def check_tools(names: list[str], upstream: str, profile: bool, syscalls: bool) -> None:
+def check_tools(
+    names: list[str], upstream: str, profile: bool, syscalls: bool, h2: bool = False
+) -> None:
     need = {"ab": "apache2-utils", "curl": "curl"}
+    if h2:
+        need["h2load"] = "nghttp2-client"
     if syscalls:
         need["strace"] = "strace"
     if "nginx" in names or upstream == "nginx":  # NGINX is also the default upstream
@@ -1494,6 +1564,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=SYSTEMS,
         help="run only these systems (repeatable); default all; pytls is the reference:"
         " a bare uvloop+ssl mTLS server answering itself (no proxying)",
+    )
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated: http1 (every HTTP/1.1 phase), h2 (the HTTP/2 row, NGINX and"
+        " gateway only, without a client certificate); default both",
+    )
+    parser.add_argument(
+        "--h2-connections", type=int, default=1, help="h2load -c: connections (default 1)"
+    )
+    parser.add_argument(
+        "--h2-streams", type=int, default=32, help="h2load -m: streams per connection (default 32)"
+    )
+    parser.add_argument(
+        "--h2-requests", type=int, help="requests per h2load run (default: --requests)"
     )
     parser.add_argument(
         "--idle",
@@ -1541,13 +1626,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.idle = "200"
         args.profile_seconds = min(args.profile_seconds, 5)
     args.idle = [int(x) for x in args.idle.split(",") if x.strip()]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or set(args.modes) - set(MODES):
+        parser.error(f"--modes: a comma-separated list of {', '.join(MODES)}")
+    if args.h2_requests is None:
+        args.h2_requests = args.requests
     args.only = list(dict.fromkeys(args.only)) if args.only else list(SYSTEMS)
     return args
 
 
+def http1_phases(bench: Bench, report: dict[str, Any]) -> None:
+    """Identity check, alternating ab rounds and (--syscalls) strace on every HTTP/1.1 system."""
+    args = bench.args
+    systems = {name: bench.start(name) for name in args.only}
+    report["identity"] = {
+        name: bench.verify_identity(s) for name, s in systems.items() if name in PROXIES
+    }
+    for name, check in report["identity"].items():
+        log(f"identity through {name}: {'ok' if check['ok'] else 'FAILED'} {check['checks']}")
+    report["throughput"] = throughput_phase(bench, systems)
+    if args.syscalls:
+        report["syscalls"] = syscalls_phase(bench, systems)
+    for system in systems.values():
+        bench.stop(system)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_tools(args.only, args.upstream, args.profile, args.syscalls)
+    http1, h2 = "http1" in args.modes, "h2" in args.modes
+    check_tools(args.only, args.upstream, args.profile and http1, args.syscalls and http1, h2)
     work = Path(tempfile.mkdtemp(prefix="mtls-compare-"))
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mtls-compare-out-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -1580,22 +1687,15 @@ def main(argv: list[str] | None = None) -> int:
         report["settings"]["gateway_access_log_key"] = bench.access_log_key
         log(f"work dir {work}; results to {out}; RLIMIT_NOFILE {bench.nofile}")
         bench.start_upstream()
-        systems = {name: bench.start(name) for name in args.only}
-        report["identity"] = {
-            name: bench.verify_identity(s) for name, s in systems.items() if name in PROXIES
-        }
-        for name, check in report["identity"].items():
-            log(f"identity through {name}: {'ok' if check['ok'] else 'FAILED'} {check['checks']}")
-        report["throughput"] = throughput_phase(bench, systems)
-        if args.syscalls:
-            report["syscalls"] = syscalls_phase(bench, systems)
-        for system in systems.values():
-            bench.stop(system)
-        if "gateway" in args.only and not args.no_scaling:
+        if http1:
+            http1_phases(bench, report)
+        if h2:
+            report["h2"] = h2_phase(bench, args.only, BODY, SPOOFED_HEADERS)
+        if http1 and "gateway" in args.only and not args.no_scaling:
             report["scaling"] = scaling_phase(bench, report["throughput"].get("gateway"))
-        if args.profile and "gateway" in args.only:
+        if http1 and args.profile and "gateway" in args.only:
             report["profile"] = profile_phase(bench, out)
-        if args.idle:
+        if http1 and args.idle:
             report["memory"] = memory_phase(bench, args.only)
         report["targets"] = targets(report)
     finally:
