@@ -1,1 +1,1 @@
-"""Running the gateway for operators: the admin port and logging (gateway/admin.py, gateway/logs.py)."""
+"""Running the gateway for operators: the admin port and logging (gateway/ops/admin.py, gateway/ops/logs.py)."""

@@ -1,0 +1,1 @@
+"""The mtls-gateway command and its subcommands."""
