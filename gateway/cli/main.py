@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from gateway import __version__
-from gateway.cli.devpki import DevPkiError, init_dev_pki
+from gateway.cli.devpki import init_dev_pki
+from gateway.cli.devpki_issue import DevPkiError
 from gateway.config.load import GatewayConfig, load_config
 from gateway.config.reader import ConfigError
 from gateway.oauth.keys import SigningKeyError

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from gateway.cli.devpki import DevPki, DevPkiError, init_dev_pki
+from gateway.cli.devpki import DevPki, init_dev_pki
+from gateway.cli.devpki_issue import DevPkiError
 from gateway.trust.identity import can_sign_certificates
 
 FILES = (
