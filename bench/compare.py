@@ -1101,7 +1101,7 @@ def _holder_alive(holder: subprocess.Popen[bytes]) -> int:
 
 
 GROUPS = (
-    ("logging", ("logging/", "gateway/logs.py")),
+    ("logging", ("logging/", "gateway/ops/logs.py")),
     ("our code: auth/headers/routing/proxy", ("gateway/",)),
     (
         "aiohttp client (upstream side)",

@@ -39,13 +39,13 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.devpki import DevPki, init_dev_pki  # noqa: E402
-from gateway.echo import create_echo_app  # noqa: E402
-from gateway.identity import CertificateIdentity, identity_from_der  # noqa: E402
+from gateway.cli.devpki import DevPki, init_dev_pki  # noqa: E402
+from gateway.cli.echo import create_echo_app  # noqa: E402
 from gateway.oauth.keys import generate_signing_key  # noqa: E402
 from gateway.registry.config import RegistryConfig  # noqa: E402
 from gateway.registry.model import Client, Secret, parse_client  # noqa: E402
 from gateway.registry.redis_store import RedisRegistry  # noqa: E402
+from gateway.trust.identity import CertificateIdentity, identity_from_der  # noqa: E402
 
 
 def prefix_for(n: int) -> str:

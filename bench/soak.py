@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.devpki import init_dev_pki
+from gateway.cli.devpki import init_dev_pki
 from gateway.oauth.keys import generate_signing_key
 from gateway.registry.config import RegistryConfig
 from gateway.registry.model import parse_client

@@ -35,7 +35,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.devpki import DevPki, init_dev_pki
+from gateway.cli.devpki import DevPki, init_dev_pki
 from gateway.oauth.keys import generate_signing_key
 
 # openssl speed's names for the primitive behind each JWS algorithm.  RS256

@@ -1,7 +1,7 @@
 """Run ``mtls-gateway`` with what-if changes applied at start, to size a change before making it.
 
 Nothing in gateway/ is modified: each switch patches a library default in this
-process only, then hands over to ``gateway.cli.main``.  Used by RESULTS.md's
+process only, then hands over to ``gateway.cli.main.main``.  Used by RESULTS.md's
 "expected win" figures:
 
     MTLS_BENCH_TICKETS=1   every SSLContext sends this many TLS 1.3 session tickets
@@ -227,7 +227,7 @@ def apply() -> list[str]:
 def main() -> int:
     applied = apply()
     print(f"bench/variants.py: {', '.join(applied) or 'no change'}", file=sys.stderr, flush=True)
-    from gateway.cli import main as gateway_main
+    from gateway.cli.main import main as gateway_main
 
     return gateway_main(sys.argv[1:])
 

@@ -26,18 +26,18 @@ from gateway.listener.config import ListenerConfig
 from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.listener.tls_context import ALPN_PROTOCOLS, ALPN_WITH_HTTP2
-from gateway.metrics import MULTIPROC_ENV, Metrics, create_metrics
-from gateway.observability import AccessLog
+from gateway.listener.tls_material import ListenerTls, TlsMaterialError
+from gateway.ops.metrics import MULTIPROC_ENV, Metrics, create_metrics
+from gateway.ops.observability import AccessLog
+from gateway.ops.state_metrics import GatewayStateCollector
+from gateway.ops.worker_metrics import SYNC_SECONDS, CountersInMetrics
 from gateway.pipeline.chain import Pipeline, Stage
 from gateway.pipeline.endpoints import Endpoints
 from gateway.pipeline.messages import Handler
 from gateway.proxy.stages import Proxy, TokenChecker
 from gateway.registry.base import Registry
 from gateway.registry.factory import create_registry
-from gateway.state_metrics import GatewayStateCollector
-from gateway.tls import ListenerTls, TlsMaterialError
 from gateway.upstream import UpstreamPool
-from gateway.worker_metrics import SYNC_SECONDS, CountersInMetrics
 
 if TYPE_CHECKING:
     from gateway.outbound.listener import OutboundListener

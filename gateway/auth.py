@@ -26,29 +26,29 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from gateway.chain import CertificateTrust
 from gateway.errors import (
     GatewayError,
     access_denied,
     client_certificate_required,
     registry_unavailable,
 )
-from gateway.forwarded import HEADERS, ForwardedCertError, header_values, parse_forwarded
 from gateway.headers import identity_headers
-from gateway.identity import CertificateError, CertificateIdentity, cached_identity_from_der
 from gateway.listener.config import ForwardedCertConfig
 from gateway.listener.proxy_header import TrustedSources
 from gateway.listener.session import TlsSession
+from gateway.listener.tls_material import ListenerTls, TrustState
 from gateway.listener.verdict import VerifyFailure
-from gateway.metrics import Metrics
-from gateway.observability import facts
+from gateway.ops.metrics import Metrics
+from gateway.ops.observability import facts
+from gateway.ops.throttle import ThrottledWarning
 from gateway.pipeline.messages import Request
 from gateway.proxy.config import HeaderNames
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
 from gateway.registry.model import Client
-from gateway.throttle import ThrottledWarning
-from gateway.tls import ListenerTls, TrustState
+from gateway.trust.chain import CertificateTrust
+from gateway.trust.forwarded import HEADERS, ForwardedCertError, header_values, parse_forwarded
+from gateway.trust.identity import CertificateError, CertificateIdentity, cached_identity_from_der
 
 log = logging.getLogger("gateway.auth")
 

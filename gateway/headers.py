@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 from multidict import CIMultiDict, MultiMapping
 
-from gateway.identity import CertificateIdentity
 from gateway.proxy.config import HeaderNames
+from gateway.trust.identity import CertificateIdentity
 
 # RFC 9110 §7.6.1: connection-specific fields never forwarded; plus the legacy
 # Proxy-Connection and Keep-Alive.  Expect is answered by the gateway itself.

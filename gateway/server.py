@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.admin import create_admin_app
 from gateway.app import Gateway
 from gateway.config.reader import ConfigError
 from gateway.config.values import BindAddress
@@ -28,8 +27,9 @@ from gateway.listener.config import LimitsConfig
 from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.listener.stack import ProtocolFactory, bound_address, describe, listen, tls_stack
-from gateway.metrics import Metrics
-from gateway.observability import AccessLog, Observer
+from gateway.ops.admin import create_admin_app
+from gateway.ops.metrics import Metrics
+from gateway.ops.observability import AccessLog, Observer
 from gateway.outbound.listener import OutboundListener
 from gateway.pipeline.chain import Pipeline, Stage
 

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.config.load import GatewayConfig
-from gateway.logs import configure_logging
+from gateway.ops.logs import configure_logging
 from gateway.worker import START_FAILED, forked_worker_main, read_report, run_worker
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client itself

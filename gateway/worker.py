@@ -20,7 +20,7 @@ import os
 from gateway.config.load import GatewayConfig, load_config
 from gateway.config.reader import ConfigError
 from gateway.lifecycle import FileSignature, signature
-from gateway.logs import configure_logging, stop_logging
+from gateway.ops.logs import configure_logging, stop_logging
 
 log = logging.getLogger("gateway.supervisor")
 

@@ -16,8 +16,8 @@ import yaml
 from aiohttp import web
 
 from gateway.app import Gateway
+from gateway.cli.echo import create_echo_app
 from gateway.config.load import load_config
-from gateway.echo import create_echo_app
 from gateway.runtime import assemble
 from gateway.server import RunningGateway, start_gateway
 from tests.pki import Issued, Pki

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.identity import sha1_thumbprint
+from gateway.trust.identity import sha1_thumbprint
 
 NOW = dt.datetime.now(dt.UTC)
 _counter = itertools.count()

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.cli.devpki import init_dev_pki
 from gateway.config.load import load_config
 from gateway.config.reader import ConfigError
-from gateway.devpki import init_dev_pki
 from gateway.oauth.keys import generate_signing_key
 
 # SPEC.md "Configuration", verbatim: this file must work as it stands.

@@ -587,7 +587,9 @@ def test_dockerignore_sends_only_the_package_sources() -> None:
             rel = os.path.normpath(os.path.join(rel_dir, file))
             if not _ignored(rel, rules):
                 sent.append(rel)
-    assert {"pyproject.toml", "README.md", "gateway/__init__.py", "gateway/cli.py"} <= set(sent)
+    assert {"pyproject.toml", "README.md", "gateway/__init__.py", "gateway/cli/main.py"} <= set(
+        sent
+    )
     unexpected = [p for p in sent if p not in ("pyproject.toml", "README.md")]
     assert not [p for p in unexpected if not p.startswith("gateway/")], unexpected
     for path in (
@@ -1040,7 +1042,7 @@ def _mount_gateway(
     them relative to the config file instead.  Returns (config file,
     container environment with secretKeyRefs filled in, fsGroup set).
     """
-    from gateway.devpki import init_dev_pki
+    from gateway.cli.devpki import init_dev_pki
     from gateway.oauth.keys import generate_signing_key
 
     objs = rendered(target)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import REPO
+from tests.cli.test_main import REPO
 
 DOCUMENTS = sorted(
     [REPO / "README.md", REPO / "SECURITY.md", *(REPO / "docs").rglob("*.md")],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from gateway.cli.devpki import init_dev_pki
 from gateway.config.load import load_config
-from gateway.devpki import init_dev_pki
 from gateway.oauth.keys import generate_signing_key
 from gateway.registry.yaml_file import load_registry_file
 from gateway.runtime import assemble

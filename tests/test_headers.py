@@ -17,8 +17,8 @@ from gateway.headers import (
     upstream_request_headers,
     xfcc_element,
 )
-from gateway.identity import CertificateIdentity, identity_from_der
 from gateway.proxy.config import HeaderNames
+from gateway.trust.identity import CertificateIdentity, identity_from_der
 from tests.pki import Issued, Pki, name
 
 MANAGED = managed_header_keys(HeaderNames())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import REPO
+from tests.cli.test_main import REPO
 
 
 def _run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:

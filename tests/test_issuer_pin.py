@@ -3,7 +3,7 @@
 A client's ``issuer`` names the CA whose certificates may authenticate it.
 Comparing the leaf's issuer DN is not enough: a second CA can carry the same
 DN.  The pin is checked against the CA whose key verified the leaf's
-signature (gateway/chain.py); ``issuer_sha256`` picks one CA among several
+signature (gateway/trust/chain.py); ``issuer_sha256`` picks one CA among several
 that share a DN.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import MakeGateway, name_secret, registry_client
 from tests.pki import Pki
 from tests.test_auth import assert_accepted_as, assert_refused
-from tests.test_forwarded import call, forwarded_headers
+from tests.trust.test_forwarded import call, forwarded_headers
 
 SHARED_DN = "CN=Shared CA, O=Test"
 LEAF_DN = "CN=pinned-client, OU=production, O=company"

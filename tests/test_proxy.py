@@ -335,7 +335,7 @@ async def test_forwarded_headers_and_upstream_host_are_the_gateways(
 async def test_longest_prefix_wins_on_segment_boundaries(
     make_gateway: MakeGateway, echo_upstream: Upstream, start_upstream: StartUpstream
 ) -> None:
-    from gateway.echo import create_echo_app
+    from gateway.cli.echo import create_echo_app
 
     api = await start_upstream(create_echo_app())
     api_v2 = await start_upstream(create_echo_app())

@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway.forwarded import folded_certificate_hint
 from gateway.http1.connections import ConnectionSet
 from gateway.http1.head import NO_BODY_STATUSES, response_head
 from gateway.http1.reader import (
@@ -41,12 +40,13 @@ from gateway.http1.reader import (
 from gateway.http1.upgrade import UpgradedStream
 from gateway.http1.writer import ResponseWriter
 from gateway.pipeline.messages import Handler, Request, Response
+from gateway.trust.forwarded import folded_certificate_hint
 
 log = logging.getLogger("gateway.http1")
 
 
 class Observing(Protocol):
-    """The request metrics and access log (gateway/observability.py Observer)."""
+    """The request metrics and access log (gateway/ops/observability.py Observer)."""
 
     def begin(self) -> None: ...
 

@@ -46,8 +46,8 @@ from gateway.http2.fields import header_list_size, request_head
 from gateway.http2.inbound import InboundStream
 from gateway.http2.limits import Http2Limits, ResetCounter
 from gateway.http2.respond import write_response
+from gateway.ops.throttle import ThrottledWarning
 from gateway.pipeline.messages import Handler, Request, RequestBody, Response
-from gateway.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway")
 _calm_warnings = ThrottledWarning(log)

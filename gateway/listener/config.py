@@ -1,8 +1,8 @@
 """The ``listeners:`` and ``limits:`` sections: what each listener binds, presents and trusts.
 
-TLS (gateway/listener/tls_*.py, gateway/tls.py), the PROXY protocol
+TLS (gateway/listener/tls_*.py, gateway/listener/tls_material.py), the PROXY protocol
 (gateway/listener/proxy_header.py), certificates forwarded by TLS-terminating
-proxies (gateway/forwarded.py), and the limits and deadlines the connection
+proxies (gateway/trust/forwarded.py), and the limits and deadlines the connection
 layers (gateway/http1/, gateway/websocket/, the proxy) hold to.
 """
 
@@ -237,7 +237,7 @@ def _forwarded_cert(r: Reader, data: Any) -> ForwardedCertConfig | None:
 
 
 def _spiffe_bundles(r: Reader, data: Any) -> tuple[tuple[str, Path], ...]:
-    from gateway.spiffe import SpiffeIdError, trust_domain_key
+    from gateway.trust.spiffe import SpiffeIdError, trust_domain_key
 
     if data is None:
         return ()

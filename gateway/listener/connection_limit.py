@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway.throttle import ThrottledWarning
+from gateway.ops.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway")
 

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from gateway.listener.session import TlsSession
-from gateway.throttle import ThrottledWarning
+from gateway.ops.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway.tls")
 

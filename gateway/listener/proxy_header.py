@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.listener.config import ProxyProtocolConfig
+from gateway.listener.proxy_protocol import ProxyHeader, ProxyProtocolError, classify, parse_header
 from gateway.listener.transport import DelegatingTransport
-from gateway.proxy_protocol import ProxyHeader, ProxyProtocolError, classify, parse_header
-from gateway.throttle import ThrottledWarning
+from gateway.ops.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway.proxy_protocol")
 

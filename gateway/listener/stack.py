@@ -15,8 +15,8 @@ from collections.abc import Callable
 from gateway.config.values import BindAddress
 from gateway.listener.config import ProxyProtocolConfig
 from gateway.listener.proxy_header import ProxyHeaderProtocol, ProxyRefusals, TrustedSources
+from gateway.listener.tls_material import ListenerTls
 from gateway.listener.tls_protocol import TlsServerProtocol
-from gateway.tls import ListenerTls
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 

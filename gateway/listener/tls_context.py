@@ -107,7 +107,7 @@ def build_server_context(
     for anchor in anchors:
         store.add_cert(crypto.X509.from_cryptography(anchor))
     # Partial chains let an operator trust an intermediate without its root.
-    # Only CA certificates are ever anchors (tls.py): a leaf is trusted as
+    # Only CA certificates are ever anchors (tls_material.py): a leaf is trusted as
     # itself only through a registry thumbprint, never through the store.
     store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
     mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if client_certs == "required" else 0)

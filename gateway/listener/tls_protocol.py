@@ -29,7 +29,7 @@ from gateway.listener.session import TlsSession
 from gateway.listener.tls_context import openssl_reason
 from gateway.listener.tls_transport import TlsTransport
 from gateway.listener.verdict import handshake_failure_kind
-from gateway.throttle import ThrottledWarning
+from gateway.ops.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway")
 _send_timeouts = ThrottledWarning(log)

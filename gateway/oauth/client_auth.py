@@ -21,7 +21,7 @@ from gateway.errors import GatewayError
 from gateway.listener.config import LimitsConfig
 from gateway.oauth.errors import InvalidClientError, InvalidRequestError, MethodNotAllowedError
 from gateway.oauth.forms import read_form
-from gateway.observability import facts
+from gateway.ops.observability import facts
 from gateway.pipeline.messages import Request
 from gateway.registry.matching import ClientMatch
 

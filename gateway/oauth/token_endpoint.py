@@ -26,7 +26,7 @@ from gateway.oauth.errors import (
 )
 from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.tokens import mint_access_token
-from gateway.observability import facts
+from gateway.ops.observability import facts
 from gateway.pipeline.messages import Request, Response, json_response
 from gateway.registry.model import Client
 

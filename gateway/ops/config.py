@@ -1,4 +1,4 @@
-"""The ``admin:`` and ``logging:`` sections: the plain-HTTP admin port (gateway/admin.py) and logs (gateway/logs.py)."""
+"""The ``admin:`` and ``logging:`` sections: the plain-HTTP admin port (gateway/ops/admin.py) and logs (gateway/ops/logs.py)."""
 
 from __future__ import annotations
 

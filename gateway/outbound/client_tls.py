@@ -32,10 +32,10 @@ from typing import ClassVar, Literal
 
 from cryptography.hazmat.primitives import serialization
 
-from gateway.identity import sha1_thumbprint
 from gateway.lifecycle import ReloadableBase
 from gateway.listener.tls_context import TLS12_CIPHERS
-from gateway.tls import TlsMaterialError, load_pem_certificates
+from gateway.listener.tls_material import TlsMaterialError, load_pem_certificates
+from gateway.trust.identity import sha1_thumbprint
 
 log = logging.getLogger("gateway.outbound")
 

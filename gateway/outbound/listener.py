@@ -7,6 +7,7 @@ from pathlib import Path
 from gateway.config.load import GatewayConfig
 from gateway.config.reader import ConfigError
 from gateway.http2.client import Http2Client
+from gateway.listener.tls_material import TlsMaterialError
 from gateway.outbound.client_tls import ClientTls, Trust
 from gateway.outbound.config import OutboundConfig, OutboundTokenConfig
 from gateway.outbound.forward_h2 import Http2Outbound
@@ -15,7 +16,6 @@ from gateway.outbound.pool import OutboundPool
 from gateway.outbound.routing import OutboundRouteTable
 from gateway.outbound.tokens import TokenSource
 from gateway.pipeline.messages import Request, Response
-from gateway.tls import TlsMaterialError
 from gateway.upstream import UpstreamPool
 
 

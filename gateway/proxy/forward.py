@@ -19,7 +19,7 @@ from prometheus_client import Histogram
 from gateway.errors import GatewayError, upstream_failure
 from gateway.headers import downstream_response_fields
 from gateway.listener.config import LimitsConfig
-from gateway.metrics import Metrics
+from gateway.ops.metrics import Metrics
 from gateway.pipeline.messages import Request, Response
 from gateway.proxy.config import RouteConfig
 from gateway.upstream import (

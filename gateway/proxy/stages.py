@@ -15,7 +15,7 @@ from gateway.errors import GatewayError, access_denied
 from gateway.headers import OVERRIDE_HEADERS, upstream_request_headers
 from gateway.http2.client import Http2Client
 from gateway.listener.config import LimitsConfig
-from gateway.metrics import Metrics
+from gateway.ops.metrics import Metrics
 from gateway.pipeline.chain import Stage
 from gateway.pipeline.messages import Request, Response
 from gateway.proxy.config import RouteConfig

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.identity import CertificateIdentity
 from gateway.lifecycle import Reloadable
 from gateway.registry.matching import ChainFacts, MatchResult
 from gateway.registry.model import Client
+from gateway.trust.identity import CertificateIdentity
 
 
 class RegistryUnavailable(Exception):

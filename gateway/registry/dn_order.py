@@ -4,7 +4,7 @@ Registries hold DNs as IdentityServer (.NET) shows them, most specific RDN
 first: ``CN=client, OU=production, O=company``.  ``openssl x509 -subject``
 prints the other order (``O=company, OU=production, CN=client``), and a DN
 pasted from it is accepted but never matches: RDN order is part of the name
-(gateway/dn.py compares RDN sequences).  Two signals, both only warnings:
+(gateway/trust/dn.py compares RDN sequences).  Two signals, both only warnings:
 
 * an ``issuer`` that names no CA in ``client_ca`` as written, but does when
   reversed: certain;
@@ -19,8 +19,8 @@ from collections.abc import Iterable, Sequence
 from cryptography import x509
 
 from gateway.config.load import GatewayConfig
-from gateway.dn import DnKey, ParsedDn, looks_least_specific_first, name_key
 from gateway.registry.model import Client
+from gateway.trust.dn import DnKey, ParsedDn, looks_least_specific_first, name_key
 
 # A trust anchor a registered issuer can name: (where it is, its subject key).
 CaName = tuple[str, DnKey]

@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from gateway.identity import sha1_thumbprint
 from gateway.registry.identityserver_document import DocumentError, locate_clients
 from gateway.registry.model import RESERVED_CLAIMS, Client, ClientError, parse_client
+from gateway.trust.identity import sha1_thumbprint
 
 # IdentityServerConstants.SecretTypes → registry secret types.
 _SECRET_TYPES: Final = {

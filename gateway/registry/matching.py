@@ -21,7 +21,7 @@ secret that is eligible for how the certificate was accepted:
   against the CA whose key verified the leaf's signature (``ChainFacts``), so
   a second CA with the same DN does not pass.
 
-``ChainFacts`` (gateway/chain.py) answers the trust questions on demand; a
+``ChainFacts`` (gateway/trust/chain.py) answers the trust questions on demand; a
 caller that passes none (unit tests of the index alone) gets the DN-only
 issuer comparison and no chain checks.
 """
@@ -34,9 +34,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from gateway.identity import CertificateIdentity
 from gateway.registry.model import PKI_SECRET_TYPES, Client, Secret
-from gateway.spiffe import (
+from gateway.trust.identity import CertificateIdentity
+from gateway.trust.spiffe import (
     SpiffeIdError,
     is_spiffe,
     normalise_uri_san,
@@ -50,7 +50,7 @@ SPIFFE_PREFIX = "SpiffePrefix"  # lookup-key kind of wildcard SPIFFE secrets
 
 
 class ChainFacts(Protocol):
-    """Which trust material vouches for the certificate (gateway/chain.py)."""
+    """Which trust material vouches for the certificate (gateway/trust/chain.py)."""
 
     def chains_to(self, trust_domain: str | None) -> bool:
         """Chain verified to this trust domain's bundle (None: to client_ca)."""

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from gateway.dn import DnSyntaxError, ParsedDn, parse_dn
-from gateway.identity import normalise_thumbprint
-from gateway.spiffe import SpiffeIdError, SpiffePattern, is_spiffe, parse_spiffe_pattern
+from gateway.trust.dn import DnSyntaxError, ParsedDn, parse_dn
+from gateway.trust.identity import normalise_thumbprint
+from gateway.trust.spiffe import SpiffeIdError, SpiffePattern, is_spiffe, parse_spiffe_pattern
 
 SecretType = Literal[
     "X509CertificateName",

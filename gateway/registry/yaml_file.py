@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 from gateway.config.reader import ConfigError
-from gateway.identity import CertificateIdentity
 from gateway.lifecycle import ReloadableBase, ReloadFailed
 from gateway.registry.base import RegistryWriteError, already_exists
 from gateway.registry.matching import ChainFacts, ClientIndex, MatchResult
@@ -17,6 +16,7 @@ from gateway.registry.yaml_document import dump_registry_document as dump_regist
 from gateway.registry.yaml_document import load_registry_file as load_registry_file
 from gateway.registry.yaml_document import parse_registry_document as parse_registry_document
 from gateway.registry.yaml_write import Compute, clean_stale_temp_files, write_clients
+from gateway.trust.identity import CertificateIdentity
 
 log = logging.getLogger("gateway.registry")
 

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config.load import load_config
 from gateway.config.reader import ConfigError
 from gateway.oauth.keys import generate_signing_key, load_signing_key

@@ -16,7 +16,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gateway.identity import x5t_s256
 from gateway.oauth.keys import ALGORITHMS, SigningKey, SigningKeySet, generate_signing_key
 from gateway.oauth.tokens import (
     InvalidToken,
@@ -26,6 +25,7 @@ from gateway.oauth.tokens import (
     scopes_of,
     verify_access_token,
 )
+from gateway.trust.identity import x5t_s256
 
 pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 

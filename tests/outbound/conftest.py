@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway.config.values import BindAddress
 from gateway.listener.config import LimitsConfig
-from gateway.metrics import create_metrics
+from gateway.ops.metrics import create_metrics
 from gateway.outbound.config import (
     OutboundConfig,
     OutboundRouteConfig,

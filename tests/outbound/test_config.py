@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.cli.devpki import init_dev_pki
 from gateway.config.load import load_config
 from gateway.config.reader import ConfigError
 from gateway.config.values import BindAddress
-from gateway.devpki import init_dev_pki
 from gateway.oauth.keys import generate_signing_key
 from gateway.outbound.config import OutboundTokenConfig
 from gateway.runtime import assemble

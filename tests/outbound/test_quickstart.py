@@ -14,9 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import echoed_headers
-from tests.outbound.conftest import x5t_s256
-from tests.test_cli import (
+from tests.cli.test_main import (
     CURL,
     QUICKSTART_PORTS,
     _curl_lines,
@@ -27,6 +25,8 @@ from tests.test_cli import (
     _wait_healthy,
     run_cli,
 )
+from tests.conftest import echoed_headers
+from tests.outbound.conftest import x5t_s256
 
 CALLER_PORTS = (8444, 9902, 15001)
 OUTBOUND_LINE = "curl http://127.0.0.1:15001/hello"

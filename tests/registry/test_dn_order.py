@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.load import load_config
-from gateway.dn import parse_dn
 from gateway.registry.dn_order import client_ca_names, dn_order_warnings
 from gateway.registry.model import Client, parse_client
+from gateway.trust.dn import parse_dn
 from tests.conftest import name_secret, registry_client, write_config
 from tests.pki import Pki
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from gateway.identity import CertificateIdentity, identity_from_der
 from gateway.registry.matching import ClientIndex, MatchResult
 from gateway.registry.model import Client, Secret, parse_client
+from gateway.trust.identity import CertificateIdentity, identity_from_der
 from tests.conftest import name_secret, registry_client, thumbprint_secret
 from tests.pki import Issued, Pki, dn
 

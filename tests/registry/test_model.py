@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.dn import parse_dn
 from gateway.registry.model import Client, ClientError, parse_client
+from gateway.trust.dn import parse_dn
 from tests.conftest import name_secret, registry_client, thumbprint_secret
 
 THUMBPRINT = "bca0d040847f843c5ee0fa6eb494837470155868"

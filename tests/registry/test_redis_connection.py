@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from gateway.registry.redis_store import RedisRegistry
+from tests.cli.test_main import REPO, error_lines, run_cli
 from tests.pki import Issued
 from tests.registry.conftest import RedisServer
 from tests.registry.test_redis_store import (  # noqa: F401 - fixtures
@@ -26,7 +27,6 @@ from tests.registry.test_redis_store import (  # noqa: F401 - fixtures
     san_cert,
 )
 from tests.spec_example import write_spec_example
-from tests.test_cli import REPO, error_lines, run_cli
 
 DOCS = REPO / "docs" / "redis.md"
 CLUSTER_PREFIX = "{mtls-gateway}:"

@@ -12,10 +12,10 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.identity import identity_from_der
 from gateway.registry.config import RegistryConfig
 from gateway.registry.model import Client, parse_client
 from gateway.registry.redis_store import RedisRegistry
+from gateway.trust.identity import identity_from_der
 from tests.conftest import GatewayUnderTest, MakeGateway
 from tests.pki import Issued, Pki
 from tests.registry.conftest import SENTINEL_MASTER, SentinelGroup

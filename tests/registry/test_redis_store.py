@@ -19,7 +19,6 @@ import redis.asyncio as aioredis
 import yaml
 from cryptography.x509.oid import NameOID
 
-from gateway.identity import identity_from_der
 from gateway.registry.base import RegistryUnavailable, RegistryWriteError
 from gateway.registry.config import RegistryConfig
 from gateway.registry.matching import ClientIndex, MatchResult
@@ -27,6 +26,7 @@ from gateway.registry.model import Client, parse_client
 from gateway.registry.redis_store import RedisRegistry
 from gateway.registry.redis_store.keys import KeySchema, client_fields, dn_digest
 from gateway.registry.yaml_file import dump_registry_document, parse_registry_document
+from gateway.trust.identity import identity_from_der
 from tests.conftest import MakeGateway, echoed_headers, free_port
 from tests.pki import Issued, Pki, name
 from tests.registry.conftest import (

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.identity import identity_from_der
 from gateway.registry.config import RegistryConfig
 from gateway.registry.matching import ClientIndex, MatchResult
 from gateway.registry.model import Client, parse_client
 from gateway.registry.redis_store import RedisRegistry
+from gateway.trust.identity import identity_from_der
 from tests.pki import Pki
 from tests.registry.conftest import RedisServer, require_redis_server
 

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from gateway.config.reader import ConfigError
-from gateway.identity import identity_from_der
 from gateway.lifecycle import FileWatcher
 from gateway.registry.base import RegistryWriteError
 from gateway.registry.model import parse_client
@@ -22,6 +21,7 @@ from gateway.registry.yaml_file import (
     load_registry_file,
     parse_registry_document,
 )
+from gateway.trust.identity import identity_from_der
 from tests.conftest import (
     MakeGateway,
     echoed_headers,

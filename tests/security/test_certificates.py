@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.chain import TrustPool
+from gateway.trust.chain import TrustPool
 from tests.conftest import (
     GatewayUnderTest,
     MakeGateway,
@@ -132,7 +132,7 @@ async def test_extended_key_usage_must_allow_client_auth_for_pki_secrets(
         assert outcome == 403
     if not self_signed:
         # Certificates forwarded by a trusted load balancer are verified in
-        # Python (gateway/chain.py): the same certificate gets the same answer.
+        # Python (gateway/trust/chain.py): the same certificate gets the same answer.
         pool = TrustPool.of("client_ca", [pki.ca.cert])
         verified = pool.verify(cert.cert, [], dt.datetime.now(dt.UTC))
         assert (verified is not None) == (eku in ACCEPTED_EKUS)

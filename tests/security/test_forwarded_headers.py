@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.forwarded import ForwardedCertError, parse_forwarded
+from gateway.trust.forwarded import ForwardedCertError, parse_forwarded
 from tests.conftest import (
     GatewayUnderTest,
     MakeGateway,

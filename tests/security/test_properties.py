@@ -1,8 +1,8 @@
 """Property-based tests: every input either works or raises the one documented error.
 
 Existing ones, kept where they are: DN parse/format round trips and arbitrary
-DN text (tests/test_dn.py), arbitrary form bodies (tests/oauth/test_forms.py),
-PROXY protocol headers (tests/test_proxy_protocol.py).
+DN text (tests/trust/test_dn.py), arbitrary form bodies (tests/oauth/test_forms.py),
+PROXY protocol headers (tests/listener/test_proxy_protocol.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.load import GatewayConfig, load_config
 from gateway.config.reader import ConfigError
-from gateway.forwarded import ForwardedCertError, header_values, parse_forwarded
 from gateway.headers import (
     HOP_BY_HOP,
     downstream_response_fields,
@@ -30,7 +29,6 @@ from gateway.headers import (
     managed_header_keys,
     upstream_request_headers,
 )
-from gateway.identity import CertificateError, identity_from_der
 from gateway.oauth.errors import OAuthError
 from gateway.oauth.forms import MAX_FIELDS, parse_form
 from gateway.proxy.config import HeaderNames
@@ -42,6 +40,8 @@ from gateway.registry.model import (
     parse_client,
 )
 from gateway.registry.yaml_file import parse_registry_document
+from gateway.trust.forwarded import ForwardedCertError, header_values, parse_forwarded
+from gateway.trust.identity import CertificateError, identity_from_der
 from tests.conftest import write_config
 from tests.pki import Pki
 

@@ -22,10 +22,10 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.dn import DnKey
-from gateway.identity import CertificateIdentity
 from gateway.registry.matching import LookupKey, identity_lookup_keys, secret_lookup_key
 from gateway.registry.model import Client
+from gateway.trust.dn import DnKey
+from gateway.trust.identity import CertificateIdentity
 
 _FIELD_PREFIX = {
     "X509CertificateThumbprint": "tp",

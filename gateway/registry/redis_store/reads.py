@@ -19,7 +19,6 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
-from gateway.identity import CertificateIdentity
 from gateway.registry.base import RegistryUnavailable
 from gateway.registry.matching import (
     ChainFacts,
@@ -39,6 +38,7 @@ from gateway.registry.redis_store.connection import (
 from gateway.registry.redis_store.keys import KeySchema, identity_fields
 from gateway.registry.redis_store.replica import ReplicaView
 from gateway.registry.redis_store.scripts import LOOKUP
+from gateway.trust.identity import CertificateIdentity
 
 log = logging.getLogger("gateway.registry")
 

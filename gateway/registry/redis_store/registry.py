@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from gateway.identity import CertificateIdentity
 from gateway.lifecycle import ReloadableBase
 from gateway.registry.config import RegistryConfig
 from gateway.registry.matching import ChainFacts, MatchResult
@@ -29,6 +28,7 @@ from gateway.registry.redis_store.reads import Reader
 from gateway.registry.redis_store.replica import ReplicaView
 from gateway.registry.redis_store.subscription import ChangeSubscription
 from gateway.registry.redis_store.writes import Writer
+from gateway.trust.identity import CertificateIdentity
 
 log = logging.getLogger("gateway.registry")
 
