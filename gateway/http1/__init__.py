@@ -1,0 +1,1 @@
+"""The HTTP/1.1 server protocol: request reader, connection protocol, answer writer."""
