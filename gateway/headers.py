@@ -222,6 +222,16 @@ def downstream_response_fields(
                 transfer_encoding = True
             continue
         kept.append((key, name, value))
+    if not listed:
+        # The usual answer: no Connection field, nothing more to drop.
+        return (
+            [
+                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+                for _, name, value in kept
+            ],
+            length,
+            transfer_encoding,
+        )
     tokens: frozenset[bytes] = frozenset(
         header_key(t.strip().decode("latin-1")).encode("latin-1")
         for v in listed

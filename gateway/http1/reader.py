@@ -189,12 +189,16 @@ class RequestReader:
         self.head_bytes = 0
         parser = self._parser
         headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-            for name, value in self._fields
+            [
+                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self._fields
+            ]
         )
         raw = self._url.decode("utf-8", "surrogateescape")
         path, query = split_target(raw)
-        major, minor = parser.get_http_version().split(".")
+        version, protocol = _VERSIONS.get(parser.get_http_version()) or _version(
+            parser.get_http_version()
+        )
         # RFC 9112 §6.3: a request without Content-Length or Transfer-Encoding has no body.
         has_body = "Content-Length" in headers or "Transfer-Encoding" in headers
         connection = self._connection
@@ -205,13 +209,13 @@ class RequestReader:
             path=path,
             query_string=query,
             headers=headers,
-            version=(int(major), int(minor)),
+            version=version,
             remote=connection.remote,
             scheme=self._settings.scheme,
             transport=connection.transport,  # type: ignore[arg-type]
             content=body,
             body_exists=has_body and headers.get("Content-Length", "1") != "0",
-            protocol=f"HTTP/{major}.{minor}",
+            protocol=protocol,
         )
         self.parsing = request if has_body else None
         self._ready(request)
@@ -226,6 +230,14 @@ class RequestReader:
             self.parsing = None
         self.in_head = True
 
+
+def _version(text: str) -> tuple[tuple[int, int], str]:
+    major, minor = text.split(".")
+    return (int(major), int(minor)), f"HTTP/{text}"
+
+
+# Parsed once, not per request (llhttp accepts only these in practice).
+_VERSIONS = {text: _version(text) for text in ("1.0", "1.1")}
 
 # The body of every request without one: ended, empty, never fed.
 _EMPTY = RequestBody.complete(b"")

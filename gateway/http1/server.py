@@ -21,13 +21,13 @@ one at a time; pipelined ones wait (reading paused).  Framing refusals
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from gateway.errors import json_error
 from gateway.http1.connections import ConnectionSet
 from gateway.http1.head import NO_BODY_STATUSES, response_head
 from gateway.http1.reader import (
@@ -60,9 +60,10 @@ Gate = Callable[[], bool]
 
 
 def _json_refusal(status: int, error: str, description: str) -> Response:
-    body = json.dumps({"error": error, "error_description": description}).encode()
-    headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
-    return Response(status, headers, body, close=True)
+    """The gateway's one JSON error shape (gateway/errors.py), on a connection that then closes."""
+    response = json_error(status, error, description)
+    response.force_close()
+    return response
 
 
 class Http1ServerProtocol(asyncio.Protocol):
