@@ -28,6 +28,7 @@ from gateway.listener.connection_limit import ConnectionLimit
 from gateway.listener.proxy_header import ProxyRefusals
 from gateway.listener.stack import ProtocolFactory, bound_address, describe, listen, tls_stack
 from gateway.ops.admin import create_admin_app
+from gateway.ops.heap import HeapTrimmer
 from gateway.ops.metrics import Metrics
 from gateway.ops.observability import AccessLog, Observer
 from gateway.outbound.listener import OutboundListener
@@ -46,6 +47,7 @@ class RunningGateway:
     outbound_addresses: list[tuple[str, int]] = field(default_factory=list)
     pipelines: list[Pipeline] = field(default_factory=list)
     admin_address: tuple[str, int] | None = None
+    heap: HeapTrimmer | None = None  # malloc_trim after connection bursts (ops/heap.py)
 
     @property
     def listener_ports(self) -> list[int]:
@@ -70,6 +72,8 @@ class RunningGateway:
         )
         spent = asyncio.get_running_loop().time() - started
         await self.connections.wait_closed(max(grace - spent, 0))
+        if self.heap is not None:
+            await self.heap.stop()
         for runner in self.runners:
             await runner.cleanup()
         self.runners.clear()
@@ -285,6 +289,9 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
             running.admin_address = await _listen(
                 running, runner.server, where, config.admin.bind, reuse_port
             )
+        connections = running.connections
+        running.heap = HeapTrimmer(lambda: len(connections))
+        running.heap.start()
     except BaseException:
         await running.stop(grace=0)
         raise

@@ -120,6 +120,15 @@ class RequestReader:
         if self.parsing is not None:
             self.parsing.content.fail(exc)
 
+    def detach(self) -> None:
+        """The connection is gone: drop the parser, which holds this reader's callbacks.
+
+        Reader and parser (and, through the callbacks, the protocol) form a
+        cycle; without it a closed connection is freed by reference counting.
+        """
+        self._parser = _DETACHED_PARSER
+        self.parsing = None
+
     def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
@@ -238,6 +247,9 @@ def _version(text: str) -> tuple[tuple[int, int], str]:
 
 # Parsed once, not per request (llhttp accepts only these in practice).
 _VERSIONS = {text: _version(text) for text in ("1.0", "1.1")}
+
+# What a detached reader's parser is swapped for (see RequestReader.detach).
+_DETACHED_PARSER = httptools.HttpRequestParser(object())
 
 # The body of every request without one: ended, empty, never fed.
 _EMPTY = RequestBody.complete(b"")

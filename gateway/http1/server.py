@@ -138,8 +138,10 @@ class Http1ServerProtocol(asyncio.Protocol):
             self._connections.discard(self)
         if self._writer is not None:
             self._writer.connection_lost()
-        if self._reader is not None:
-            self._reader.fail_body(ConnectionResetError("the caller closed the connection"))
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.fail_body(ConnectionResetError("the caller closed the connection"))
+            reader.detach()  # no cycle left: the connection is freed by refcount
         if self._upgraded is not None:
             self._upgraded.feed_eof()
         if self._task is not None and not self._task.done() and self._upgraded is None:

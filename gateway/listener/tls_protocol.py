@@ -98,7 +98,9 @@ class TlsServerProtocol(asyncio.Protocol):
         self._send_timeout = send_timeout
         self._observer = observer
         self._app: asyncio.Protocol | None = None
-        self._app_transport = TlsTransport(self)
+        # Dropped at connection_lost: with it (and the socket transport) the
+        # connection's objects form cycles only the cyclic collector frees.
+        self._app_transport: TlsTransport | None = TlsTransport(self)
         self._transport: asyncio.Transport | None = None
         self._conn: SSL.Connection | None = None
         self._session = TlsSession()
@@ -157,6 +159,12 @@ class TlsServerProtocol(asyncio.Protocol):
                 "reset", f"connection lost during the handshake: {exc}", self._peer()
             )
         self._conn = None
+        # Break the cycles (socket transport <-> this protocol <-> the wrapped
+        # protocol's transport): a closed connection, its OpenSSL state
+        # included, is freed by reference counting at once, not by a full
+        # collection minutes later (bench/RESULTS.md, "Bursts").
+        self._transport = None
+        self._app_transport = None
 
     def pause_writing(self) -> None:
         # The socket's write buffer is over its high-water mark: the peer is
@@ -247,9 +255,12 @@ class TlsServerProtocol(asyncio.Protocol):
         name = conn.get_servername()
         session.server_name = name.decode("ascii", "replace") if name else None
         self._observer.handshake_completed(session)
+        transport = self._app_transport
+        if transport is None:
+            return
         app = self._app_factory()
         self._app = app
-        app.connection_made(self._app_transport)
+        app.connection_made(transport)
         if self._app is not None and not self._closing:
             # TLS 1.3 clients often send the first request with their Finished:
             # records that arrived with the handshake are read until none is

@@ -1,0 +1,100 @@
+"""Giving the heap back to the OS after a burst of connections.
+
+Each mTLS connection holds ~45 KiB of OpenSSL state in malloc'd memory
+(docs/design/data-plane.md, "Memory").  When a burst of thousands of callers
+leaves, glibc keeps the freed chunks for reuse: the heap is mostly free but
+fragmented, so RSS stays at the burst's peak (bench/RESULTS.md measured
++176 % an hour after 16 bursts).  ``malloc_trim(0)`` hands every free page back
+(``MADV_DONTNEED``), wherever it lies in the heap.
+
+``HeapTrimmer`` looks at the open connection count every few seconds and
+trims once it has fallen well below its peak since the last trim: after a
+burst, never on a steady load.  The call runs in a worker thread (ctypes
+releases the GIL), so the event loop does not wait for the heap walk.  Where
+the C library has no ``malloc_trim`` (musl, macOS) it does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger("gateway")
+
+CHECK_SECONDS = 5.0
+# A trim after the open connections fell by at least this many, and to at
+# most half of their peak: a burst's worth of freed TLS state, not churn.
+MIN_DROP = 256
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+class HeapTrimmer:
+    """Trims the heap after the open connections fell from a peak (see the module docstring)."""
+
+    def __init__(
+        self,
+        open_connections: Callable[[], int],
+        *,
+        check_seconds: float = CHECK_SECONDS,
+        min_drop: int = MIN_DROP,
+        trim: Callable[[int], int] | None = None,
+    ) -> None:
+        self._open = open_connections
+        self._check_seconds = check_seconds
+        self._min_drop = min_drop
+        self._trim = trim if trim is not None else _load_malloc_trim()
+        self._peak = 0
+        self.trims = 0  # for tests and the debug log
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._trim is not None
+
+    def start(self) -> None:
+        if self._trim is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="heap-trim")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def due(self) -> bool:
+        """Note the count now; True when a trim is due (and the peak restarts from now)."""
+        now = self._open()
+        if now > self._peak:
+            self._peak = now
+            return False
+        if self._peak - now >= self._min_drop and now * 2 <= self._peak:
+            self._peak = now
+            return True
+        return False
+
+    async def _run(self) -> None:
+        trim = self._trim
+        assert trim is not None
+        while True:
+            await asyncio.sleep(self._check_seconds)
+            if self.due():
+                released = await asyncio.to_thread(trim, 0)
+                self.trims += 1
+                log.debug("malloc_trim after a connection burst (released: %s)", bool(released))

@@ -1,0 +1,64 @@
+"""gateway.ops.heap: malloc_trim once the open connections fell from a peak."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.ops.heap import HeapTrimmer, _load_malloc_trim
+
+
+def test_the_c_library_of_this_platform_has_malloc_trim() -> None:
+    # glibc (Debian, Ubuntu, the container images): the trim is real here.
+    trim = _load_malloc_trim()
+    assert trim is not None
+    assert trim(0) in (0, 1)
+
+
+def test_a_trim_is_due_only_after_a_large_drop_from_the_peak() -> None:
+    count = [0]
+    trimmer = HeapTrimmer(lambda: count[0], min_drop=256, trim=lambda pad: 1)
+    for now, due in (
+        (100, False),  # rising
+        (2000, False),  # the peak
+        (1900, False),  # churn under a steady load
+        (1100, False),  # down by 900, but not to half the peak
+        (1000, True),  # down to half, by >= 256: the peak restarts here
+        (900, False),  # down by 100 from 1000
+        (300, True),  # down by 700, below half of 1000
+    ):
+        count[0] = now
+        assert trimmer.due() is due, now
+
+
+def test_a_small_gateway_never_trims() -> None:
+    count = [0]
+    trimmer = HeapTrimmer(lambda: count[0], min_drop=256, trim=lambda pad: 1)
+    for now in (10, 200, 0, 150, 0):
+        count[0] = now
+        assert trimmer.due() is False  # never 256 connections to give back
+
+
+async def test_the_trimmer_calls_malloc_trim_off_the_loop_after_a_burst() -> None:
+    count = [3000]
+    calls: list[int] = []
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    trimmer = HeapTrimmer(lambda: count[0], check_seconds=0.05, trim=trim)
+    trimmer.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert calls == []  # at its peak
+        count[0] = 10
+        for _ in range(40):
+            if calls:
+                break
+            await asyncio.sleep(0.05)
+        assert calls == [0]
+        await asyncio.sleep(0.2)
+        assert calls == [0]  # once per burst
+    finally:
+        await trimmer.stop()
+    assert trimmer.trims == 1
