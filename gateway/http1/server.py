@@ -89,7 +89,9 @@ class Http1ServerProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reader: RequestReader | None = None  # from connection_made
         self._writer: ResponseWriter | None = None
+        # One deadline at a time (header read or keep-alive idle), see _arm.
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         # Requests parsed and waiting for the one in flight (pipelining).
         self._pending: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -123,7 +125,7 @@ class Http1ServerProtocol(asyncio.Protocol):
             self._request_ready,
         )
         self._writer = ResponseWriter(transport, self._loop)  # type: ignore[arg-type]
-        self._settings_timer(self._settings.header_read_timeout)
+        self._arm(self._settings.header_read_timeout)
         if self._connections is not None:
             self._connections.add(self)
 
@@ -163,10 +165,7 @@ class Http1ServerProtocol(asyncio.Protocol):
             return
         reader = self._reader
         assert reader is not None
-        if reader.idle and self._task is None:
-            # The first byte of a head after an answer: the keep-alive wait
-            # is over, the header-read deadline starts.
-            self._settings_timer(self._settings.header_read_timeout)
+        starting = reader.idle and self._task is None
         try:
             reader.feed(data)
         except UpgradeRequested as upgrade:
@@ -175,6 +174,13 @@ class Http1ServerProtocol(asyncio.Protocol):
             self._held = upgrade.rest
         except HeadRefused as refused:
             self._refuse_head(refused)
+        else:
+            if starting and self._task is None and not reader.idle:
+                # The first bytes of a head after an answer, and the head is
+                # not complete: the keep-alive wait is over, the header-read
+                # deadline starts.  (A head that came whole, the usual case,
+                # disarmed the deadline in _request_ready: no timer work.)
+                self._arm(self._settings.header_read_timeout)
 
     def eof_received(self) -> bool | None:
         if self._upgraded is not None:
@@ -224,7 +230,7 @@ class Http1ServerProtocol(asyncio.Protocol):
     # -- requests read off the connection (RequestReader) ----------------------
 
     def _request_ready(self, request: Request) -> None:
-        self._stop_timer()  # the head is in: no deadline while the pipeline runs
+        self._deadline = None  # the head is in: no deadline while the pipeline runs
         if "Expect" in request.headers:
             request.send_continue = self._continue_for(request)
         if self._task is None:
@@ -335,9 +341,9 @@ class Http1ServerProtocol(asyncio.Protocol):
             return
         self._resolve_done()
         if self._reader is not None and self._reader.idle:
-            self._settings_timer(self._settings.keepalive_timeout)
+            self._arm(self._settings.keepalive_timeout)
         else:
-            self._settings_timer(self._settings.header_read_timeout)
+            self._arm(self._settings.header_read_timeout)
 
     def _continue_for(self, request: Request) -> Callable[[], None]:
         def send_continue() -> None:
@@ -375,14 +381,39 @@ class Http1ServerProtocol(asyncio.Protocol):
         if self._transport is not None and not self._pending:
             self._transport.resume_reading()
 
-    def _settings_timer(self, seconds: float) -> None:
-        self._stop_timer()
-        self._timer = self._loop.call_later(seconds, self._expired)
+    def _arm(self, seconds: float) -> None:
+        """The deadline is now ``seconds`` away.
+
+        A handle is only replaced when it would fire after the new deadline:
+        moving the deadline later (the keep-alive wait after each answer)
+        stores a float, and the handle re-arms itself when it fires early.
+        Two ``call_later`` and three cancellations per request cost more
+        than the whole framing stage (bench/RESULTS.md).
+        """
+        deadline = self._loop.time() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
 
     def _stop_timer(self) -> None:
+        self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return  # disarmed since: nothing to do until the next _arm
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
+            return
+        self._deadline = None
+        self._expired()
 
     def _expired(self) -> None:
         self._timer = None

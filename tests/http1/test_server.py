@@ -121,6 +121,27 @@ async def test_an_idle_keep_alive_connection_is_closed_at_its_timeout(serve: Ser
     writer.close()
 
 
+async def test_a_head_trickled_after_an_answer_is_cut_at_the_header_deadline(
+    serve: Serve,
+) -> None:
+    # The keep-alive wait (long) is armed after each answer; the first bytes
+    # of an unfinished head must bring the header deadline (short) forward.
+    port, _ = await serve(echo_path, keepalive_timeout=30, header_read_timeout=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    for _ in range(3):  # several answers: the deadline moves each time
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"/:0"), 5)
+    await asyncio.sleep(0.5)  # idle longer than the header deadline: still open
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"/:0"), 5)
+    writer.write(b"GET / HTTP/1.1\r\nHost:")  # and now a head that never ends
+    started = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert 0.25 <= loop.time() - started < 2
+    writer.close()
+
+
 @pytest.mark.parametrize(
     ("head", "reason"),
     [
