@@ -63,10 +63,6 @@ class HeapTrimmer:
         self.trims = 0  # for tests and the debug log
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def available(self) -> bool:
-        return self._trim is not None
-
     def start(self) -> None:
         if self._trim is not None and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="heap-trim")
