@@ -102,6 +102,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        # A worker that stops publishes what it counted since the last second.
+        self.metrics.sync()
         for outbound in self.outbound:
             await outbound.close()
         await self.registry.close()

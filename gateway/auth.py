@@ -122,7 +122,6 @@ class Authenticator:
         self._registry = registry
         self._tls = tls
         self._names = header_names
-        self._cache: weakref.WeakKeyDictionary[object, ConnectionAuth] = weakref.WeakKeyDictionary()
         self._forwarded: ForwardedCertConfig | None = None
         self._proxies = TrustedSources(())
         self._proxy_connections: weakref.WeakKeyDictionary[object, _ProxyConnection] = (
@@ -172,6 +171,35 @@ class Authenticator:
 
         return watch
 
+    def cached(self, request: Request) -> ConnectionAuth | None:
+        """This connection's identity if it is known and still current, without waiting.
+
+        None means "call ``authenticate``": a first request, one after a
+        registry or trust reload, or a listener that takes forwarded
+        certificates (decided per header value there).
+        """
+        if self._forwarded is not None:
+            return None
+        transport = request.transport
+        if transport is None:
+            return None
+        session = transport.get_extra_info("ssl_object")
+        return self._fresh(session) if isinstance(session, TlsSession) else None
+
+    def _fresh(self, session: TlsSession) -> ConnectionAuth | None:
+        entry = session.identity
+        if entry is None or entry[0] is not self:
+            return None
+        cached = entry[1]
+        assert isinstance(cached, ConnectionAuth)
+        if (
+            cached.registry_generation == self._registry.generation
+            and cached.trust_generation == self._tls.trust.generation
+            and time.time() < cached.valid_until
+        ):
+            return cached
+        return None
+
     async def authenticate(self, request: Request) -> ConnectionAuth:
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
@@ -189,17 +217,11 @@ class Authenticator:
                 return ConnectionAuth(
                     None, _NOT_FROM_PROXY, (), self._registry.generation, trust.generation
                 )
-        cached = self._cache.get(ssl_object)
-        trust = self._tls.trust
-        if (
-            cached is not None
-            and cached.registry_generation == self._registry.generation
-            and cached.trust_generation == trust.generation
-            and time.time() < cached.valid_until
-        ):
+        cached = self._fresh(ssl_object)
+        if cached is not None:
             return cached
         auth = await self._resolve(request, ssl_object)
-        self._cache[ssl_object] = auth
+        ssl_object.identity = (self, auth)
         return auth
 
     async def _resolve(self, request: Request, session: TlsSession) -> ConnectionAuth:

@@ -9,13 +9,16 @@ class TlsSession:
     """The peer's certificates, OpenSSL's verdict on them, and the negotiated parameters.
 
     Exposed to the HTTP layer as the transport's ``ssl_object`` extra info;
-    identity caches are keyed on it (weakly), so it lives as long as the connection.
+    it lives as long as the connection, and so does what is cached on it:
+    ``identity`` is the listener Authenticator's (gateway/auth.py) resolved
+    identity of this connection, as ``(authenticator, ConnectionAuth)``.
     """
 
     __slots__ = (
         "__weakref__",
         "alpn",
         "cipher",
+        "identity",
         "peer_chain_der",
         "peer_der",
         "server_name",
@@ -33,6 +36,7 @@ class TlsSession:
         self.version = ""
         self.cipher = ""
         self.server_name: str | None = None
+        self.identity: tuple[object, object] | None = None
 
     @property
     def resumed(self) -> bool:

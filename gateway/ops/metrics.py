@@ -86,6 +86,9 @@ class Metrics:
     client_labels: bool = False
     # Called before each scrape (and each second in workers): copy plain counters in.
     syncs: list[Callable[[], None]] = field(default_factory=list)
+    # Requests in flight, kept as plain integers by each listener's Observer
+    # (gateway/ops/observability.py); their sum is the gauge, set at sync.
+    in_flight_sources: list[Callable[[], int]] = field(default_factory=list)
 
     def add_state(self, collector: Collector) -> None:
         """A collector read at scrape time (reload counts, expiry dates, Redis state)."""
@@ -95,6 +98,8 @@ class Metrics:
     def sync(self) -> None:
         for sync in self.syncs:
             sync()
+        if self.in_flight_sources:
+            self.in_flight.set(sum(source() for source in self.in_flight_sources))
 
     def render(self) -> bytes:
         self.sync()

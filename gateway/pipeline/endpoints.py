@@ -7,7 +7,7 @@ path exactly; each handler answers 405 itself for a method it does not take.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 from gateway.errors import GatewayError
 from gateway.pipeline.messages import Handler, Request, Response
@@ -19,10 +19,16 @@ class Endpoints:
     def __init__(self, handlers: Mapping[str, Handler]) -> None:
         self._handlers = dict(handlers)
 
-    async def dispatch(self, request: Request) -> Response | None:
+    def dispatch(self, request: Request) -> Awaitable[Response] | None:
+        """The endpoint's answer to wait for, or None: every proxied request
+        passes here, so a miss costs a dict lookup and no coroutine."""
         handler = self._handlers.get(request.path)
         if handler is None:
             return None
+        return self._answer(handler, request)
+
+    @staticmethod
+    async def _answer(handler: Handler, request: Request) -> Response:
         request.facts.route = request.path
         try:
             return await handler(request)

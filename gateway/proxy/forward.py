@@ -69,13 +69,15 @@ class Forwarder:
             raise GatewayError(400, "invalid_request", str(exc)) from None
         deadline = self._loop.time() + policy.timeout
         sent_at = time.perf_counter()
-        try:
-            conn = await self._upstreams.acquire(
-                origin, min(policy.connect_timeout, policy.timeout)
-            )
-        except UpstreamError as exc:
-            refusal, info.upstream_error = upstream_failure(exc, PEER, connecting=True)
-            raise refusal from None
+        conn = self._upstreams.reuse(origin)
+        if conn is None:
+            try:
+                conn = await self._upstreams.acquire(
+                    origin, min(policy.connect_timeout, policy.timeout)
+                )
+            except UpstreamError as exc:
+                refusal, info.upstream_error = upstream_failure(exc, PEER, connecting=True)
+                raise refusal from None
         conn.start(head, head_only=method == "HEAD", timeout=policy.timeout, deadline=deadline)
         sender: asyncio.Task[str | None] | None = None
         if has_body:

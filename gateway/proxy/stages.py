@@ -8,7 +8,7 @@ stages and relayed by gateway/websocket/.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from gateway.auth import Authenticator, ConnectionAuth
 from gateway.errors import GatewayError, access_denied
@@ -97,19 +97,35 @@ class Proxy:
         request.facts.route = route.prefix
         request.exchange = ProxyExchange(route.config, route.prefix, target)
 
-    async def authenticate(self, request: Request) -> None:
+    def authenticate(self, request: Request) -> Awaitable[None] | None:
         exchange = exchange_of(request)
         if exchange.policy.auth == "none":
-            return
-        auth = exchange.auth = await self._auth.authenticate(request)
-        if auth.identity is not None:
-            request.facts.thumbprint = auth.identity.thumbprint
-            request.facts.client_id = auth.result.client.client_id if auth.result.client else None
+            return None
+        # The connection's cached identity answers without a coroutine; only
+        # a first request (or one after a reload) waits for the lookup.
+        auth = self._auth.cached(request)
+        if auth is None:
+            return self._authenticate(request, exchange)
+        _note_identity(request, exchange, auth)
+        return None
 
-    async def authorize(self, request: Request) -> None:
+    async def _authenticate(self, request: Request, exchange: ProxyExchange) -> None:
+        _note_identity(request, exchange, await self._auth.authenticate(request))
+
+    def authorize(self, request: Request) -> Awaitable[None] | None:
         exchange = exchange_of(request)
-        if exchange.auth is not None:
-            exchange.injected = await self.admit(request, exchange)
+        auth = exchange.auth
+        if auth is None:
+            return None
+        if exchange.policy.auth == "token":
+            return self._authorize_token(request, exchange, auth)
+        exchange.injected = _admit_client(exchange.policy, auth)
+        return None
+
+    async def _authorize_token(
+        self, request: Request, exchange: ProxyExchange, auth: ConnectionAuth
+    ) -> None:
+        exchange.injected = await self._tokens.check(request, exchange.policy, auth)
 
     async def admit(self, request: Request, exchange: ProxyExchange) -> tuple[tuple[str, str], ...]:
         """The headers the caller gets on this route, or GatewayError (re-run for open WebSockets)."""
@@ -119,10 +135,7 @@ class Proxy:
             # The token names the client (a certificate may authenticate
             # several), so the checker applies the client checks to it.
             return await self._tokens.check(request, policy, auth)
-        client = auth.require_client()
-        if policy.clients and client.client_id not in policy.clients:
-            raise access_denied("this client is not allowed on this route")
-        return auth.headers
+        return _admit_client(policy, auth)
 
     async def readmit(
         self, request: Request, exchange: ProxyExchange
@@ -151,19 +164,31 @@ class Proxy:
             keep=_forwarded(request, via_proxy=self._auth.from_trusted_proxy(request)),
         )
 
-    async def forward(self, request: Request) -> Response:
+    def forward(self, request: Request) -> Awaitable[Response]:
+        # The forwarder's coroutine itself, not one wrapped in another.
         exchange = exchange_of(request)
         policy = exchange.policy
         if is_upgrade(request.headers):
-            return await self._websockets.upgrade(request, exchange)
+            return self._websockets.upgrade(request, exchange)
         origin = self._origins.get(policy.upstream) or parse_origin(policy.upstream)
         if policy.upstream_protocol != "http1":
-            return await self._http2.forward(
-                request, origin, exchange.target, exchange.headers, policy
-            )
-        return await self._forwarder.forward(
-            request, origin, exchange.target, exchange.headers, policy
-        )
+            return self._http2.forward(request, origin, exchange.target, exchange.headers, policy)
+        return self._forwarder.forward(request, origin, exchange.target, exchange.headers, policy)
+
+
+def _note_identity(request: Request, exchange: ProxyExchange, auth: ConnectionAuth) -> None:
+    exchange.auth = auth
+    if auth.identity is not None:
+        request.facts.thumbprint = auth.identity.thumbprint
+        request.facts.client_id = auth.result.client.client_id if auth.result.client else None
+
+
+def _admit_client(route: RouteConfig, auth: ConnectionAuth) -> tuple[tuple[str, str], ...]:
+    """An ``auth: client`` route: the certificate's client, if the route allows it."""
+    client = auth.require_client()
+    if route.clients and client.client_id not in route.clients:
+        raise access_denied("this client is not allowed on this route")
+    return auth.headers
 
 
 def _stripped_on(route: RouteConfig, managed: frozenset[str]) -> frozenset[str]:

@@ -78,6 +78,20 @@ class UpstreamPool:
         trust anchors, pins); without one, the system trust store verifies
         the upstream.  It is ignored for plain ``http``.
         """
+        conn = self.reuse(origin, tls=tls)
+        if conn is not None:
+            return conn
+        context = (tls or self._system_trust()) if origin.tls else None
+        return await self._connect(origin, context, connect_timeout)
+
+    def reuse(
+        self, origin: Origin, *, tls: ssl.SSLContext | None = None
+    ) -> UpstreamConnection | None:
+        """An idle connection to ``origin`` opened with ``tls``, now, or None.
+
+        The common case of ``acquire``, without its coroutine: a keep-alive
+        proxy takes a pooled connection on nearly every request.
+        """
         context: ssl.SSLContext | None = None
         if origin.tls:
             context = tls or self._system_trust()
@@ -87,7 +101,7 @@ class UpstreamPool:
             transport = conn.transport
             if transport is not None and not transport.is_closing():
                 return conn
-        return await self._connect(origin, context, connect_timeout)
+        return None
 
     def _system_trust(self) -> ssl.SSLContext:
         if self._default_tls is None:
