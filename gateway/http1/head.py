@@ -59,10 +59,11 @@ def response_head(
     them) or from the gateway itself; a name or value carrying CR or LF is
     dropped here all the same, so no answer can split.
     """
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status, reason).encode("latin-1"))]
+    status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status, reason).encode("latin-1"))
     has_server = has_date = False
     # A 101 names the protocol switched to in Connection/Upgrade (RFC 9110 §7.8).
     dropped = _FRAMING if status != 101 else _FRAMING - {"connection"}
+    lines: list[str] = []
     for name, value in headers:
         lowered = name.lower()
         if lowered in dropped:
@@ -71,21 +72,30 @@ def response_head(
             has_server = True
         elif lowered == "date":
             has_date = True
-        line = f"{name}: {value}\r\n"
-        if line.count("\n") != 1 or line.count("\r") != 1:
-            continue
-        try:
-            parts.append(line.encode("utf-8", "surrogateescape"))  # as it was decoded
-        except UnicodeEncodeError:
-            parts.append(line.encode("utf-8", "replace"))
-    if not has_server:
-        parts.append(b"Server: " + SERVER_NAME.encode() + b"\r\n")
-    if not has_date:
-        parts.append(DATE.line())
-    parts.append(framing)
-    parts.append(keep_alive_field)
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        lines.append(f"{name}: {value}\r\n")
+    block = "".join(lines)
+    # One count over the block, not two per line: only where it finds a
+    # stray CR or LF are the lines looked at one by one.
+    if block.count("\n") != len(lines) or block.count("\r") != len(lines):
+        block = "".join(line for line in lines if line.count("\n") == line.count("\r") == 1)
+    try:
+        fields = block.encode("utf-8", "surrogateescape")  # as it was decoded
+    except UnicodeEncodeError:
+        fields = block.encode("utf-8", "replace")
+    return b"".join(
+        (
+            status_line,
+            fields,
+            b"" if has_server else _SERVER_LINE,
+            b"" if has_date else DATE.line(),
+            framing,
+            keep_alive_field,
+            b"\r\n",
+        )
+    )
+
+
+_SERVER_LINE = b"Server: " + SERVER_NAME.encode() + b"\r\n"
 
 
 def printable(text: str, limit: int = 200) -> str:

@@ -40,6 +40,7 @@ from gateway.http1.reader import (
 from gateway.http1.upgrade import UpgradedStream
 from gateway.http1.writer import ResponseWriter
 from gateway.pipeline.messages import Handler, Request, Response
+from gateway.timer import LazyTimer
 from gateway.trust.forwarded import folded_certificate_hint
 
 log = logging.getLogger("gateway.http1")
@@ -90,8 +91,7 @@ class Http1ServerProtocol(asyncio.Protocol):
         self._reader: RequestReader | None = None  # from connection_made
         self._writer: ResponseWriter | None = None
         # One deadline at a time (header read or keep-alive idle), see _arm.
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline: float | None = None
+        self._timer = LazyTimer(self._loop)
         # Requests parsed and waiting for the one in flight (pipelining).
         self._pending: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -133,7 +133,7 @@ class Http1ServerProtocol(asyncio.Protocol):
         if self._transport is None:
             return
         self._transport = None
-        self._stop_timer()
+        self._timer.stop()
         if self._release is not None:
             self._release()
         if self._connections is not None:
@@ -230,7 +230,7 @@ class Http1ServerProtocol(asyncio.Protocol):
     # -- requests read off the connection (RequestReader) ----------------------
 
     def _request_ready(self, request: Request) -> None:
-        self._deadline = None  # the head is in: no deadline while the pipeline runs
+        self._timer.disarm()  # the head is in: no deadline while the pipeline runs
         if "Expect" in request.headers:
             request.send_continue = self._continue_for(request)
         if self._task is None:
@@ -361,7 +361,7 @@ class Http1ServerProtocol(asyncio.Protocol):
             if hint is not None:
                 description = f"{description} ({hint})"
         self._held = None
-        self._stop_timer()
+        self._timer.stop()
         refusal = _json_refusal(400, "invalid_request", description)
         if self._task is not None:
             # An answer is in flight: the refusal goes after it (pipelining).
@@ -382,41 +382,15 @@ class Http1ServerProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _arm(self, seconds: float) -> None:
-        """The deadline is now ``seconds`` away.
+        """The deadline is now ``seconds`` away (gateway/timer.py).
 
-        A handle is only replaced when it would fire after the new deadline:
-        moving the deadline later (the keep-alive wait after each answer)
-        stores a float, and the handle re-arms itself when it fires early.
-        Two ``call_later`` and three cancellations per request cost more
-        than the whole framing stage (bench/RESULTS.md).
+        Moving it later (the keep-alive wait after each answer) stores a
+        float; two ``call_later`` and three cancellations per request cost
+        more than the whole framing stage (bench/RESULTS.md).
         """
-        deadline = self._loop.time() + seconds
-        self._deadline = deadline
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._check_deadline)
-
-    def _stop_timer(self) -> None:
-        self._deadline = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _check_deadline(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None:
-            return  # disarmed since: nothing to do until the next _arm
-        if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._check_deadline)
-            return
-        self._deadline = None
-        self._expired()
+        self._timer.start(self._loop.time() + seconds, self._expired)
 
     def _expired(self) -> None:
-        self._timer = None
         if self._task is None and self._transport is not None:
             # Waiting for a head (or idle): no answer is possible, just close.
             self._transport.close()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from gateway.timer import LazyTimer
 from gateway.upstream.errors import (
     InvalidResponse,
     UpstreamDisconnected,
@@ -19,7 +20,6 @@ from gateway.upstream.errors import (
     UpstreamTimeout,
 )
 from gateway.upstream.origin import Origin
-from gateway.upstream.timer import LazyTimer
 
 if TYPE_CHECKING:
     from gateway.upstream.pool import UpstreamPool
