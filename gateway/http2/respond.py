@@ -40,14 +40,19 @@ async def write_response(
     except ProtocolError:
         await close_chunks(response)
         raise StreamGone(stream_id) from None
-    endpoint.flush()
+    endpoint.flush_soon()
     try:
         if bare:
             return
         if chunks is None:
             if body:
-                await endpoint.send_data(stream_id, body)
+                # A whole body without trailers ends the stream on its last
+                # DATA frame: no empty frame after it.
+                whole = response.trailers is None
+                await endpoint.send_data(stream_id, body, end_stream=whole)
                 response.sent_bytes += len(body)
+                if whole:
+                    return
         else:
             async for chunk in chunks:
                 if chunk:

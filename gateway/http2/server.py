@@ -75,7 +75,18 @@ class Http2ServerProtocol(H2Endpoint):
         release: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
-            H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+            H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                # Every block this side sends is built by fields.response_block
+                # or trailer_block, which already apply RFC 9113 §8.2 (lowercase
+                # names, no connection-specific field, no CR/LF/NUL, :status
+                # first): h2's second pass over each field cost more per stream
+                # than the whole routing stage (bench/RESULTS.md).
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self._handler = handler
         self._limits = limits or Http2Limits()
