@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from gateway.registry.model import PKI_SECRET_TYPES, Client, Secret
@@ -83,12 +83,13 @@ class MatchResult:
 
     matches: tuple[ClientMatch, ...]
     reason: str  # "" on success; else a short reason for logs
+    # The one client the certificate names; None when none or several do.
+    # Worked out once: it is read on every request of the connection.
+    client: Client | None = field(init=False, compare=False)
 
-    @property
-    def client(self) -> Client | None:
-        """The one client the certificate names; None when none or several do."""
+    def __post_init__(self) -> None:
         ids = {m.client.client_id for m in self.matches}
-        return self.matches[0].client if len(ids) == 1 else None
+        object.__setattr__(self, "client", self.matches[0].client if len(ids) == 1 else None)
 
     def for_client(self, client_id: str) -> ClientMatch | None:
         for m in self.matches:
