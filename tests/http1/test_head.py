@@ -53,4 +53,3 @@ def test_a_field_carrying_a_line_break_is_dropped_and_the_others_are_kept() -> N
     assert b"injected" not in head and b"X-Evil" not in head
     assert b"X-Before: 1\r\n" in head and b"X-After: 2\r\n" in head
     assert head.count(b"\r\n\r\n") == 1 and head.count(b"\n") == head.count(b"\r\n")
-
