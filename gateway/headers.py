@@ -166,6 +166,34 @@ def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     return frozenset(header_key(t.strip()) for v in values for t in v.split(",") if t.strip())
 
 
+def upstream_request_fields(
+    incoming: MultiMapping[str],
+    *,
+    managed: frozenset[str],
+    injected: Iterable[tuple[str, str]],
+    host: str,
+    keep: Iterable[tuple[str, str]] = (),
+) -> list[tuple[str, str]]:
+    """One pass over the caller's headers: drop hop-by-hop and managed names, then inject.
+
+    The fields in order: the caller's that go on, its first Content-Length
+    (where no Transfer-Encoding frames the body), ``Host``, then ``keep`` and
+    ``injected`` (the gateway's own observations and identity headers).
+    """
+    listed = connection_tokens(incoming) if "Connection" in incoming else frozenset()
+    out = [
+        (name, value)
+        for name, value in incoming.items()
+        if (key := header_key(name)) not in HOP_BY_HOP and key not in managed and key not in listed
+    ]
+    if "Content-Length" in incoming and "Transfer-Encoding" not in incoming:
+        out.append(("Content-Length", incoming["Content-Length"]))
+    out.append(("Host", host))
+    out.extend(keep)
+    out.extend(injected)
+    return out
+
+
 def upstream_request_headers(
     incoming: MultiMapping[str],
     *,
@@ -174,20 +202,10 @@ def upstream_request_headers(
     host: str,
     keep: Iterable[tuple[str, str]] = (),
 ) -> CIMultiDict[str]:
-    """One pass over the caller's headers: drop hop-by-hop and managed names, then inject."""
-    listed = connection_tokens(incoming) if "Connection" in incoming else frozenset()
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        key = header_key(name)
-        if key in HOP_BY_HOP or key in managed or key in listed:
-            continue
-        out.add(name, value)
-    if "Content-Length" in incoming and "Transfer-Encoding" not in incoming:
-        out["Content-Length"] = incoming["Content-Length"]
-    out["Host"] = host
-    for name, value in (*keep, *injected):
-        out.add(name, value)
-    return out
+    """``upstream_request_fields`` as a multidict (HTTP/2 upstreams, WebSockets, outbound)."""
+    return CIMultiDict(
+        upstream_request_fields(incoming, managed=managed, injected=injected, host=host, keep=keep)
+    )
 
 
 _HOP_BY_HOP_BYTES = frozenset(key.encode() for key in HOP_BY_HOP)

@@ -317,6 +317,32 @@ async def test_hop_by_hop_headers_are_not_forwarded(
     assert seen["x-end-to-end"] == ["kept"]
 
 
+@pytest.mark.parametrize(
+    ("sent", "upstream_sees"),
+    [
+        ({"Accept": "text/html"}, ["text/html"]),
+        ({}, ["*/*"]),  # as aiohttp's client added
+        # Listed in Connection, the caller's Accept is hop-by-hop: the default takes its place.
+        ({"Accept": "text/html", "Connection": "keep-alive, Accept"}, ["*/*"]),
+    ],
+)
+async def test_the_upstream_gets_one_accept_the_callers_or_the_default(
+    make_gateway: MakeGateway,
+    client_cert: Issued,
+    sent: dict[str, str],
+    upstream_sees: list[str],
+) -> None:
+    gw = await make_gateway(clients=[MTLS_CLIENT])
+    conn = await RawConnection.open(gw, client_cert)
+    try:
+        extra = [f"{name}: {value}" for name, value in sent.items()]
+        response = await conn.request(get("/accept", *extra))
+    finally:
+        await conn.close()
+    assert response.status == 200
+    assert echoed_headers(response.json())["accept"] == upstream_sees
+
+
 async def test_forwarded_headers_and_upstream_host_are_the_gateways(
     make_gateway: MakeGateway, echo_upstream: Upstream, client_cert: Issued
 ) -> None:

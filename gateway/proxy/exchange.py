@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from multidict import CIMultiDict
+from dataclasses import dataclass
 
 from gateway.auth import ConnectionAuth
 from gateway.pipeline.messages import Request
@@ -18,7 +16,15 @@ class ProxyExchange:
     target: str  # the encoded upstream path (query appended by the identity stage)
     auth: ConnectionAuth | None = None
     injected: tuple[tuple[str, str], ...] = ()
-    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    # The fields that go upstream (headers.upstream_request_fields), and
+    # whether they hold a Content-Length and an Accept.
+    headers: list[tuple[str, str]] | None = None
+    has_length: bool = False
+    has_accept: bool = False
+
+    def upstream_fields(self) -> list[tuple[str, str]]:
+        assert self.headers is not None, "the identity headers stage runs before forward"
+        return self.headers
 
 
 def exchange_of(request: Request) -> ProxyExchange:

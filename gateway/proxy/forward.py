@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 
-from multidict import CIMultiDict
 from prometheus_client import Histogram
 
 from gateway.errors import GatewayError, upstream_failure
@@ -22,6 +21,7 @@ from gateway.listener.config import LimitsConfig
 from gateway.ops.metrics import Metrics
 from gateway.pipeline.messages import Request, Response
 from gateway.proxy.config import RouteConfig
+from gateway.proxy.exchange import ProxyExchange
 from gateway.upstream import (
     BodyPace,
     Origin,
@@ -31,7 +31,7 @@ from gateway.upstream import (
     UpstreamPool,
     abandon,
     body_cut,
-    request_head,
+    request_line_and_fields,
     send_body,
 )
 
@@ -51,20 +51,25 @@ class Forwarder:
         self._latency: dict[str, Histogram] = {}
 
     async def forward(
-        self,
-        request: Request,
-        origin: Origin,
-        target: str,
-        headers: CIMultiDict[str],
-        policy: RouteConfig,
+        self, request: Request, origin: Origin, exchange: ProxyExchange, policy: RouteConfig
     ) -> Response:
         info = request.facts
+        fields = exchange.upstream_fields()
         if origin.authorization is not None:
-            headers["Authorization"] = origin.authorization
+            # Credentials in the upstream URL replace the caller's.
+            fields = [f for f in fields if f[0].lower() != "authorization"]
+            fields.append(("Authorization", origin.authorization))
         method = request.method
         has_body = request.body_exists
         try:
-            head = request_head(method, origin.base_path + target, headers, has_body)
+            head = request_line_and_fields(
+                method,
+                origin.base_path + exchange.target,
+                fields,
+                has_body,
+                has_length=exchange.has_length,
+                has_accept=exchange.has_accept,
+            )
         except UnsafeHeader as exc:
             raise GatewayError(400, "invalid_request", str(exc)) from None
         deadline = self._loop.time() + policy.timeout
@@ -85,7 +90,7 @@ class Forwarder:
             content = request.content
             # A body that came whole with the head has nothing left to bound.
             pace = None if content.ended else self._pace
-            chunked = "Content-Length" not in headers
+            chunked = not exchange.has_length
             sender = self._loop.create_task(send_body(conn, content, chunked=chunked, pace=pace))
         try:
             await conn.response_head()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
 
+from multidict import CIMultiDict
+
 from gateway.auth import Authenticator, ConnectionAuth
 from gateway.errors import GatewayError, access_denied
-from gateway.headers import OVERRIDE_HEADERS, upstream_request_headers
+from gateway.headers import OVERRIDE_HEADERS, connection_tokens, upstream_request_fields
 from gateway.http2.client import Http2Client
 from gateway.listener.config import LimitsConfig
 from gateway.ops.metrics import Metrics
@@ -155,13 +157,22 @@ class Proxy:
         if request.query_string:
             exchange.target += "?" + request.query_string
         host = _caller_authority(request) if policy.preserve_host else _authority(policy.upstream)
-        exchange.headers = upstream_request_headers(
-            request.headers,
-            # A reload between routing and here may have dropped the prefix.
-            managed=self._stripped.get(policy.prefix) or _stripped_on(policy, self._managed),
+        # A reload between routing and here may have dropped the prefix.
+        stripped = self._stripped.get(policy.prefix) or _stripped_on(policy, self._managed)
+        incoming = request.headers
+        exchange.headers = upstream_request_fields(
+            incoming,
+            managed=stripped,
             injected=exchange.injected,
             host=host,
             keep=_forwarded(request, via_proxy=self._auth.from_trusted_proxy(request)),
+        )
+        # What upstream_request_fields kept, without another pass over them.
+        exchange.has_length = "Content-Length" in incoming and "Transfer-Encoding" not in incoming
+        exchange.has_accept = (
+            "Accept" in incoming
+            and "accept" not in stripped
+            and not _listed_in_connection(incoming, "accept")
         )
 
     def forward(self, request: Request) -> Awaitable[Response]:
@@ -172,8 +183,9 @@ class Proxy:
             return self._websockets.upgrade(request, exchange)
         origin = self._origins.get(policy.upstream) or parse_origin(policy.upstream)
         if policy.upstream_protocol != "http1":
-            return self._http2.forward(request, origin, exchange.target, exchange.headers, policy)
-        return self._forwarder.forward(request, origin, exchange.target, exchange.headers, policy)
+            headers = CIMultiDict(exchange.upstream_fields())
+            return self._http2.forward(request, origin, exchange.target, headers, policy)
+        return self._forwarder.forward(request, origin, exchange, policy)
 
 
 def _note_identity(request: Request, exchange: ProxyExchange, auth: ConnectionAuth) -> None:
@@ -189,6 +201,14 @@ def _admit_client(route: RouteConfig, auth: ConnectionAuth) -> tuple[tuple[str, 
     if route.clients and client.client_id not in route.clients:
         raise access_denied("this client is not allowed on this route")
     return auth.headers
+
+
+def _listed_in_connection(headers: CIMultiDict[str], key: str) -> bool:
+    """Does Connection name ``key`` (RFC 9110 §7.6.1), so that it is not forwarded?"""
+    values = headers.getall("Connection", ())
+    if not any(key in value.lower() for value in values):
+        return False  # the usual "keep-alive" or "close": no token to work out
+    return key in connection_tokens(headers)
 
 
 def _stripped_on(route: RouteConfig, managed: frozenset[str]) -> frozenset[str]:

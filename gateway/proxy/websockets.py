@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from multidict import CIMultiDict
+
 from gateway.errors import GatewayError
 from gateway.pipeline.messages import ByteStream, Request, Response
 from gateway.proxy.exchange import ProxyExchange
@@ -37,7 +39,7 @@ class WebSocketStage:
         check_upgrade(request.headers)  # 426/400 before any upstream work (RFC 6455 §4.2.1)
         upstream = await connect_upstream(
             policy.upstream + exchange.target,
-            exchange.headers,
+            CIMultiDict(exchange.upstream_fields()),
             protocols=offered_protocols(request.headers),
             within=policy.timeout,
             info=request.facts,

@@ -57,7 +57,7 @@ from gateway.upstream.errors import (
     UpstreamUnreachable,
 )
 from gateway.upstream.fetch import Fetched, fetch
-from gateway.upstream.head import request_head
+from gateway.upstream.head import request_head, request_line_and_fields
 from gateway.upstream.origin import Origin, parse_origin
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.relay import ResponseStream, abandon
@@ -84,5 +84,6 @@ __all__ = [
     "fetch",
     "parse_origin",
     "request_head",
+    "request_line_and_fields",
     "send_body",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from multidict import MultiMapping
 
 from gateway.upstream.errors import UnsafeHeader
@@ -11,22 +13,43 @@ _NO_DEFAULT_LENGTH = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 
 def request_head(method: str, target: str, headers: MultiMapping[str], has_body: bool) -> bytes:
+    """``request_line_and_fields`` for a multidict of fields."""
+    return request_line_and_fields(
+        method,
+        target,
+        headers.items(),
+        has_body,
+        has_length="Content-Length" in headers,
+        has_accept="Accept" in headers,
+    )
+
+
+def request_line_and_fields(
+    method: str,
+    target: str,
+    fields: Iterable[tuple[str, str]],
+    has_body: bool,
+    *,
+    has_length: bool,
+    has_accept: bool,
+) -> bytes:
     """The request line and header block, as aiohttp's client sent them.
 
     aiohttp added ``Accept: */*`` when the caller sent none, ``Content-Length:
     0`` for a body-less request whose method implies a body, and
     ``Transfer-Encoding: chunked`` for a body of unknown length (RFC 9112
-    §6.1); a body with a ``Content-Length`` in ``headers`` is sent as is.
+    §6.1); a body with a ``Content-Length`` among ``fields`` is sent as is.
+    ``has_length`` / ``has_accept``: ``fields`` hold those names.
     Raises UnsafeHeader for a line break in a value (RFC 9110 §5.5).
     """
     lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    if "Accept" not in headers:
+    lines += [f"{name}: {value}" for name, value in fields]
+    if not has_accept:
         lines.append("Accept: */*")
     if has_body:
-        if "Content-Length" not in headers:
+        if not has_length:
             lines.append("Transfer-Encoding: chunked")
-    elif method not in _NO_DEFAULT_LENGTH and "Content-Length" not in headers:
+    elif method not in _NO_DEFAULT_LENGTH and not has_length:
         lines.append("Content-Length: 0")
     lines.append("\r\n")
     head = "\r\n".join(lines)
