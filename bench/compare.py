@@ -1499,7 +1499,7 @@ def print_report(report: dict[str, Any]) -> None:
                 )
     rows = report.get("targets", [])
     if rows:
-        print("\n== targets (issue 6; the h2 row: issue 17)")
+        print("\n== targets (issue 12; the h2 row: issue 17)")
         for row in rows:
             print(
                 f"  {'met   ' if row['met'] else 'MISSED'} {row['target']}: {row['measured']} ({row['by']})"
