@@ -163,6 +163,10 @@ def identity_headers(
 def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     """Field names listed in Connection (RFC 9110 §7.6.1) are hop-by-hop too."""
     values = headers.getall("Connection", ())
+    if len(values) == 1 and "," not in values[0]:
+        # The usual "keep-alive" or "close": one token.
+        token = header_key(values[0].strip())
+        return frozenset((token,)) if token else frozenset()
     return frozenset(header_key(t.strip()) for v in values for t in v.split(",") if t.strip())
 
 
@@ -173,14 +177,17 @@ def upstream_request_fields(
     injected: Iterable[tuple[str, str]],
     host: str,
     keep: Iterable[tuple[str, str]] = (),
+    listed: frozenset[str] | None = None,
 ) -> list[tuple[str, str]]:
     """One pass over the caller's headers: drop hop-by-hop and managed names, then inject.
 
     The fields in order: the caller's that go on, its first Content-Length
     (where no Transfer-Encoding frames the body), ``Host``, then ``keep`` and
     ``injected`` (the gateway's own observations and identity headers).
+    ``listed``: ``connection_tokens(incoming)``, where the caller has it already.
     """
-    listed = connection_tokens(incoming) if "Connection" in incoming else frozenset()
+    if listed is None:
+        listed = connection_tokens(incoming) if "Connection" in incoming else frozenset()
     out = [
         (name, value)
         for name, value in incoming.items()

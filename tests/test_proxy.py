@@ -355,6 +355,23 @@ async def test_forwarded_headers_and_upstream_host_are_the_gateways(
     assert seen["host"] == [f"127.0.0.1:{echo_upstream.port}"]
 
 
+async def test_credentials_in_the_upstream_url_go_as_authorization_never_in_host(
+    make_gateway: MakeGateway, echo_upstream: Upstream, client_cert: Issued
+) -> None:
+    upstream = f"http://svc:s3cret@127.0.0.1:{echo_upstream.port}"
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT], routes=[{"prefix": "/", "upstream": upstream, "auth": "client"}]
+    )
+    headers = {"Authorization": "Bearer the-callers"}
+    async with (
+        gw.session(client_cert) as session,
+        session.get(gw.url + "/h", headers=headers) as r,
+    ):
+        seen = echoed_headers(await r.json())
+    assert seen["host"] == [f"127.0.0.1:{echo_upstream.port}"]  # RFC 9110 §7.2: no userinfo
+    assert seen["authorization"] == ["Basic c3ZjOnMzY3JldA=="]  # svc:s3cret, the caller's replaced
+
+
 # --- routing ------------------------------------------------------------------------
 
 

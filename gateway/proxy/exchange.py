@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.auth import ConnectionAuth
 from gateway.pipeline.messages import Request
 from gateway.proxy.config import RouteConfig
+from gateway.upstream.origin import Origin
 
 
 @dataclass(slots=True, eq=False)
@@ -14,6 +15,7 @@ class ProxyExchange:
     policy: RouteConfig
     prefix: str
     target: str  # the encoded upstream path (query appended by the identity stage)
+    origin: Origin  # the route's upstream, parsed once per configuration
     auth: ConnectionAuth | None = None
     injected: tuple[tuple[str, str], ...] = ()
     # The fields that go upstream (headers.upstream_request_fields), and

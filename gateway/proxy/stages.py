@@ -97,7 +97,9 @@ class Proxy:
     def route(self, request: Request) -> None:
         route, target = self._table.resolve(request.path)
         request.facts.route = route.prefix
-        request.exchange = ProxyExchange(route.config, route.prefix, target)
+        upstream = route.config.upstream
+        origin = self._origins.get(upstream) or parse_origin(upstream)
+        request.exchange = ProxyExchange(route.config, route.prefix, target, origin)
 
     def authenticate(self, request: Request) -> Awaitable[None] | None:
         exchange = exchange_of(request)
@@ -156,23 +158,24 @@ class Proxy:
         policy = exchange.policy
         if request.query_string:
             exchange.target += "?" + request.query_string
-        host = _caller_authority(request) if policy.preserve_host else _authority(policy.upstream)
+        # The upstream's Host as its URL wrote it, never its userinfo (RFC 9110 §7.2).
+        host = _caller_authority(request) if policy.preserve_host else exchange.origin.authority
         # A reload between routing and here may have dropped the prefix.
         stripped = self._stripped.get(policy.prefix) or _stripped_on(policy, self._managed)
         incoming = request.headers
+        listed = connection_tokens(incoming) if "Connection" in incoming else _NONE_LISTED
         exchange.headers = upstream_request_fields(
             incoming,
             managed=stripped,
             injected=exchange.injected,
             host=host,
             keep=_forwarded(request, via_proxy=self._auth.from_trusted_proxy(request)),
+            listed=listed,
         )
         # What upstream_request_fields kept, without another pass over them.
         exchange.has_length = "Content-Length" in incoming and "Transfer-Encoding" not in incoming
         exchange.has_accept = (
-            "Accept" in incoming
-            and "accept" not in stripped
-            and not _listed_in_connection(incoming, "accept")
+            "Accept" in incoming and "accept" not in stripped and "accept" not in listed
         )
 
     def forward(self, request: Request) -> Awaitable[Response]:
@@ -181,7 +184,7 @@ class Proxy:
         policy = exchange.policy
         if is_upgrade(request.headers):
             return self._websockets.upgrade(request, exchange)
-        origin = self._origins.get(policy.upstream) or parse_origin(policy.upstream)
+        origin = exchange.origin
         if policy.upstream_protocol != "http1":
             headers = CIMultiDict(exchange.upstream_fields())
             return self._http2.forward(request, origin, exchange.target, headers, policy)
@@ -203,22 +206,13 @@ def _admit_client(route: RouteConfig, auth: ConnectionAuth) -> tuple[tuple[str, 
     return auth.headers
 
 
-def _listed_in_connection(headers: CIMultiDict[str], key: str) -> bool:
-    """Does Connection name ``key`` (RFC 9110 §7.6.1), so that it is not forwarded?"""
-    values = headers.getall("Connection", ())
-    if not any(key in value.lower() for value in values):
-        return False  # the usual "keep-alive" or "close": no token to work out
-    return key in connection_tokens(headers)
+_NONE_LISTED: frozenset[str] = frozenset()
 
 
 def _stripped_on(route: RouteConfig, managed: frozenset[str]) -> frozenset[str]:
     """Header keys removed from requests on a route: the managed names, and the
     override headers (headers.OVERRIDE_HEADERS) the route does not allow."""
     return managed | (OVERRIDE_HEADERS - route.allow_override_headers)
-
-
-def _authority(url: str) -> str:
-    return url.split("://", 1)[1].split("/", 1)[0]
 
 
 def _forwarded(request: Request, *, via_proxy: bool = False) -> tuple[tuple[str, str], ...]:

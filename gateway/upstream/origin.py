@@ -20,15 +20,14 @@ class Origin:
     # host[:port] as the URL wrote it: the Host field the upstream expects
     # (RFC 9110 §7.2), a default port left out as it was.
     authority: str = field(default="", compare=False)
+    # Read on every request (the pool's key): worked out once.
+    tls: bool = field(init=False, compare=False)
+    # What a connection is opened to: origins that differ in path share connections.
+    endpoint: tuple[str, str, int] = field(init=False, compare=False)
 
-    @property
-    def tls(self) -> bool:
-        return self.scheme == "https"
-
-    @property
-    def endpoint(self) -> tuple[str, str, int]:
-        """What a connection is opened to: origins that differ in path share connections."""
-        return (self.scheme, self.host, self.port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tls", self.scheme == "https")
+        object.__setattr__(self, "endpoint", (self.scheme, self.host, self.port))
 
 
 def parse_origin(url: str) -> Origin:
