@@ -16,7 +16,11 @@ is run, in turn, as the gateway under callgrind, behind the same upstream
    the count: they are the same for every tree);
 4. the counters are dumped (``callgrind_control -d``), the total divided by N.
 
+With ``--handshakes``, ``ab`` runs without ``-k``: one full mTLS handshake per
+request, so the figure is per connection.
+
     python3 bench/instructions.py before=/path/to/old/checkout after=.
+    python3 bench/instructions.py --handshakes -n 1000 before=/path/to/old/checkout after=.
 
 Each ``NAME=DIR`` puts ``DIR`` first on ``PYTHONPATH`` (a ``git worktree`` of
 the commit to compare).  A few hundred requests per second run under
@@ -48,8 +52,19 @@ _COMPLETE = re.compile(r"Complete requests:\s+(\d+)")
 _FAILED = re.compile(r"Failed requests:\s+(\d+)")
 
 
-def measure(bench: Bench, name: str, tree: Path, config: Path, port: int, n: int, warm: int) -> int:
-    """Instructions for ``n`` keep-alive requests through the gateway from ``tree``."""
+def measure(
+    bench: Bench,
+    name: str,
+    tree: Path,
+    config: Path,
+    port: int,
+    n: int,
+    warm: int,
+    *,
+    keepalive: bool = True,
+) -> int:
+    """Instructions for ``n`` requests through the gateway from ``tree``
+    (``keepalive`` False: one full mTLS handshake per request)."""
     out = bench.work / f"callgrind.{name}"
     env = dict(os.environ, PYTHONPATH=str(tree))
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
@@ -62,7 +77,9 @@ def measure(bench: Bench, name: str, tree: Path, config: Path, port: int, n: int
         for _ in range(3):
             if bench.warm_request(system) != "200":
                 raise SystemExit(f"{name}: the warm request through {tree} did not answer 200")
-        ab = ["ab", "-q", "-k", "-c", "32", "-E", str(bench.pki.client_combined)]
+        ab = ["ab", "-q", "-c", "32", "-E", str(bench.pki.client_combined)]
+        if keepalive:
+            ab.append("-k")
         url = f"https://127.0.0.1:{port}/"
         subprocess.run([*ab, "-n", str(warm), url], capture_output=True, check=False)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
@@ -92,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("trees", nargs="+", metavar="NAME=DIR", help="source trees to compare")
     parser.add_argument("-n", "--requests", type=int, default=3000)
-    parser.add_argument("--warm", type=int, default=500, help="keep-alive requests before zeroing")
+    parser.add_argument("--warm", type=int, default=500, help="requests before zeroing")
+    parser.add_argument(
+        "--handshakes",
+        action="store_true",
+        help="no keep-alive: instructions per connection (full mTLS handshake and one request)",
+    )
     args = parser.parse_args(argv)
     for tool in ("valgrind", "callgrind_control", "nginx", "ab", "curl"):
         if shutil.which(tool) is None:
@@ -115,10 +137,20 @@ def main(argv: list[str] | None = None) -> int:
         bench.stop(system)
         results = {}
         for name, tree in trees:
-            total = measure(bench, name, tree, config, port, args.requests, args.warm)
+            total = measure(
+                bench,
+                name,
+                tree,
+                config,
+                port,
+                args.requests,
+                args.warm,
+                keepalive=not args.handshakes,
+            )
             results[name] = total / args.requests
+            unit = "connection" if args.handshakes else "request"
             print(
-                f"{name:>10}: {results[name]:>10,.0f} instructions per request ({tree})", flush=True
+                f"{name:>10}: {results[name]:>10,.0f} instructions per {unit} ({tree})", flush=True
             )
         first = next(iter(results.values()))
         for name, per in results.items():

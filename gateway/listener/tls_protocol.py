@@ -21,8 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from gateway.listener.records import RecordFramer
 from gateway.listener.session import TlsSession
@@ -245,9 +244,12 @@ class TlsServerProtocol(asyncio.Protocol):
     def _established(self, conn: SSL.Connection) -> None:
         self._cancel_timer()
         session = self._session
-        peer = conn.get_peer_certificate(as_cryptography=True)
+        peer = conn.get_peer_certificate()
         if peer is not None:
-            session.peer_der = peer.public_bytes(Encoding.DER)
+            # Straight to DER (one i2d): a cryptography object here would cost
+            # a DER round trip per handshake, and the policy parses the DER
+            # once per distinct certificate (trust/identity.py's cache).
+            session.peer_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
         alpn = conn.get_alpn_proto_negotiated()
         session.alpn = alpn.decode("ascii", "replace") if alpn else None
         session.version = conn.get_protocol_version_name()
