@@ -80,6 +80,7 @@ from compare_h2 import (  # bench/ is not a package: imported from its directory
     h2_target,
     print_h2,
 )
+from nginx_conf import NGINX_BACKEND, NGINX_HEAD, NGINX_IDENTITY_HEADERS, NGINX_PROXY, NGINX_TLS
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -296,16 +297,9 @@ def run(argv: list[str], timeout: float, check: bool = True) -> subprocess.Compl
     return result
 
 
-NGINX_UPSTREAM = """\
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-worker_rlimit_nofile {nofile};
-events {{ worker_connections {conns}; }}
-http {{
-    access_log off;
-    keepalive_timeout {ka}s;
-    keepalive_requests 100000000;
+NGINX_UPSTREAM = (
+    NGINX_HEAD
+    + """\
     server {{
         listen 127.0.0.1:{port} backlog=1024;
         location / {{
@@ -318,54 +312,26 @@ http {{
     }}
 }}
 """
+)
 
-NGINX_FRONT = """\
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-worker_rlimit_nofile {nofile};
-events {{ worker_connections {conns}; }}
-http {{
-    access_log off;
-    keepalive_timeout {ka}s;
-    keepalive_requests 100000000;
-    # The registry: verified subject DN -> client id (unknown subject: 403).
-    map $ssl_client_s_dn $client_id {{
-        default "";
-        "{dn}" "{client_id}";
-    }}
-    upstream backend {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 64;
-        keepalive_requests 100000000;
-    }}
+NGINX_FRONT = (
+    NGINX_HEAD
+    + """\
+"""
+    + NGINX_BACKEND
+    + """\
     server {{
         listen 127.0.0.1:{port} ssl backlog=1024;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_client_certificate {ca};
+"""
+    + NGINX_TLS
+    + """\
         ssl_verify_client on;
         if ($client_id = "") {{ return 403; }}
         location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # proxy_set_header replaces any caller-sent header of that name;
-            # "" removes it; names with "_" are dropped (ignore_invalid_headers).
-            proxy_set_header X-Client-Id $client_id;
-            proxy_set_header X-Client-Cert-Subject $ssl_client_s_dn;
-            proxy_set_header X-Client-Cert-Thumbprint $ssl_client_fingerprint;
-            proxy_set_header X-Client-Cert-Sha256 "";
-            proxy_set_header X-Forwarded-Client-Cert "";
-            proxy_set_header Client-Cert "";
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto https;
-            proxy_set_header X-Forwarded-Host $http_host;
-        }}
-    }}
-}}
 """
+    + NGINX_PROXY
+    + NGINX_IDENTITY_HEADERS
+)
 
 HAPROXY = """\
 global

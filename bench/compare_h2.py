@@ -37,6 +37,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from nginx_conf import NGINX_BACKEND, NGINX_HEAD, NGINX_IDENTITY_HEADERS, NGINX_PROXY, NGINX_TLS
+
 if TYPE_CHECKING:  # compare.py imports this module, never the other way (it runs as __main__)
     from compare import Bench, System
 
@@ -48,52 +50,25 @@ NO_CLIENT_CERT_NOTE = (
     " with an auth: none route (no mTLS handshake work, no registry lookup)"
 )
 
-NGINX_H2 = """\
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-worker_rlimit_nofile {nofile};
-events {{ worker_connections {conns}; }}
-http {{
-    access_log off;
-    keepalive_timeout {ka}s;
-    keepalive_requests 100000000;
+NGINX_H2 = (
+    NGINX_HEAD
+    + """\
     http2_max_requests 100000000;
-    map $ssl_client_s_dn $client_id {{
-        default "";
-        "{dn}" "{client_id}";
-    }}
-    upstream backend {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 64;
-        keepalive_requests 100000000;
-    }}
+"""
+    + NGINX_BACKEND
+    + """\
     server {{
         listen 127.0.0.1:{port} ssl http2 backlog=1024;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_client_certificate {ca};
-        # h2load sends no client certificate (see bench/h2.py).
+"""
+    + NGINX_TLS
+    + """\
+        # h2load sends no client certificate (see NO_CLIENT_CERT_NOTE).
         ssl_verify_client optional;
         location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # Empty without a certificate: "" removes the caller's copy.
-            proxy_set_header X-Client-Id $client_id;
-            proxy_set_header X-Client-Cert-Subject $ssl_client_s_dn;
-            proxy_set_header X-Client-Cert-Thumbprint $ssl_client_fingerprint;
-            proxy_set_header X-Client-Cert-Sha256 "";
-            proxy_set_header X-Forwarded-Client-Cert "";
-            proxy_set_header Client-Cert "";
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto https;
-            proxy_set_header X-Forwarded-Host $http_host;
-        }}
-    }}
-}}
 """
+    + NGINX_PROXY
+    + NGINX_IDENTITY_HEADERS
+)
 
 GATEWAY_H2 = """\
 issuer: https://localhost:{port}
@@ -105,7 +80,7 @@ listeners:
       cert: {cert}
       key: {key}
       client_ca: {ca}
-      # h2load sends no client certificate (see bench/h2.py).
+      # h2load sends no client certificate (see NO_CLIENT_CERT_NOTE).
       client_certs: optional
 admin:
   bind: 127.0.0.1:{admin_port}
