@@ -29,6 +29,7 @@ class H2Endpoint(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._flush_scheduled = False
+        self._unflushed = 0  # DATA bytes queued in h2 since the last write
         self._writable = asyncio.Event()
         self._writable.set()
         # A sender waiting for credit, per stream (RFC 9113 §6.9.1: the stream's
@@ -39,6 +40,7 @@ class H2Endpoint(asyncio.Protocol):
 
     def flush(self) -> None:
         """Write out what h2 queued, now (and so also what ``flush_soon`` left)."""
+        self._unflushed = 0
         data = self.h2.data_to_send()
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
@@ -106,7 +108,13 @@ class H2Endpoint(asyncio.Protocol):
             except (StreamClosedError, ProtocolError, FlowControlError):
                 raise StreamGone(stream_id) from None
             offset += size
-            self.flush_soon()
+            self._unflushed += size
+            if self._unflushed >= _FLUSH_NOW_BYTES:
+                # A large body goes out as it is framed: the socket's buffer,
+                # and pause_writing, bound it, not the peer's window alone.
+                self.flush()
+            else:
+                self.flush_soon()
             if last:
                 return
 
@@ -155,3 +163,7 @@ class H2Endpoint(asyncio.Protocol):
         self.transport = None
         self._writable.set()  # blocked senders wake and find the connection gone
         self.wake_sender(None)
+
+
+# Past this many DATA bytes queued in one loop iteration, write at once.
+_FLUSH_NOW_BYTES = 64 * 1024

@@ -205,6 +205,36 @@ async def test_a_large_body_both_ways_within_the_windows(
     await peer.close()
 
 
+async def test_a_caller_that_stops_reading_stops_the_body_even_with_a_huge_window(
+    h2_listener: StartH2, pki: Pki, client_cert: Issued
+) -> None:
+    produced = 0
+    size = 256 * 1024 * 1024
+
+    async def endless(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal produced
+            block = b"z" * 65536
+            while produced < size:
+                produced += len(block)
+                yield block  # no await in between: only the socket can hold it back
+
+        return Response(200, [], stream=body(), length=size)
+
+    listener = await h2_listener(endless)
+    peer = await _client(listener.port, pki, client_cert, window=2**31 - 1)
+    peer.conn.increment_flow_control_window(2**31 - 1 - 65535)  # the connection's window too
+    stream = peer.request("/big")
+    await peer.until(lambda: peer.answers[stream].status != 0)
+    # The peer's windows admit 2 GiB; it now reads nothing more.
+    await asyncio.sleep(1.0)
+    # Frames are written as they are made once 64 KiB are queued, so the
+    # socket's buffers and pause_writing bound what the handler produced,
+    # not the peer's window (it would have been the whole 256 MiB).
+    assert produced < 64 * 1024 * 1024, produced
+    await peer.close()
+
+
 async def test_credit_is_withheld_while_the_handler_does_not_read(
     h2_listener: StartH2, pki: Pki, client_cert: Issued
 ) -> None:
