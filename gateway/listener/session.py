@@ -10,7 +10,7 @@ class TlsSession:
 
     Exposed to the HTTP layer as the transport's ``ssl_object`` extra info;
     it lives as long as the connection, and so does what is cached on it:
-    ``identity`` is the listener Authenticator's (gateway/auth.py) resolved
+    ``identity`` is the listener Authenticator's (gateway/auth/) resolved
     identity of this connection, as ``(authenticator, ConnectionAuth)``.
     """
 

@@ -7,6 +7,6 @@
 * ``forwarded``: the client-certificate headers a TLS-terminating proxy sends.
 
 Nothing here reads files or sockets; the listener's trust material
-(gateway/listener/tls_material.py) and the authenticator (gateway/auth.py)
+(gateway/listener/tls_material.py) and the authenticator (gateway/auth/)
 build on it.
 """

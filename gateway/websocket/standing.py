@@ -2,7 +2,7 @@
 
 A WebSocket is one request admitted once, at its upgrade, but it may stay
 open for hours.  The admission depends on the registry and the trust material
-(CRLs, CAs), whose generations change when they do (gateway/auth.py caches
+(CRLs, CAs), whose generations change when they do (gateway/auth/ caches
 identities by them for the same reason), and on the certificate's notAfter.
 So one task per listener compares the generations each second and, only when
 they moved or a certificate expired, re-runs the admission of the sockets

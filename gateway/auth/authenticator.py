@@ -1,18 +1,4 @@
-"""Who is on this TLS connection: certificate → identity → registered client.
-
-The peer certificate is fixed for the life of a connection
-(docs/design/client-certificates.md), so the result is cached per connection
-and recomputed only when the registry or the trust material has changed
-since: a client removed from the registry, or a pin removed from the trust
-store, is refused on its next request even on a keep-alive connection.
-
-Behind a TLS-terminating load balancer (``forwarded_client_cert``), a
-connection from a trusted proxy carries many clients: the identity then comes
-from the forwarded certificate header alone (never from the proxy's own TLS
-certificate), is verified like a handshake certificate (chain.py), and is
-cached per (connection, header value).  From any other source the header is
-ignored (and stripped before forwarding, headers.py).
-"""
+"""The Authenticator: certificate → identity → registered client, cached (see the package)."""
 
 from __future__ import annotations
 
@@ -26,6 +12,8 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from gateway.auth.outcome import ConnectionAuth
+from gateway.auth.recent import RecentIdentities
 from gateway.errors import (
     GatewayError,
     access_denied,
@@ -45,41 +33,11 @@ from gateway.pipeline.messages import Request
 from gateway.proxy.config import HeaderNames
 from gateway.registry.base import Registry, RegistryUnavailable
 from gateway.registry.matching import MatchResult
-from gateway.registry.model import Client
 from gateway.trust.chain import CertificateTrust
 from gateway.trust.forwarded import HEADERS, ForwardedCertError, header_values, parse_forwarded
 from gateway.trust.identity import CertificateError, CertificateIdentity, cached_identity_from_der
 
 log = logging.getLogger("gateway.auth")
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionAuth:
-    """The outcome for one connection at one registry and trust generation."""
-
-    identity: CertificateIdentity | None
-    result: MatchResult
-    headers: tuple[tuple[str, str], ...]  # identity headers for this client
-    registry_generation: int
-    trust_generation: int
-    # The certificate's notAfter: a keep-alive connection outliving its
-    # certificate is re-checked (and refused) instead of served from cache.
-    valid_until: float = float("inf")
-
-    @property
-    def client(self) -> Client | None:
-        return self.result.client
-
-    def require_client(self) -> Client:
-        """The single registered client, or the error to answer with (fail closed)."""
-        if self.identity is None:
-            raise client_certificate_required()
-        client = self.result.client
-        if client is None:
-            raise access_denied(
-                f"certificate refused: {self.result.reason}", self.identity.thumbprint
-            )
-        return client
 
 
 _NO_MATCH = MatchResult((), "no client certificate presented")
@@ -122,6 +80,7 @@ class Authenticator:
         self._registry = registry
         self._tls = tls
         self._names = header_names
+        self._recent: RecentIdentities[ConnectionAuth] = RecentIdentities()
         self._forwarded: ForwardedCertConfig | None = None
         self._proxies = TrustedSources(())
         self._proxy_connections: weakref.WeakKeyDictionary[object, _ProxyConnection] = (
@@ -243,8 +202,11 @@ class Authenticator:
         # certificates (RFC 5280 §4.2.1.9: never a PKI client), can only be the
         # exact certificate a thumbprint secret names.
         exact_only = not verified or identity.is_ca
+        recent = self._recent.get(der, verified, registry_generation, trust.generation)
+        if recent is not None:
+            return recent  # a returning client on a new connection (recent.py)
         chains = trust.chain_facts(der, handshake_verified=verified)
-        return await self._match(
+        auth = await self._match(
             request,
             identity,
             trust,
@@ -253,6 +215,9 @@ class Authenticator:
             chains,
             unverified=_unverified_reason(identity, failure, verified),
         )
+        if auth.result.client is not None:
+            self._recent.put(der, verified, auth)
+        return auth
 
     async def _match(
         self,
@@ -415,4 +380,4 @@ def _unverified_reason(
     return None
 
 
-__all__ = ["Authenticator", "ConnectionAuth", "GatewayError"]
+__all__ = ["Authenticator", "ConnectionAuth"]
