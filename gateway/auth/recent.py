@@ -35,11 +35,15 @@ T = TypeVar("T", bound=Generational)
 
 
 class RecentIdentities(Generic[T]):
-    """At most ``size`` accepted identities; the oldest half goes when it is full."""
+    """At most ``size`` accepted identities; the oldest half goes when it is full.
+
+    1,024 by default, as many as trust/identity.py keeps parsed certificates:
+    an entry holds its identity, so more would only keep more of them alive.
+    """
 
     __slots__ = ("_entries", "max_age", "size")
 
-    def __init__(self, size: int = 4096, max_age: float = 60.0) -> None:
+    def __init__(self, size: int = 1024, max_age: float = 60.0) -> None:
         self.size = size
         self.max_age = max_age
         self._entries: dict[tuple[bytes, bool], tuple[float, T]] = {}
