@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 
 import pytest
 from multidict import CIMultiDict
@@ -45,6 +46,39 @@ async def test_stages_run_in_order_sync_and_async_until_one_answers() -> None:
     assert pipeline.describe() == "a → b → c"
     assert (await pipeline(request())).status == 204
     assert seen == ["first", "second"]
+
+
+async def test_a_stage_decides_per_request_whether_it_waits() -> None:
+    """A plain function may answer at once or hand back what to wait for (the cached
+    authentication and the first request's lookup)."""
+    seen: list[str] = []
+
+    async def lookup(request: Request) -> None:
+        seen.append(f"looked up {request.path}")
+
+    def authenticate(request: Request) -> Awaitable[None] | None:
+        if request.path == "/cached":
+            seen.append("cached")
+            return None
+        return lookup(request)
+
+    async def refused_later(_: Request) -> Response | None:
+        raise GatewayError(403, "access_denied", "no")
+
+    def authorize(request: Request) -> Awaitable[Response | None] | None:
+        return refused_later(request) if request.path == "/refused" else None
+
+    pipeline = Pipeline(
+        [
+            Stage.of("authenticate", authenticate),
+            Stage.of("authorize", authorize),
+            Stage.of("answer", lambda _: Response(200)),
+        ]
+    )
+    assert (await pipeline(request("/cached"))).status == 200
+    assert (await pipeline(request("/first"))).status == 200
+    assert (await pipeline(request("/refused"))).status == 403  # raised after the await
+    assert seen == ["cached", "looked up /first", "looked up /refused"]
 
 
 async def test_a_refusal_from_any_stage_is_rendered_once_as_json() -> None:
