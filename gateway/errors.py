@@ -66,6 +66,13 @@ def json_error(
     return Response(status, [("Content-Type", "application/json"), *merged.items()], body.encode())
 
 
+def closing_json_error(status: int, error: str, description: str) -> Response:
+    """``json_error`` on a connection that closes after it (framing and parser refusals)."""
+    response = json_error(status, error, description)
+    response.force_close()
+    return response
+
+
 # The proxy's fixed answers.
 def client_certificate_required() -> GatewayError:
     return GatewayError(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from gateway.errors import GatewayError
+from gateway.errors import closing_json_error
 from gateway.pipeline.messages import Request, Response
 
 # RFC 9110 §7.2: Host = uri-host [ ":" port ].  uri-host: an IP-literal, or a
@@ -93,36 +93,36 @@ def _codings(request: Request) -> list[str]:
     ]
 
 
-def _closing(status: int, error: str, description: str) -> Response:
-    response = GatewayError(status, error, description).response()
-    response.force_close()
-    return response
-
-
 def check_framing(request: Request) -> Response | None:
     """The pipeline's first stage: None when the request may go on, else the refusal."""
     if request.method == "CONNECT":
-        return _closing(
+        return closing_json_error(
             501, "not_implemented", "CONNECT is not supported: this gateway is not a forward proxy"
         )
     hosts = request.headers.getall("Host", ())
     if len(hosts) > 1:
         # RFC 9112 §3.2: more than one Host field MUST get a 400.
-        return _closing(400, "invalid_request", "more than one Host header")
+        return closing_json_error(400, "invalid_request", "more than one Host header")
     if not hosts and request.version >= (1, 1) and request.protocol != "HTTP/2":
         # RFC 9112 §3.2: an HTTP/1.1 request without Host MUST get a 400.
-        return _closing(400, "invalid_request", "an HTTP/1.1 request needs a Host header")
+        return closing_json_error(400, "invalid_request", "an HTTP/1.1 request needs a Host header")
     problem = host_problem(hosts[0] if hosts else None, request.raw_path)
     if problem is not None:
-        return _closing(400, "invalid_request", problem)
+        return closing_json_error(400, "invalid_request", problem)
     if "Transfer-Encoding" in request.headers:
         if request.version < (1, 1):
-            return _closing(400, "invalid_request", "Transfer-Encoding is not defined for HTTP/1.0")
+            return closing_json_error(
+                400, "invalid_request", "Transfer-Encoding is not defined for HTTP/1.0"
+            )
         codings = _codings(request)
         if codings[-1:] != ["chunked"]:
             # RFC 9112 §6.3: chunked not last, the body length cannot be
             # determined: 400 and close.
-            return _closing(400, "invalid_request", "chunked must be the final transfer coding")
+            return closing_json_error(
+                400, "invalid_request", "chunked must be the final transfer coding"
+            )
         if codings != ["chunked"]:
-            return _closing(501, "not_implemented", "only the chunked transfer coding is supported")
+            return closing_json_error(
+                501, "not_implemented", "only the chunked transfer coding is supported"
+            )
     return None

@@ -12,6 +12,8 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
+from gateway.pipeline.messages import Response
+
 SERVER_NAME = "mtls-gateway"
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
@@ -102,3 +104,21 @@ def printable(text: str, limit: int = 200) -> str:
     """A parser's message as safe to echo: printable ASCII, white space folded, bounded."""
     cleaned = "".join(ch if " " <= ch <= "~" else " " for ch in str(text))
     return " ".join(cleaned.split())[:limit]
+
+
+def head_of(response: Response, *, keep_alive: bool = True, framing: bytes | None = None) -> bytes:
+    """A pipeline ``Response``'s head, framed by its whole body unless ``framing`` says otherwise."""
+    if framing is None:
+        framing = b"Content-Length: %d\r\n" % len(response.body)
+    return response_head(
+        response.status,
+        response.reason,
+        response.headers,
+        framing=framing,
+        keep_alive_field=b"" if keep_alive else b"Connection: close\r\n",
+    )
+
+
+def closing_answer(response: Response) -> bytes:
+    """Head and body of an answer after which the connection closes (refusals)."""
+    return head_of(response, keep_alive=False) + response.body

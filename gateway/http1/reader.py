@@ -240,6 +240,20 @@ class RequestReader:
         self.in_head = True
 
 
+def caller_keeps_alive(request: Request) -> bool:
+    """The caller's side of persistence (RFC 9112 §9.3): its version and Connection field.
+
+    Unread body bytes would be read as the next request (RFC 9112 §9.6), so
+    after an early answer (401/403 to Expect, 408 to a trickle) it is no.
+    """
+    connection = request.headers.get("Connection", "").lower()
+    if request.version >= (1, 1):
+        persistent = "close" not in connection
+    else:
+        persistent = "keep-alive" in connection
+    return persistent and request.content.ended
+
+
 def _version(text: str) -> tuple[tuple[int, int], str]:
     major, minor = text.split(".")
     return (int(major), int(minor)), f"HTTP/{text}"

@@ -27,15 +27,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway.errors import json_error
+from gateway.errors import closing_json_error
 from gateway.http1.connections import ConnectionSet
-from gateway.http1.head import NO_BODY_STATUSES, response_head
+from gateway.http1.head import NO_BODY_STATUSES, closing_answer, head_of
 from gateway.http1.reader import (
     Connection,
     HeadRefused,
     Http1Settings,
     RequestReader,
     UpgradeRequested,
+    caller_keeps_alive,
 )
 from gateway.http1.upgrade import UpgradedStream
 from gateway.http1.writer import ResponseWriter
@@ -60,14 +61,30 @@ class Observing(Protocol):
 Gate = Callable[[], bool]
 
 
-def _json_refusal(status: int, error: str, description: str) -> Response:
-    """The gateway's one JSON error shape (gateway/errors.py), on a connection that then closes."""
-    response = json_error(status, error, description)
-    response.force_close()
-    return response
-
-
 class Http1ServerProtocol(asyncio.Protocol):
+    # One per open connection, most of them idle: slots, and no pipelining
+    # queue until a caller pipelines (an empty deque is 600 bytes).
+    __slots__ = (
+        "_admit",
+        "_close_after",
+        "_connections",
+        "_done",
+        "_draining",
+        "_handler",
+        "_held",
+        "_loop",
+        "_observer",
+        "_pending",
+        "_reader",
+        "_release",
+        "_settings",
+        "_task",
+        "_timer",
+        "_transport",
+        "_upgraded",
+        "_writer",
+    )
+
     def __init__(
         self,
         handler: Handler,
@@ -93,7 +110,7 @@ class Http1ServerProtocol(asyncio.Protocol):
         # One deadline at a time (header read or keep-alive idle), see _arm.
         self._timer = LazyTimer(self._loop)
         # Requests parsed and waiting for the one in flight (pipelining).
-        self._pending: deque[Request] = deque()
+        self._pending: deque[Request] | None = None
         self._task: asyncio.Task[None] | None = None
         self._upgraded: UpgradedStream | None = None
         self._close_after = False
@@ -109,12 +126,12 @@ class Http1ServerProtocol(asyncio.Protocol):
         if self._admit is not None and not self._admit():
             self._admit = None  # not admitted: nothing to release
             self._release = None
-            over = _json_refusal(503, "temporarily_unavailable", "too many open connections")
+            over = closing_json_error(503, "temporarily_unavailable", "too many open connections")
             over.headers.append(("Retry-After", "1"))
             self._transport = None
             write = getattr(transport, "write", None)
             if write is not None:
-                write(self._head_for(over, keep_alive=False) + over.body)
+                write(closing_answer(over))
             transport.close()
             return
         peer = transport.get_extra_info("peername")
@@ -236,6 +253,8 @@ class Http1ServerProtocol(asyncio.Protocol):
         if self._task is None:
             self._start(request)
         else:
+            if self._pending is None:
+                self._pending = deque()
             self._pending.append(request)
             self._pause_reading()
 
@@ -259,7 +278,7 @@ class Http1ServerProtocol(asyncio.Protocol):
         except Exception:
             log.exception("unhandled error answering %s %s", request.method, request.path)
             if response is None and self._writer is not None and not self._writer.started:
-                response = _json_refusal(500, "server_error", "internal error")
+                response = closing_json_error(500, "server_error", "internal error")
                 await self._send(request, response)
             elif self._transport is not None:
                 self._transport.abort()
@@ -280,7 +299,7 @@ class Http1ServerProtocol(asyncio.Protocol):
             if self._transport is None:
                 stream.feed_eof()  # the caller left before its 101: the relay ends at once
             else:
-                writer.write(self._head_for(response, keep_alive=True, framing=b""))
+                writer.write(head_of(response, framing=b""))
             self._upgraded = stream
             response.close = True
             await response.upgraded(stream)
@@ -295,27 +314,7 @@ class Http1ServerProtocol(asyncio.Protocol):
             return False
         if self._draining is not None and self._draining():
             return False  # SIGTERM: callers move their keep-alive traffic elsewhere
-        connection = request.headers.get("Connection", "").lower()
-        if request.version >= (1, 1):
-            persistent = "close" not in connection
-        else:
-            persistent = "keep-alive" in connection
-        # Unread body bytes would be read as the next request (RFC 9112 §9.6):
-        # after an early answer (401/403 to Expect, 408 to a trickle) close.
-        return persistent and request.content.ended
-
-    def _head_for(
-        self, response: Response, *, keep_alive: bool, framing: bytes | None = None
-    ) -> bytes:
-        if framing is None:
-            framing = b"Content-Length: %d\r\n" % len(response.body)
-        return response_head(
-            response.status,
-            response.reason,
-            response.headers,
-            framing=framing,
-            keep_alive_field=b"" if keep_alive else b"Connection: close\r\n",
-        )
+        return caller_keeps_alive(request)
 
     def _next(self) -> None:
         self._task = None
@@ -362,13 +361,13 @@ class Http1ServerProtocol(asyncio.Protocol):
                 description = f"{description} ({hint})"
         self._held = None
         self._timer.stop()
-        refusal = _json_refusal(400, "invalid_request", description)
+        refusal = closing_json_error(400, "invalid_request", description)
         if self._task is not None:
             # An answer is in flight: the refusal goes after it (pipelining).
             self._close_after = True
             return
         if self._writer is not None and self._transport is not None:
-            self._writer.write(self._head_for(refusal, keep_alive=False) + refusal.body)
+            self._writer.write(closing_answer(refusal))
             self._transport.close()
 
     # -- helpers ---------------------------------------------------------------

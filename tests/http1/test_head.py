@@ -53,3 +53,20 @@ def test_a_field_carrying_a_line_break_is_dropped_and_the_others_are_kept() -> N
     assert b"injected" not in head and b"X-Evil" not in head
     assert b"X-Before: 1\r\n" in head and b"X-After: 2\r\n" in head
     assert head.count(b"\r\n\r\n") == 1 and head.count(b"\n") == head.count(b"\r\n")
+
+
+def test_a_closing_answer_is_framed_by_its_body_and_says_connection_close() -> None:
+    from gateway.errors import closing_json_error
+    from gateway.http1.head import closing_answer, head_of
+
+    refusal = closing_json_error(400, "invalid_request", "two Host fields")
+    assert refusal.close is True
+    wire = closing_answer(refusal)
+    head, _, body = wire.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nConnection: close" in head
+    assert f"\r\nContent-Length: {len(body)}".encode() in head
+    assert body == refusal.body and b'"error": "invalid_request"' in body
+    # An upgrade's 101 carries no framing line and no Connection: close.
+    upgrade = head_of(refusal, framing=b"")
+    assert b"Content-Length" not in upgrade and b"Connection: close" not in upgrade
