@@ -1,8 +1,8 @@
 """A deadline that moves at the cost of a float store.
 
 Used by the upstream connection (the route timeout, pushed on every body
-chunk) and by the HTTP/1.1 server protocol (header read and keep-alive idle,
-moved on every request).
+chunk), by the HTTP/1.1 server protocol (header read and keep-alive idle,
+moved on every request) and by the HTTP/2 one (idle, moved on every stream).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from h2.settings import SettingCodes, Settings
+
 # h2's HPACK decoder refuses a block that decodes to more (h2's
 # DEFAULT_MAX_HEADER_LIST_SIZE), whatever was advertised.
 HARD_HEADER_LIST_SIZE = 65536
@@ -44,6 +46,18 @@ class Http2Limits:
     # A connection without any open stream for this long gets a GOAWAY and is
     # closed (the HTTP/1.1 keep-alive timeout's counterpart).
     idle_timeout: float = 75.0
+
+    def local_settings(self) -> Settings:
+        """The server's SETTINGS (RFC 9113 §6.5.2) for these limits; no server push."""
+        return Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
+                SettingCodes.INITIAL_WINDOW_SIZE: self.initial_window_size,
+                SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
 
     def __post_init__(self) -> None:
         if self.max_concurrent_streams < 1:

@@ -36,9 +36,10 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes, Settings
+from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
+from gateway.errors import json_error
 from gateway.http1.connections import ConnectionSet
 from gateway.http1.server import Gate, Observing
 from gateway.http2.endpoint import H2Endpoint, StreamGone
@@ -48,15 +49,13 @@ from gateway.http2.limits import Http2Limits, ResetCounter
 from gateway.http2.respond import write_response
 from gateway.ops.throttle import ThrottledWarning
 from gateway.pipeline.messages import Handler, Request, RequestBody, Response
+from gateway.timer import LazyTimer
 
 log = logging.getLogger("gateway")
 _calm_warnings = ThrottledWarning(log)
 
-_HEADER_TOO_LARGE = Response(
-    431,
-    [("content-type", "application/json")],
-    b'{"error":"invalid_request","error_description":"request header fields too large"}',
-)
+# RFC 6585 §5, in the gateway's one JSON error shape (gateway/errors.py).
+_HEADER_TOO_LARGE = json_error(431, "invalid_request", "request header fields too large")
 
 
 class Http2ServerProtocol(H2Endpoint):
@@ -102,7 +101,8 @@ class Http2ServerProtocol(H2Endpoint):
         self._draining = False
         self._last_stream_id = 2**31 - 1  # until a GOAWAY names the last one processed
         self._resets = ResetCounter(self._limits.max_resets, self._limits.reset_window)
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # The idle deadline moves on every stream: a float store (gateway/timer.py).
+        self._idle_timer = LazyTimer(self._loop)
         self._done: asyncio.Future[None] = self._loop.create_future()
 
     # -- from the transport ------------------------------------------------------------
@@ -120,15 +120,7 @@ class Http2ServerProtocol(H2Endpoint):
         limits = self._limits
         # Effective at once in h2 (not only once acknowledged), so a peer that
         # opens more streams than advertised in its first flight is refused too.
-        self.h2.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
-                SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
+        self.h2.local_settings = limits.local_settings()
         self.h2.initiate_connection()
         if limits.connection_window_size > 65535:
             self.h2.increment_flow_control_window(limits.connection_window_size - 65535)
@@ -161,7 +153,7 @@ class Http2ServerProtocol(H2Endpoint):
             self._release = None
         if self._connections is not None:
             self._connections.discard(self)
-        self._cancel_idle_timer()
+        self._idle_timer.stop()
         gone = ConnectionError("the HTTP/2 connection closed")
         for stream in list(self._streams.values()):
             if stream.body is not None:
@@ -209,7 +201,7 @@ class Http2ServerProtocol(H2Endpoint):
         ended = event.stream_ended is not None
         stream = InboundStream(stream_id, remote_open=not ended)
         self._streams[stream_id] = stream
-        self._cancel_idle_timer()
+        self._idle_timer.disarm()
         if header_list_size(block) > self._limits.max_header_list_size:
             # RFC 9113 §10.5.1; h2's decoder ends the connection only past
             # its hard limit (limits.HARD_HEADER_LIST_SIZE).
@@ -396,7 +388,7 @@ class Http2ServerProtocol(H2Endpoint):
     def _terminate(self) -> None:
         """Write what h2 queued (a GOAWAY) and close; running streams are cancelled."""
         self.flush()
-        self._cancel_idle_timer()
+        self._idle_timer.stop()
         for stream in list(self._streams.values()):
             if stream.task is not None:
                 stream.task.cancel()
@@ -405,15 +397,8 @@ class Http2ServerProtocol(H2Endpoint):
         self.closed = True
 
     def _arm_idle_timer(self) -> None:
-        self._cancel_idle_timer()
-        self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._idle_expired)
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle_timer.start(self._loop.time() + self._limits.idle_timeout, self._idle_expired)
 
     def _idle_expired(self) -> None:
-        self._idle_timer = None
         if not self._streams:
             self.drain()

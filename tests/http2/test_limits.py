@@ -7,6 +7,7 @@ the rapid-reset pattern (CVE-2023-44487).
 from __future__ import annotations
 
 import asyncio
+import json
 
 from h2.errors import ErrorCodes
 from hpack import Encoder
@@ -49,7 +50,9 @@ async def _closed_with(peer: RawH2) -> ErrorCodes | None:
                 break
     if peer.terminated is None:
         return None
-    return ErrorCodes(peer.terminated.error_code)
+    code = peer.terminated.error_code
+    assert code is not None  # a GOAWAY always names one
+    return ErrorCodes(code)
 
 
 async def test_streams_past_the_concurrency_limit_end_the_connection(
@@ -113,6 +116,10 @@ async def test_a_header_block_over_the_advertised_size_is_answered_431(
     peer = await _settled(listener.port, pki, client_cert)
     answer = await peer.answer(peer.request("/", headers=_flood(100)))  # ~11 KB decoded
     assert answer.status == 431
+    assert json.loads(answer.body) == {
+        "error": "invalid_request",
+        "error_description": "request header fields too large",
+    }
     assert (await peer.answer(peer.request("/small"))).body == b"ok"  # the connection lives
     await peer.close()
 

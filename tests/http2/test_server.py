@@ -368,3 +368,20 @@ async def test_an_idle_connection_is_closed_with_goaway(
     await peer.until(lambda: peer.terminated is not None, timeout=3)
     assert peer.terminated is not None and peer.terminated.error_code == ErrorCodes.NO_ERROR
     await peer.close()
+
+
+async def test_streams_more_often_than_the_idle_timeout_keep_the_connection_open(
+    h2_listener: StartH2, pki: Pki, client_cert: Issued
+) -> None:
+    # Each stream moves the idle deadline: eight requests 0.2 s apart (1.6 s
+    # in all) on a 0.5 s idle timeout, then the connection goes idle and ends.
+    listener = await h2_listener(_describe, limits=Http2Limits(idle_timeout=0.5))
+    peer = await _client(listener.port, pki, client_cert)
+    for _ in range(8):
+        answer = await peer.answer(peer.request("/"))
+        assert answer.status == 200
+        assert peer.terminated is None
+        await asyncio.sleep(0.2)
+    await peer.until(lambda: peer.terminated is not None, timeout=3)
+    assert peer.terminated is not None and peer.terminated.error_code == ErrorCodes.NO_ERROR
+    await peer.close()
