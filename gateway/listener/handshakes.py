@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 
@@ -11,6 +11,16 @@ from gateway.listener.session import TlsSession
 from gateway.ops.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway.tls")
+
+
+class HandshakeObserver(Protocol):
+    """What the TLS layer tells of each handshake (``HandshakeStats`` below)."""
+
+    def handshake_started(self) -> None: ...
+
+    def handshake_completed(self, session: TlsSession) -> None: ...
+
+    def handshake_failed(self, kind: str, reason: str, peer: Any) -> None: ...
 
 
 class HandshakeStats:

@@ -1,4 +1,4 @@
-"""Counting the TLS records that have arrived complete, from their 5-byte headers.
+"""TLS records: their sizes, and counting those that arrived complete from their 5-byte headers.
 
 Every TLS record starts with a type byte, a 2-byte version and a 2-byte length
 (RFC 8446 §5.1, RFC 5246 §6.2.1), also when encrypted.  One ``SSL_read`` returns
@@ -11,6 +11,28 @@ instead of calling once more to be told ``WantReadError`` (an exception and a
 from __future__ import annotations
 
 HEADER = 5
+# One TLS record carries at most 16 KiB of plaintext (RFC 8446 §5.1), and one
+# SSL_read returns at most one record: a larger buffer would only be allocated.
+RECORD_PLAINTEXT = 16384
+# Ciphertext bytes per record beyond its plaintext: header 5, content type 1,
+# AEAD tag 16 (TLS 1.3); TLS 1.2 GCM adds an 8-byte explicit nonce instead.
+RECORD_OVERHEAD = 29
+HANDSHAKE = 0x16  # the content type of a ClientHello's record
+
+_PLAIN_HTTP_BODY = (
+    b'{"error":"invalid_request","error_description":"plain HTTP sent to an HTTPS port (mTLS)"}'
+)
+# The answer to a plain HTTP request on a TLS port, in the clear, as NGINX
+# answers one (its 400 "The plain HTTP request was sent to HTTPS port").
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
+)
+
+
+def looks_like_plain_http(first: bytes) -> bool:
+    """The connection's first bytes start a request line (a method), not a TLS record."""
+    return first[:1] != bytes([HANDSHAKE]) and first[:1].isalpha()
 
 
 class RecordFramer:

@@ -19,11 +19,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from OpenSSL import SSL, crypto
 
-from gateway.listener.records import RecordFramer
+from gateway.listener.handshakes import HandshakeObserver
+from gateway.listener.records import (
+    PLAIN_HTTP_ANSWER,
+    RECORD_OVERHEAD,
+    RECORD_PLAINTEXT,
+    RecordFramer,
+    looks_like_plain_http,
+)
 from gateway.listener.session import TlsSession
 from gateway.listener.tls_context import openssl_reason
 from gateway.listener.tls_transport import TlsTransport
@@ -32,31 +39,6 @@ from gateway.ops.throttle import ThrottledWarning
 
 log = logging.getLogger("gateway")
 _send_timeouts = ThrottledWarning(log)
-
-# One TLS record carries at most 16 KiB of plaintext (RFC 8446 §5.1), and one
-# SSL_read returns at most one record: a larger buffer would only be allocated.
-RECORD_PLAINTEXT = 16384
-# Ciphertext bytes per record beyond its plaintext: header 5, content type 1,
-# AEAD tag 16 (TLS 1.3); TLS 1.2 GCM adds an 8-byte explicit nonce instead.
-_RECORD_OVERHEAD = 29
-_HANDSHAKE_RECORD = 0x16
-_PLAIN_HTTP_BODY = (
-    b'{"error":"invalid_request","error_description":"plain HTTP sent to an HTTPS port (mTLS)"}'
-)
-_PLAIN_HTTP_ANSWER = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
-)
-
-
-class HandshakeObserver(Protocol):
-    """Where handshake outcomes are counted and logged (``handshakes.py``)."""
-
-    def handshake_started(self) -> None: ...
-
-    def handshake_completed(self, session: TlsSession) -> None: ...
-
-    def handshake_failed(self, kind: str, reason: str, peer: Any) -> None: ...
 
 
 class TlsServerProtocol(asyncio.Protocol):
@@ -198,12 +180,12 @@ class TlsServerProtocol(asyncio.Protocol):
     def _handshake_step(self, conn: SSL.Connection, data: bytes) -> None:
         if not self._got_bytes:
             self._got_bytes = True
-            if data[:1] != bytes([_HANDSHAKE_RECORD]) and data[:1].isalpha():
+            if looks_like_plain_http(data):
                 # A plain HTTP request on the TLS port: say so, as NGINX does.
                 self._observer.handshake_failed(
                     "plain_http", "plain HTTP request on a TLS port", self._peer()
                 )
-                self._write_raw(_PLAIN_HTTP_ANSWER)
+                self._write_raw(PLAIN_HTTP_ANSWER)
                 self._close_transport()
                 return
         conn.bio_write(data)
@@ -320,7 +302,7 @@ class TlsServerProtocol(asyncio.Protocol):
             return
         size = len(data)
         assert written == size, "partial TLS write"
-        self._flush_sized(conn, size + _RECORD_OVERHEAD * (size // RECORD_PLAINTEXT + 2))
+        self._flush_sized(conn, size + RECORD_OVERHEAD * (size // RECORD_PLAINTEXT + 2))
 
     def _flush_sized(self, conn: SSL.Connection, expected: int) -> None:
         try:

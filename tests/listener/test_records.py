@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.listener.records import RecordFramer
+from gateway.listener.records import RecordFramer, looks_like_plain_http
 
 
 def _record(body_length: int) -> bytes:
@@ -43,3 +44,17 @@ def test_a_header_split_across_segments() -> None:
     assert framer.feed(record[2:7]) == 0
     assert framer.feed(record[7:] + record[:3]) == 1
     assert framer.feed(record[3:]) == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "plain"),
+    [
+        (b"GET / HTTP/1.1\r\n", True),
+        (b"post /token HTTP/1.1\r\n", True),
+        (b"\x16\x03\x01\x02\x00", False),  # a ClientHello's record header
+        (b"\x80\x2e\x01", False),  # an SSLv2-style hello: not HTTP, left to OpenSSL
+        (b"", False),
+    ],
+)
+def test_a_request_line_is_told_from_a_tls_record(first: bytes, plain: bool) -> None:
+    assert looks_like_plain_http(first) is plain
