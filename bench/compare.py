@@ -72,14 +72,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from compare_h2 import (  # bench/ is not a package: imported from its directory
-    GATEWAY_H2,
+from compare_h2 import (
     H2_SYSTEMS,
     NGINX_H2,
     h2_phase,
     h2_target,
     print_h2,
 )
+from gateway_conf import GATEWAY, GATEWAY_H2  # bench/ is not a package: from its directory
 from nginx_conf import NGINX_BACKEND, NGINX_HEAD, NGINX_IDENTITY_HEADERS, NGINX_PROXY, NGINX_TLS
 
 HERE = Path(__file__).resolve().parent
@@ -364,32 +364,6 @@ backend be
     server upstream 127.0.0.1:{upstream_port}
 """
 
-GATEWAY = """\
-issuer: https://localhost:{port}
-listeners:
-  - bind: 127.0.0.1:{port}
-    public_url: https://localhost:{port}
-    tls:
-      cert: {cert}
-      key: {key}
-      client_ca: {ca}
-      client_certs: required
-admin:
-  bind: 127.0.0.1:{admin_port}
-registry:
-  kind: yaml
-  path: {registry}
-tokens:
-  signing_keys: [{signing_key}]
-routes:
-  - prefix: /
-    upstream: http://127.0.0.1:{upstream_port}
-    auth: client
-limits:
-  keepalive_timeout: {ka}
-logging:
-  level: WARNING
-{access_log}"""
 
 REGISTRY = """\
 clients:

@@ -70,35 +70,6 @@ NGINX_H2 = (
     + NGINX_IDENTITY_HEADERS
 )
 
-GATEWAY_H2 = """\
-issuer: https://localhost:{port}
-listeners:
-  - bind: 127.0.0.1:{port}
-    public_url: https://localhost:{port}
-    http2: true
-    tls:
-      cert: {cert}
-      key: {key}
-      client_ca: {ca}
-      # h2load sends no client certificate (see NO_CLIENT_CERT_NOTE).
-      client_certs: optional
-admin:
-  bind: 127.0.0.1:{admin_port}
-registry:
-  kind: yaml
-  path: {registry}
-tokens:
-  signing_keys: [{signing_key}]
-routes:
-  - prefix: /
-    upstream: http://127.0.0.1:{upstream_port}
-    auth: none
-limits:
-  keepalive_timeout: {ka}
-logging:
-  level: WARNING
-{access_log}"""
-
 
 @dataclass
 class H2loadResult:
