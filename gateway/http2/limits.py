@@ -16,8 +16,10 @@ class Http2Limits:
     # SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2 recommends no less than
     # 100; NGINX's http2_max_concurrent_streams is 128).  A stream counts until
     # its answer ended, so it bounds the handlers one connection runs at once.
-    # h2 enforces it from the first frame: a peer that opens one more stream
-    # ends its connection with GOAWAY PROTOCOL_ERROR.
+    # A stream past it is refused with RST_STREAM REFUSED_STREAM, which a
+    # client may retry (RFC 9113 §5.1.2, §8.7): clients send their first
+    # requests before our SETTINGS arrive.  h2 itself ends the connection
+    # (GOAWAY PROTOCOL_ERROR) only past twice the limit (``hard_stream_limit``).
     max_concurrent_streams: int = 100
     # SETTINGS_MAX_HEADER_LIST_SIZE: the decoded fields of one header block,
     # each counted as name + value + 32 (RFC 9113 §6.5.2).  A larger block is
@@ -47,12 +49,21 @@ class Http2Limits:
     # closed (the HTTP/1.1 keep-alive timeout's counterpart).
     idle_timeout: float = 75.0
 
-    def local_settings(self) -> Settings:
-        """The server's SETTINGS (RFC 9113 §6.5.2) for these limits; no server push."""
+    @property
+    def hard_stream_limit(self) -> int:
+        """Open streams past which h2 ends the connection instead of our refusing one."""
+        return 2 * self.max_concurrent_streams
+
+    def local_settings(self, *, streams: int | None = None) -> Settings:
+        """The server's SETTINGS (RFC 9113 §6.5.2) for these limits; no server push.
+
+        ``streams``: the stream limit h2 holds the peer to, where it is not
+        the one advertised (``hard_stream_limit``, after the SETTINGS went).
+        """
         return Settings(
             client=False,
             initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+                SettingCodes.MAX_CONCURRENT_STREAMS: streams or self.max_concurrent_streams,
                 SettingCodes.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
                 SettingCodes.INITIAL_WINDOW_SIZE: self.initial_window_size,
                 SettingCodes.ENABLE_PUSH: 0,

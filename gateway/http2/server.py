@@ -118,10 +118,14 @@ class Http2ServerProtocol(H2Endpoint):
         peer = self.transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         limits = self._limits
-        # Effective at once in h2 (not only once acknowledged), so a peer that
-        # opens more streams than advertised in its first flight is refused too.
+        # Settings are effective at once in h2 (not only once acknowledged).
+        # The SETTINGS frame advertises max_concurrent_streams; then h2 is
+        # given twice that to enforce, so that a stream past the advertised
+        # limit reaches _request, with its header block decoded (HPACK state
+        # intact), and is refused alone with REFUSED_STREAM (RFC 9113 §5.1.2).
         self.h2.local_settings = limits.local_settings()
         self.h2.initiate_connection()
+        self.h2.local_settings = limits.local_settings(streams=limits.hard_stream_limit)
         if limits.connection_window_size > 65535:
             self.h2.increment_flow_control_window(limits.connection_window_size - 65535)
         self.flush()
@@ -197,6 +201,12 @@ class Http2ServerProtocol(H2Endpoint):
             # on a new connection (RFC 9113 §6.8).
             self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
+        if len(self._streams) >= self._limits.max_concurrent_streams:
+            # Not processed, so safe to retry (RFC 9113 §8.7); counted with the
+            # caller's own resets: refusals on demand are as cheap a flood.
+            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            self._count_reset()
+            return
         block = list(event.headers or ())
         ended = event.stream_ended is not None
         stream = InboundStream(stream_id, remote_open=not ended)
@@ -244,7 +254,12 @@ class Http2ServerProtocol(H2Endpoint):
             if stream.task is not None:
                 stream.task.cancel()
             self._stream_finished()
-        if event.remote_reset and self._resets.count(self._loop.time()):
+        if event.remote_reset:
+            self._count_reset()
+
+    def _count_reset(self) -> None:
+        """CVE-2023-44487: a stream opened and reset costs the caller nothing."""
+        if self._resets.count(self._loop.time()):
             _calm_warnings.warning(
                 "http2 rapid reset (CVE-2023-44487): too many RST_STREAM; connection closed",
                 event="http2_rapid_reset",

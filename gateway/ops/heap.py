@@ -1,6 +1,6 @@
 """Giving the heap back to the OS after a burst of connections.
 
-Each mTLS connection holds 32–38 KiB of OpenSSL state in malloc'd memory
+Each mTLS connection holds 32 to 38 KiB of OpenSSL state in malloc'd memory
 (docs/design/data-plane.md, "Memory").  When a burst of thousands of callers
 leaves, glibc keeps the freed chunks for reuse: the heap is mostly free but
 fragmented, so RSS stays at the burst's peak (bench/RESULTS.md measured

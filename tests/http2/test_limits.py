@@ -55,7 +55,7 @@ async def _closed_with(peer: RawH2) -> ErrorCodes | None:
     return ErrorCodes(code)
 
 
-async def test_streams_past_the_concurrency_limit_end_the_connection(
+async def test_a_stream_past_the_concurrency_limit_is_refused_and_the_connection_lives(
     h2_listener: StartH2, pki: Pki, client_cert: Issued
 ) -> None:
     release = asyncio.Event()
@@ -65,17 +65,47 @@ async def test_streams_past_the_concurrency_limit_end_the_connection(
         nonlocal started
         started += 1
         await release.wait()
-        return Response(200, [], b"")
+        return Response(200, [], b"held")
 
     listener = await h2_listener(held, limits=Http2Limits(max_concurrent_streams=3))
     peer = await RawH2.connect(listener.port, pki.client_context(client_cert))
     peer.start()
     # All in the first flight, before the server's SETTINGS arrived: the
-    # client does not know the limit yet, the server enforces it anyway.
-    for _ in range(4):
+    # client does not know the limit yet, the server enforces it anyway, on
+    # the one stream too many (RFC 9113 §5.1.2), which may be retried (§8.7).
+    streams = [peer.request("/held") for _ in range(4)]
+    refused = await peer.answer(streams[3])
+    assert refused.reset == ErrorCodes.REFUSED_STREAM
+    assert started == 3 and peer.terminated is None
+    release.set()
+    for stream in streams[:3]:
+        answer = await peer.answer(stream)
+        assert (answer.status, answer.body) == (200, b"held")
+    retried = await peer.answer(peer.request("/held"))  # the refused one, again
+    assert (retried.status, retried.body) == (200, b"held")
+    assert peer.terminated is None
+    await peer.close()
+
+
+async def test_refusing_streams_on_demand_counts_as_a_rapid_reset_flood(
+    h2_listener: StartH2, pki: Pki, client_cert: Issued
+) -> None:
+    # Opening streams only to have them refused costs the caller as little
+    # as opening and resetting them (CVE-2023-44487): the same bound.
+    release = asyncio.Event()
+
+    async def held(request: Request) -> Response:
+        await release.wait()
+        return Response(200, [], b"")
+
+    limits = Http2Limits(max_concurrent_streams=1, max_resets=4, reset_window=10.0)
+    listener = await h2_listener(held, limits=limits)
+    peer = await RawH2.connect(listener.port, pki.client_context(client_cert))
+    peer.start()
+    for _ in range(8):
         peer.request("/held")
-    assert await _closed_with(peer) in (ErrorCodes.PROTOCOL_ERROR, None)
-    assert started <= 3
+    assert await _closed_with(peer) in (ErrorCodes.ENHANCE_YOUR_CALM, None)
+    release.set()
 
 
 async def test_streams_within_the_limit_all_run(
