@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from h2.connection import H2Connection
 from h2.settings import SettingCodes, Settings
 
 # h2's HPACK decoder refuses a block that decodes to more (h2's
@@ -81,6 +82,22 @@ class Http2Limits:
             raise ValueError(f"max_header_list_size must be in (0, {HARD_HEADER_LIST_SIZE}]")
         if self.max_resets < 1 or self.reset_window <= 0:
             raise ValueError("max_resets and reset_window must be positive")
+
+
+def start_server_connection(h2: H2Connection, limits: Http2Limits) -> None:
+    """Queue the server's preface (RFC 9113 §3.4) under ``limits``: SETTINGS, the connection window.
+
+    Settings are effective at once in h2 (not only once acknowledged).  The
+    SETTINGS frame advertises ``max_concurrent_streams``; then h2 is given
+    ``hard_stream_limit`` to enforce, so that a stream past the advertised
+    limit reaches the server protocol with its header block decoded (the
+    HPACK state intact) and is refused alone with REFUSED_STREAM (§5.1.2).
+    """
+    h2.local_settings = limits.local_settings()
+    h2.initiate_connection()
+    h2.local_settings = limits.local_settings(streams=limits.hard_stream_limit)
+    if limits.connection_window_size > 65535:
+        h2.increment_flow_control_window(limits.connection_window_size - 65535)
 
 
 class ResetCounter:

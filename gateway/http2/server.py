@@ -45,7 +45,7 @@ from gateway.http1.server import Gate, Observing
 from gateway.http2.endpoint import H2Endpoint, StreamGone
 from gateway.http2.fields import header_list_size, request_head
 from gateway.http2.inbound import InboundStream
-from gateway.http2.limits import Http2Limits, ResetCounter
+from gateway.http2.limits import Http2Limits, ResetCounter, start_server_connection
 from gateway.http2.respond import write_response
 from gateway.ops.throttle import ThrottledWarning
 from gateway.pipeline.messages import Handler, Request, RequestBody, Response
@@ -117,17 +117,7 @@ class Http2ServerProtocol(H2Endpoint):
             self._connections.add(self)
         peer = self.transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        limits = self._limits
-        # Settings are effective at once in h2 (not only once acknowledged).
-        # The SETTINGS frame advertises max_concurrent_streams; then h2 is
-        # given twice that to enforce, so that a stream past the advertised
-        # limit reaches _request, with its header block decoded (HPACK state
-        # intact), and is refused alone with REFUSED_STREAM (RFC 9113 §5.1.2).
-        self.h2.local_settings = limits.local_settings()
-        self.h2.initiate_connection()
-        self.h2.local_settings = limits.local_settings(streams=limits.hard_stream_limit)
-        if limits.connection_window_size > 65535:
-            self.h2.increment_flow_control_window(limits.connection_window_size - 65535)
+        start_server_connection(self.h2, self._limits)
         self.flush()
         self._arm_idle_timer()
 
