@@ -6,16 +6,21 @@ the proxy uses the same shape so that a caller sees one format everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 
+from gateway.pipeline.facts import RequestFacts
 from gateway.pipeline.messages import Response
 from gateway.upstream import (
     MALFORMED,
     TOO_SLOW,
+    UpstreamConnection,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
+    abandon,
+    body_cut,
 )
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -100,6 +105,29 @@ def bad_gateway(description: str) -> GatewayError:
 
 def gateway_timeout(description: str) -> GatewayError:
     return GatewayError(504, "gateway_timeout", description)
+
+
+async def response_head_or_refusal(
+    conn: UpstreamConnection,
+    sender: asyncio.Task[str | None] | None,
+    info: RequestFacts,
+    peer: str,
+) -> None:
+    """Wait for ``conn``'s response head; on failure drop the exchange and raise its refusal.
+
+    The one wait of every HTTP/1.1 upstream call (proxy and outbound): the
+    connection closes, a body still being sent stops, and the refusal is the
+    one ``upstream_failure`` maps the error to, with the reason in ``info``.
+    """
+    try:
+        await conn.response_head()
+    except UpstreamError as exc:
+        abandon(conn, sender)
+        refusal, info.upstream_error = upstream_failure(exc, peer, body_cut=body_cut(sender))
+        raise refusal from None
+    except BaseException:
+        abandon(conn, sender)
+        raise
 
 
 def upstream_failure(

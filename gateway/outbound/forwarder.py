@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
-from gateway.errors import GatewayError, bad_gateway, upstream_failure
+from gateway.errors import GatewayError, bad_gateway, response_head_or_refusal, upstream_failure
 from gateway.headers import downstream_response_fields, upstream_request_headers
 from gateway.outbound.client_tls import ClientMaterial, Trust
 from gateway.outbound.pool import OutboundPool
@@ -49,7 +49,6 @@ from gateway.upstream import (
     UpstreamConnection,
     UpstreamError,
     abandon,
-    body_cut,
     parse_origin,
     request_head,
     send_body,
@@ -240,15 +239,7 @@ class Forwarder:
             conn.body_sent = False
             chunked = "Content-Length" not in headers
             sender = loop.create_task(send_body(conn, request.content, chunked=chunked))
-        try:
-            await conn.response_head()
-        except UpstreamError as exc:
-            abandon(conn, sender)
-            refusal, info.upstream_error = upstream_failure(exc, PEER, body_cut=body_cut(sender))
-            raise refusal from None
-        except BaseException:
-            abandon(conn, sender)
-            raise
+        await response_head_or_refusal(conn, sender, info, PEER)
         info.upstream_status = conn.status
         return conn, sender
 

@@ -15,7 +15,7 @@ import time
 
 from prometheus_client import Histogram
 
-from gateway.errors import GatewayError, upstream_failure
+from gateway.errors import GatewayError, response_head_or_refusal, upstream_failure
 from gateway.headers import downstream_response_fields
 from gateway.listener.config import LimitsConfig
 from gateway.ops.metrics import Metrics
@@ -29,8 +29,6 @@ from gateway.upstream import (
     UnsafeHeader,
     UpstreamError,
     UpstreamPool,
-    abandon,
-    body_cut,
     request_line_and_fields,
     send_body,
 )
@@ -92,15 +90,7 @@ class Forwarder:
             pace = None if content.ended else self._pace
             chunked = not exchange.has_length
             sender = self._loop.create_task(send_body(conn, content, chunked=chunked, pace=pace))
-        try:
-            await conn.response_head()
-        except UpstreamError as exc:
-            abandon(conn, sender)
-            refusal, info.upstream_error = upstream_failure(exc, PEER, body_cut=body_cut(sender))
-            raise refusal from None
-        except BaseException:
-            abandon(conn, sender)
-            raise
+        await response_head_or_refusal(conn, sender, info, PEER)
         self._observe_latency(policy.prefix, time.perf_counter() - sent_at)
         info.upstream_status = conn.status
         fields, length, transfer_encoding = downstream_response_fields(conn.headers())
