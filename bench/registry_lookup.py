@@ -210,12 +210,12 @@ async def lookup_latency(
     registry: RedisRegistry, identity: CertificateIdentity, *, miss: bool, rounds: int
 ) -> list[float]:
     samples: list[float] = []
-    await registry.match(identity, pinned=False)  # warm: scripts loaded, cache filled
+    await registry.match(identity, exact_only=False)  # warm: scripts loaded, cache filled
     for _ in range(rounds):
         if miss:
             registry.reload()  # drops the cache: the next match asks Redis
         start = time.perf_counter()
-        result = await registry.match(identity, pinned=False)
+        result = await registry.match(identity, exact_only=False)
         samples.append(time.perf_counter() - start)
         assert result.client is not None
     return samples

@@ -129,7 +129,9 @@ def _contexts(variant: Variant) -> tuple[SSL.Context, SSL.Context]:
         server.set_max_proto_version(SSL.TLS1_2_VERSION)
     server.use_certificate(crypto.X509.from_cryptography(server_cert))
     server.use_privatekey(crypto.PKey.from_cryptography_key(server_key))
-    server.get_cert_store().add_cert(crypto.X509.from_cryptography(ca[0]))
+    store = server.get_cert_store()
+    assert store is not None
+    store.add_cert(crypto.X509.from_cryptography(ca[0]))
     if variant.client_cert:
         server.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *_: True)
     server.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)

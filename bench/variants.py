@@ -185,7 +185,7 @@ def apply() -> list[str]:
                 self.num_tickets = int(tickets)
             load_cert_chain(self, *args, **kwargs)
 
-        ssl.SSLContext.load_cert_chain = with_tickets  # type: ignore[method-assign]
+        ssl.SSLContext.load_cert_chain = with_tickets  # type: ignore[method-assign,assignment]
         applied.append(f"num_tickets={tickets}")
     if os.environ.get("MTLS_BENCH_COALESCE") == "1":
         from aiohttp import web
