@@ -565,7 +565,7 @@ def _resumable_request(
         while chunk := tls.recv(65536):
             data += chunk
         # TLS 1.3 tickets arrive after the handshake: read them before asking.
-        return int(data.split(b" ", 2)[1]), tls.session, tls.session_reused
+        return int(data.split(b" ", 2)[1]), tls.session, bool(tls.session_reused)
 
 
 async def test_resumed_session_does_not_outlive_a_removed_ca(

@@ -1,4 +1,4 @@
-"""The code stays lint- and type-clean: ruff and mypy --strict (gateway/ and bench/) run as part of the suite."""
+"""The code stays lint- and type-clean: ruff and mypy --strict (gateway/, bench/ and tests/) run as part of the suite."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
         [sys.executable, "-m", "ruff", "check", "gateway", "tests", "bench"],
         [sys.executable, "-m", "ruff", "format", "--check", "gateway", "tests", "bench"],
         [sys.executable, "-m", "mypy"],
-        # The bench scripts call the gateway's own APIs: typed, they cannot
-        # drift from them unnoticed (registry_lookup.py once called match()
-        # with a keyword that had been renamed).
-        [sys.executable, "-m", "mypy", "bench"],
+        # The tests and bench scripts call the gateway's own APIs: typed, they
+        # cannot drift from them unnoticed (bench/registry_lookup.py once
+        # called match() with a keyword that had been renamed).
+        [sys.executable, "-m", "mypy", "bench", "tests"],
     ],
-    ids=["ruff-check", "ruff-format", "mypy-strict", "mypy-strict-bench"],
+    ids=["ruff-check", "ruff-format", "mypy-strict", "mypy-strict-bench-tests"],
 )
 def test_static_checks(command: list[str]) -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -16,7 +16,7 @@ CLIENT_DN = "CN=client, OU=production, O=company"
 
 async def anonymous_status(url: str, gw: Any) -> int:
     async with gw.session(None) as session, session.get(url) as r:
-        return r.status
+        return int(r.status)
 
 
 async def config_reloads(gw: Any, outcome: str) -> float:

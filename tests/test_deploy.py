@@ -328,13 +328,14 @@ def _name(obj: Obj) -> str:
 
 def _pod_spec(obj: Obj) -> Obj | None:
     kind = obj.get("kind")
+    spec: Obj | None = None
     if kind == "Pod":
-        return obj["spec"]
-    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
-        return obj["spec"]["template"]["spec"]
-    if kind == "CronJob":
-        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return None
+        spec = obj["spec"]
+    elif kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+        spec = obj["spec"]["template"]["spec"]
+    elif kind == "CronJob":
+        spec = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return spec
 
 
 def _all_containers(obj: Obj) -> list[Obj]:

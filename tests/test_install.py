@@ -32,7 +32,13 @@ def test_clean_clone_installs_from_the_lock_and_runs(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     _run("git", "clone", "--quiet", REPO, clone, cwd=tmp_path)
     _run(sys.executable, "-m", "venv", ".venv", cwd=clone)
-    pip = [clone / ".venv/bin/python", "-m", "pip", "--quiet", "--disable-pip-version-check"]
+    pip: list[str | Path] = [
+        clone / ".venv/bin/python",
+        "-m",
+        "pip",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
     _run(*pip, "install", "--require-hashes", "-r", "requirements.lock", cwd=clone)
     _run(*pip, "install", "--no-deps", ".", cwd=clone)
     cli = clone / ".venv/bin/mtls-gateway"

@@ -369,7 +369,9 @@ async def test_two_gateway_processes_and_the_cli_agree(
             ctx = pki.client_context(cert) if cert is not None else None
             try:
                 async with (
-                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+                    aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(ssl=ctx if ctx is not None else True)
+                    ) as session,
                     session.get(url) as resp,
                 ):
                     return resp.status

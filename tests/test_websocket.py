@@ -75,8 +75,8 @@ def _upstream_app(record: asyncio.Queue[tuple[int | None, str]]) -> web.Applicat
             elif msg.type is WSMsgType.BINARY:
                 await sock.send_bytes(msg.data)
             elif msg.type is WSMsgType.CLOSE:
-                await record.put((msg.data, msg.extra))
-                await sock.close(code=msg.data, message=msg.extra.encode())
+                await record.put((msg.data, msg.extra or ""))
+                await sock.close(code=msg.data, message=(msg.extra or "").encode())
             elif msg.type in (WSMsgType.CLOSED, WSMsgType.ERROR, WSMsgType.CLOSING):
                 break
         if sock.close_code is not None and record.empty():
@@ -117,7 +117,7 @@ async def _closed_with(ws: aiohttp.ClientWebSocketResponse[bool]) -> tuple[int, 
         while True:
             msg = await ws.receive()
             if msg.type is WSMsgType.CLOSE:
-                return msg.data, msg.extra
+                return msg.data, msg.extra or ""
             assert msg.type in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PONG), msg
 
 
@@ -264,8 +264,8 @@ async def test_caller_message_of_exactly_the_limit_passes_and_one_byte_more_clos
             await ws.send_bytes(exact_bytes + b"\0")
         code, _ = await _closed_with(ws)
         assert code == 1009
-    code, reason = await _upstream_saw(ws_upstream)
-    assert code == 1009
+    upstream_code, reason = await _upstream_saw(ws_upstream)
+    assert upstream_code == 1009
     assert f"{LIMIT}-byte limit" in reason
 
 

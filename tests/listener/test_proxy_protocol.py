@@ -191,7 +191,7 @@ async def _refused(
 
 
 def _xff(body: dict[str, Any]) -> str:
-    return next(v for k, v in body["headers"] if k.lower() == "x-forwarded-for")
+    return str(next(v for k, v in body["headers"] if k.lower() == "x-forwarded-for"))
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from tests.pki import Issued, Pki
 pytest.importorskip("authlib", reason="Authlib is in the test extra: pip install -e .[test]")
 pytest.importorskip("requests", reason="requests is in the test extra: pip install -e .[test]")
 
-from authlib.integrations.requests_client import OAuth2Session  # type: ignore[import-untyped]
-from authlib.oauth2.auth import encode_none  # type: ignore[import-untyped]
-from authlib.oauth2.rfc8414 import AuthorizationServerMetadata  # type: ignore[import-untyped]
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.auth import encode_none
+from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 
 CLIENT_DN = "CN=client, OU=production, O=company"
 

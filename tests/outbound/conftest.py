@@ -86,7 +86,9 @@ class Partner:
         await asyncio.sleep(self.delay)
         if self.fail is not None:
             return web.json_response(self.fail[1], status=self.fail[0])
-        value = f"tok-{self.tokens_issued}-{form.get('client_id')}-{form.get('scope', '')}"
+        client_id, scope = form.get("client_id"), form.get("scope", "")
+        assert not isinstance(client_id, bytes) and not isinstance(scope, bytes)
+        value = f"tok-{self.tokens_issued}-{client_id}-{scope}"
         value = value.replace(" ", "+")
         self.bound[value] = peer_x5t(request)
         return web.json_response(

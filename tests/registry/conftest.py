@@ -10,14 +10,29 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 REDIS_SERVER = shutil.which("redis-server")
 START_TIMEOUT = 10.0
+
+
+def text(value: object) -> str:
+    """A reply of the ``decode_responses=True`` client, as the str it is."""
+    assert isinstance(value, str), value
+    return value
+
+
+async def command(client: aioredis.Redis, *args: str) -> Any:
+    # Through a typed alias: redis-py annotates execute_command in some
+    # versions only, and a `type: ignore` would be wrong on the others.
+    run: Callable[..., Awaitable[Any]] = client.execute_command
+    return await run(*args)
 
 
 def _free_port() -> int:

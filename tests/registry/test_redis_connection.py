@@ -19,7 +19,7 @@ import yaml
 from gateway.registry.redis_store import RedisRegistry
 from tests.cli.test_main import REPO, error_lines, run_cli
 from tests.pki import Issued
-from tests.registry.conftest import RedisServer
+from tests.registry.conftest import RedisServer, command
 from tests.registry.test_redis_store import (  # noqa: F401 - fixtures
     _two_replicas_agree,
     cluster_node,
@@ -44,8 +44,8 @@ async def _as_user(node: RedisServer, acl: list[str]) -> None:
     raw = aioredis.Redis(port=node.port)
     try:
         words = [w if not w.startswith(">") else f">{PASSWORD}" for w in acl[2:]]
-        await raw.execute_command("ACL", "SETUSER", *words)
-        await raw.execute_command("ACL", "SETUSER", "default", "off")
+        await command(raw, "ACL", "SETUSER", *words)
+        await command(raw, "ACL", "SETUSER", "default", "off")
     finally:
         await raw.aclose()
 

@@ -32,8 +32,10 @@ from tests.pki import Issued, Pki, name
 from tests.registry.conftest import (
     RedisServer,
     cluster_free_port,
+    command,
     pasted_thumbprints,
     require_redis_server,
+    text,
 )
 
 PREFIX = "test:"
@@ -126,7 +128,7 @@ async def index_agrees_with_documents(raw: aioredis.Redis) -> None:
     expected: dict[str, set[str]] = {}
     for client_id, doc in docs.items():
         for field in client_fields(parse_client(json.loads(doc))):
-            expected.setdefault(field, set()).add(client_id)
+            expected.setdefault(field, set()).add(text(client_id))
     actual = {f: set(v.split()) for f, v in (await raw.hgetall(keys.index)).items()}
     assert actual == expected
 
@@ -177,7 +179,7 @@ async def test_import_from_the_yaml_format_and_export_it_back(
 
     # The documented schema: one JSON document per client, index fields per secret.
     keys = KeySchema(PREFIX)
-    assert json.loads(await raw.hget(keys.clients, "mtls.client")) == clients[0].to_dict()
+    assert json.loads(text(await raw.hget(keys.clients, "mtls.client"))) == clients[0].to_dict()
     index = await raw.hgetall(keys.index)
     assert index["tp:bca0d040847f843c5ee0fa6eb494837470155868"] == "mtls.client"
     dn = clients[0].secrets[0].dn
@@ -217,7 +219,7 @@ async def test_import_refuses_duplicates_and_writes_nothing(make_registry: MakeR
 # ----------------------------------------------------------------- lookups
 
 
-SECRET_CASES = {
+SECRET_CASES: dict[str, Callable[[Issued], str]] = {
     "X509CertificateName": lambda c: c.cert.subject.rfc4514_string(),  # parsed, any form
     "X509CertificateThumbprint": lambda c: c.thumbprint.upper(),
     "X509SanDns": lambda c: "api.example.org",
@@ -355,7 +357,7 @@ async def test_update_and_remove_keep_the_index_exact(
     assert await registry.remove("b") is False
     await index_agrees_with_documents(raw)
     assert await raw.hkeys(KeySchema(PREFIX).index) == ["uri:spiffe://x/a2"]
-    generation = int(await raw.hget(KeySchema(PREFIX).meta, "generation"))
+    generation = int(text(await raw.hget(KeySchema(PREFIX).meta, "generation")))
     assert generation == 4  # every write bumped it; the refused remove did not
 
 
@@ -531,7 +533,8 @@ async def test_acl_user_limited_to_the_prefix(
     redis_server: RedisServer, raw: aioredis.Redis, make_registry: MakeRegistry
 ) -> None:
     """The ACL from docs/redis.md is enough: keys and channel under the prefix only."""
-    await raw.execute_command(
+    await command(
+        raw,
         "ACL",
         "SETUSER",
         "gateway",
@@ -549,7 +552,7 @@ async def test_acl_user_limited_to_the_prefix(
         "+@connection",
         "+@keyspace",
     )
-    await raw.execute_command("ACL", "SETUSER", "default", "off")
+    await command(raw, "ACL", "SETUSER", "default", "off")
     url = f"redis://gateway:s3cret@127.0.0.1:{redis_server.port}/0"
     writer = RedisRegistry(registry_config(url))
     replica = await make_registry(username="gateway", password="s3cret")
@@ -736,7 +739,7 @@ async def test_pasted_thumbprints_are_stored_normalised_and_match_over_tls(
         pasted = pasted_thumbprints(cert.thumbprint)[source]
         added = _clients_cli(gw.config_path, "add", f"tb.{source}", "--thumbprint", pasted)
         assert added.returncode == 0, added.stderr
-        doc = json.loads(await raw.hget(keys.clients, f"tb.{source}"))
+        doc = json.loads(text(await raw.hget(keys.clients, f"tb.{source}")))
         assert doc["secrets"] == [{"type": "X509CertificateThumbprint", "value": cert.thumbprint}]
 
     # A document written as pasted (an older version, or by hand): read normalised.

@@ -208,13 +208,16 @@ async def test_chain_without_its_intermediate_needs_the_intermediate_in_client_c
 async def test_chain_through_an_intermediate_outside_its_validity_is_refused(
     make_gateway: MakeGateway, pki: Pki, when: str
 ) -> None:
-    window = (
-        {"not_before": NOW - dt.timedelta(days=10), "not_after": NOW - dt.timedelta(days=1)}
+    start, end = (
+        (NOW - dt.timedelta(days=10), NOW - dt.timedelta(days=1))
         if when == "expired"
-        else {"not_before": NOW + dt.timedelta(days=1), "not_after": NOW + dt.timedelta(days=10)}
+        else (NOW + dt.timedelta(days=1), NOW + dt.timedelta(days=10))
     )
     intermediate = pki.certificate(
-        name((NameOID.COMMON_NAME, f"{when} intermediate")), ca=True, **window
+        name((NameOID.COMMON_NAME, f"{when} intermediate")),
+        ca=True,
+        not_before=start,
+        not_after=end,
     )
     leaf = pki.certificate(dn(f"under-{when}"), issuer=intermediate)
     gw = await make_gateway(
@@ -294,7 +297,7 @@ def _blocking_get(
                 with contextlib.suppress(ssl.SSLError, ConnectionError):
                     while chunk := tls.recv(65536):
                         data += chunk
-                reused, ticket = tls.session_reused, tls.session
+                reused, ticket = bool(tls.session_reused), tls.session
         except (ssl.SSLError, ConnectionError):
             return REFUSED, False, None
     if not data:
