@@ -4,10 +4,6 @@ Nothing in gateway/ is modified: each switch patches a library default in this
 process only, then hands over to ``gateway.cli.main.main``.  Used by RESULTS.md's
 "expected win" figures:
 
-    MTLS_BENCH_TICKETS=1   every SSLContext sends this many TLS 1.3 session tickets
-                           (OpenSSL's default is 2)
-    MTLS_BENCH_COALESCE=1  aiohttp StreamResponse sends its headers with the first
-                           body write instead of in a write of their own
     MTLS_BENCH_GC=1        gc.freeze() after imports and a gen-0 threshold of 50,000
     MTLS_BENCH_NOFREEZE=1  the gc.freeze() server.py does at start becomes a no-op
     MTLS_BENCH_TRIM=S      glibc malloc_trim(0) every S seconds, from a thread (ctypes)
@@ -23,7 +19,12 @@ process only, then hands over to ``gateway.cli.main.main``.  Used by RESULTS.md'
                            frees (cyclic garbage); slow: a diagnostic only
 
     python3 bench/compare.py --only gateway --gateway-command \
-        "env MTLS_BENCH_TICKETS=1 python3 bench/variants.py"
+        "env MTLS_BENCH_GC=1 python3 bench/variants.py"
+
+(``MTLS_BENCH_TICKETS`` and ``MTLS_BENCH_COALESCE`` patched stdlib ``ssl``
+server contexts and aiohttp's response writer; since the pyOpenSSL TLS
+layer and the own HTTP/1.1 protocol, neither is on the data path, and both
+switches are gone.  RESULTS.md's figures for them date from before.)
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import gc
 import importlib
 import json
 import os
-import ssl
 import sys
 import threading
 import time
@@ -176,22 +176,6 @@ def _start_trim(seconds: float) -> None:
 
 def apply() -> list[str]:
     applied: list[str] = []
-    tickets = os.environ.get("MTLS_BENCH_TICKETS")
-    if tickets is not None:
-        load_cert_chain = ssl.SSLContext.load_cert_chain
-
-        def with_tickets(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
-            if self.protocol == ssl.PROTOCOL_TLS_SERVER:
-                self.num_tickets = int(tickets)
-            load_cert_chain(self, *args, **kwargs)
-
-        ssl.SSLContext.load_cert_chain = with_tickets  # type: ignore[method-assign,assignment]
-        applied.append(f"num_tickets={tickets}")
-    if os.environ.get("MTLS_BENCH_COALESCE") == "1":
-        from aiohttp import web
-
-        web.StreamResponse._send_headers_immediately = False
-        applied.append("coalesced response headers")
     if os.environ.get("MTLS_BENCH_GC") == "1":
         for module in ("aiohttp.web", "gateway.app", "gateway.server", "gateway.supervisor"):
             importlib.import_module(module)  # imported now, so that freeze() covers them
