@@ -107,27 +107,23 @@ def gateway_timeout(description: str) -> GatewayError:
     return GatewayError(504, "gateway_timeout", description)
 
 
-async def response_head_or_refusal(
+def head_failure(
+    exc: UpstreamError,
     conn: UpstreamConnection,
     sender: asyncio.Task[str | None] | None,
     info: RequestFacts,
     peer: str,
-) -> None:
-    """Wait for ``conn``'s response head; on failure drop the exchange and raise its refusal.
+) -> GatewayError:
+    """The refusal for an HTTP/1.1 exchange whose response head did not come (proxy and outbound).
 
-    The one wait of every HTTP/1.1 upstream call (proxy and outbound): the
-    connection closes, a body still being sent stops, and the refusal is the
-    one ``upstream_failure`` maps the error to, with the reason in ``info``.
+    The exchange is dropped (the connection closes, a body still being sent
+    stops) and the reason goes to ``info``.  A plain function the caller
+    raises from its own ``except``: a coroutine around ``response_head()``
+    would be one more frame per request.
     """
-    try:
-        await conn.response_head()
-    except UpstreamError as exc:
-        abandon(conn, sender)
-        refusal, info.upstream_error = upstream_failure(exc, peer, body_cut=body_cut(sender))
-        raise refusal from None
-    except BaseException:
-        abandon(conn, sender)
-        raise
+    abandon(conn, sender)
+    refusal, info.upstream_error = upstream_failure(exc, peer, body_cut=body_cut(sender))
+    return refusal
 
 
 def upstream_failure(

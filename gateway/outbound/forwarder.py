@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
-from gateway.errors import GatewayError, bad_gateway, response_head_or_refusal, upstream_failure
+from gateway.errors import GatewayError, bad_gateway, head_failure, upstream_failure
 from gateway.headers import downstream_response_fields, upstream_request_headers
 from gateway.outbound.client_tls import ClientMaterial, Trust
 from gateway.outbound.pool import OutboundPool
@@ -239,7 +239,13 @@ class Forwarder:
             conn.body_sent = False
             chunked = "Content-Length" not in headers
             sender = loop.create_task(send_body(conn, request.content, chunked=chunked))
-        await response_head_or_refusal(conn, sender, info, PEER)
+        try:
+            await conn.response_head()
+        except UpstreamError as exc:
+            raise head_failure(exc, conn, sender, info, PEER) from None
+        except BaseException:
+            abandon(conn, sender)
+            raise
         info.upstream_status = conn.status
         return conn, sender
 

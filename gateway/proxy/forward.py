@@ -15,7 +15,7 @@ import time
 
 from prometheus_client import Histogram
 
-from gateway.errors import GatewayError, response_head_or_refusal, upstream_failure
+from gateway.errors import GatewayError, head_failure, upstream_failure
 from gateway.headers import downstream_response_fields
 from gateway.listener.config import LimitsConfig
 from gateway.ops.metrics import Metrics
@@ -29,6 +29,7 @@ from gateway.upstream import (
     UnsafeHeader,
     UpstreamError,
     UpstreamPool,
+    abandon,
     request_line_and_fields,
     send_body,
 )
@@ -90,7 +91,13 @@ class Forwarder:
             pace = None if content.ended else self._pace
             chunked = not exchange.has_length
             sender = self._loop.create_task(send_body(conn, content, chunked=chunked, pace=pace))
-        await response_head_or_refusal(conn, sender, info, PEER)
+        try:
+            await conn.response_head()
+        except UpstreamError as exc:
+            raise head_failure(exc, conn, sender, info, PEER) from None
+        except BaseException:
+            abandon(conn, sender)
+            raise
         self._observe_latency(policy.prefix, time.perf_counter() - sent_at)
         info.upstream_status = conn.status
         fields, length, transfer_encoding = downstream_response_fields(conn.headers())
