@@ -12,7 +12,10 @@ process only, then hands over to ``gateway.cli.main.main``.  Used by RESULTS.md'
                            N is the unbounded pool before issue 12)
     MTLS_BENCH_STATS=PATH  one JSON line a second appended to PATH: VmRSS, glibc
                            mallinfo2 (heap in use / free but held), Python's
-                           allocated blocks, live pyOpenSSL connections
+                           allocated blocks, live pyOpenSSL connections; each
+                           time PATH.malloc appears, sys._debugmallocstats()
+                           (pymalloc's arenas, pools, blocks by size class)
+                           goes to PATH.malloc.HHMMSS
     MTLS_BENCH_TRACE=1     with STATS: tracemalloc on; each time PATH.snap appears,
                            the top 25 allocation sites by growth since the first
                            snapshot go to PATH.snap.N, then what a gc.collect()
@@ -133,10 +136,28 @@ def _start_stats(path: str) -> None:
                 out.write(f"{stat.size_diff / 1024:.0f} KiB, {stat.count_diff} blocks\n")
                 out.write("".join(f"    {line}\n" for line in stat.traceback.format()))
 
+    def mallocstats_if_asked() -> None:
+        # CPython's allocator statistics (arenas, pools and blocks by size
+        # class) go to fd 2: pointed at a file for the call.
+        trigger = path + ".malloc"
+        if not os.path.exists(trigger):
+            return
+        os.unlink(trigger)
+        target = f"{trigger}.{time.strftime('%H%M%S')}"
+        saved = os.dup(2)
+        with open(target, "w") as dump:
+            os.dup2(dump.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
     def report() -> None:
         with open(path, "a") as out:
             while True:
                 snapshot_if_asked()
+                mallocstats_if_asked()
                 info = libc.mallinfo2()
                 line = {
                     "time": round(time.time(), 1),

@@ -290,7 +290,7 @@ async def start_gateway(gateway: Gateway, *, reuse_port: bool = False) -> Runnin
                 running, runner.server, where, config.admin.bind, reuse_port
             )
         connections = running.connections
-        running.heap = HeapTrimmer(lambda: len(connections))
+        running.heap = HeapTrimmer(lambda: len(connections), peak=connections.take_peak)
         running.heap.start()
     except BaseException:
         await running.stop(grace=0)

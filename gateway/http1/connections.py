@@ -25,14 +25,27 @@ class Closeable(Protocol):
 
 
 class ConnectionSet:
-    __slots__ = ("_open", "draining")
+    __slots__ = ("_open", "_peak", "draining")
 
     def __init__(self) -> None:
         self._open: set[Closeable] = set()
+        self._peak = 0  # the most open at once since take_peak (gateway/ops/heap.py)
         self.draining = False
 
     def add(self, connection: Closeable) -> None:
-        self._open.add(connection)
+        opened = self._open
+        opened.add(connection)
+        if len(opened) > self._peak:
+            self._peak = len(opened)
+
+    def take_peak(self) -> int:
+        """The most connections open at once since the last call; the count restarts from now.
+
+        A burst can open and close thousands of connections between two looks
+        at ``len()``: the high-water mark is what the heap trimmer needs.
+        """
+        peak, self._peak = self._peak, len(self._open)
+        return peak
 
     def discard(self, connection: Closeable) -> None:
         self._open.discard(connection)

@@ -62,3 +62,39 @@ async def test_the_trimmer_calls_malloc_trim_off_the_loop_after_a_burst() -> Non
     finally:
         await trimmer.stop()
     assert trimmer.trims == 1
+
+
+def test_a_burst_between_two_looks_is_seen_through_the_high_water_mark() -> None:
+    # The count is 0 at every look; only the high-water mark saw the 2,000.
+    peaks = [0, 2000, 0]
+    trimmer = HeapTrimmer(lambda: 0, peak=lambda: peaks.pop(0), min_drop=256, trim=lambda pad: 1)
+    assert trimmer.due() is False  # nothing yet
+    assert trimmer.due() is True  # a burst came and went since the last look
+    assert trimmer.due() is False  # once per burst
+
+
+async def test_the_trim_follows_a_full_collection() -> None:
+    # The collection empties the interpreter's free lists first, so the
+    # pymalloc arenas their blocks held can go back too.
+    count = [3000]
+    calls: list[str] = []
+
+    def trim(pad: int) -> int:
+        calls.append("trim")
+        return 1
+
+    trimmer = HeapTrimmer(
+        lambda: count[0], check_seconds=0.05, trim=trim, collect=lambda: calls.append("collect")
+    )
+    trimmer.start()
+    try:
+        await asyncio.sleep(0.1)
+        count[0] = 0
+        for _ in range(40):
+            if calls:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+        assert calls == ["collect", "trim"]
+    finally:
+        await trimmer.stop()
