@@ -247,8 +247,10 @@ def downstream_response_fields(
                 transfer_encoding = True
             continue
         kept.append((key, name, value))
-    if not listed:
-        # The usual answer: no Connection field, nothing more to drop.
+    if not listed or all(value.lower() in _HOP_BY_HOP_BYTES for value in listed):
+        # The usual answers: no Connection field, or one that lists only a
+        # hop-by-hop name (``Connection: keep-alive``, what NGINX and most
+        # HTTP/1.1 upstreams send), already dropped above: nothing more to drop.
         return (
             [
                 (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))

@@ -189,6 +189,26 @@ def test_downstream_response_fields_drop_connection_listed_names_in_any_spelling
     assert fields == [("A", "b")]
 
 
+def test_downstream_response_fields_with_connection_keep_alive_keep_every_end_to_end_field() -> None:
+    # What NGINX and most upstreams send: the listed name is hop-by-hop
+    # already, so nothing else goes (the short path), and a second
+    # Connection field that lists a name still takes it away.
+    fields, length, _ = downstream_response_fields(
+        raw(
+            ("Connection", "keep-alive"),
+            ("Keep-Alive", "timeout=5"),
+            ("Content-Length", "2"),
+            ("X-Kept", "1"),
+        )
+    )
+    assert fields == [("X-Kept", "1")]
+    assert length == b"2"
+    fields, _, _ = downstream_response_fields(
+        raw(("Connection", "keep-alive"), ("Connection", "X-Hop"), ("X-Hop", "1"), ("A", "b"))
+    )
+    assert fields == [("A", "b")]
+
+
 def test_downstream_response_fields_name_the_framing() -> None:
     fields, length, transfer_encoding = downstream_response_fields(
         raw(("Content-Length", "12"), ("Content-Length", "13"), ("ETag", '"x"'))

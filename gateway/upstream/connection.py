@@ -337,7 +337,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish(self) -> None:
         """The caller is done with this exchange: pool the connection or close it."""
-        self._timer.stop()
         if (
             self._phase == _DONE
             and self._error is None
@@ -348,6 +347,10 @@ class UpstreamConnection(asyncio.Protocol):
             and not self.transport.is_closing()
         ):
             self._phase = _IDLE
+            # Disarmed, not stopped: the handle stays for the next exchange's
+            # deadline (a float store), instead of a call_at and a cancel per
+            # request; an idle connection's handle fires once and finds nothing.
+            self._timer.disarm()
             self._pool.release(self)
             return
         self.close()
