@@ -84,7 +84,7 @@ from nginx_conf import NGINX_BACKEND, NGINX_HEAD, NGINX_IDENTITY_HEADERS, NGINX_
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
-SYSTEMS = ("nginx", "haproxy", "gateway", "pytls")
+SYSTEMS = ("nginx", "haproxy", "gateway", "pytls", "floor")
 PROXIES = ("nginx", "haproxy", "gateway")
 MODES = ("http1", "h2")  # http1: every HTTP/1.1 phase (issue 6); h2: the HTTP/2 row (issue 17)
 BODY = '{"ok":true}\n'
@@ -519,6 +519,21 @@ class Bench:
                     str(p.ca.parent),
                     "--tickets",
                     str(self.args.reference_tickets),
+                ],
+            )
+        elif name == "floor":
+            # Reference: the gateway's TLS layer and a bare relay (bench/floor.py).
+            proc = self.procs.start(
+                proc_name,
+                [
+                    sys.executable,
+                    str(HERE / "floor.py"),
+                    "--port",
+                    str(port),
+                    "--pki",
+                    str(p.ca.parent),
+                    "--upstream-port",
+                    str(self.upstream_port),
                 ],
             )
         else:
@@ -1405,7 +1420,12 @@ def print_report(report: dict[str, Any]) -> None:
                     f"{_f(s['proxy_cpu_us'], 11, 0)}{_f(s['other_cpu_cores_max'], 7, 2)}"
                     f"  {'yes' if s['all_ok'] else 'NO'}"
                 )
-        for other in ("nginx", "haproxy", "pytls"):
+        if "floor" in thr and "nginx" in thr:
+            for mode in ("keepalive", "handshake"):
+                f, n = thr["floor"][mode]["rps"], thr["nginx"][mode]["rps"]
+                if f and n:
+                    print(f"  floor/nginx {mode}: {f / n:.3f}")
+        for other in ("nginx", "haproxy", "pytls", "floor"):
             if "gateway" in thr and other in thr:
                 for mode in ("keepalive", "handshake"):
                     g, o = thr["gateway"][mode]["rps"], thr[other][mode]["rps"]
@@ -1515,8 +1535,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=SYSTEMS,
-        help="run only these systems (repeatable); default all; pytls is the reference:"
-        " a bare uvloop+ssl mTLS server answering itself (no proxying)",
+        help="run only these systems (repeatable); default all; two references: pytls,"
+        " a bare uvloop+ssl mTLS server answering itself (no proxying), and floor, the"
+        " gateway's TLS layer with a bare relay to the upstream (bench/floor.py)",
     )
     parser.add_argument(
         "--modes",

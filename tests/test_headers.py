@@ -189,7 +189,7 @@ def test_downstream_response_fields_drop_connection_listed_names_in_any_spelling
     assert fields == [("A", "b")]
 
 
-def test_downstream_response_fields_with_connection_keep_alive_keep_every_end_to_end_field() -> None:
+def test_downstream_response_fields_after_connection_keep_alive_keep_end_to_end_fields() -> None:
     # What NGINX and most upstreams send: the listed name is hop-by-hop
     # already, so nothing else goes (the short path), and a second
     # Connection field that lists a name still takes it away.
