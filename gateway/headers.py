@@ -99,6 +99,22 @@ def header_key(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+# The keys of the names callers send, as they send them: a dict lookup per
+# field on the request path instead of a call.  Bounded: names are the
+# caller's to choose, and past the bound they are computed each time.
+_KEYS: dict[str, str] = {}
+_KEYS_BOUND = 1024
+
+
+def _cached_key(name: str) -> str:
+    key = _KEYS.get(name)
+    if key is None:
+        key = header_key(name)
+        if len(_KEYS) < _KEYS_BOUND:
+            _KEYS[name] = key
+    return key
+
+
 def managed_header_keys(names: HeaderNames) -> frozenset[str]:
     configured = (
         names.client_id,
@@ -165,7 +181,7 @@ def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     values = headers.getall("Connection", ())
     if len(values) == 1 and "," not in values[0]:
         # The usual "keep-alive" or "close": one token.
-        token = header_key(values[0].strip())
+        token = _cached_key(values[0].strip())
         return frozenset((token,)) if token else frozenset()
     return frozenset(header_key(t.strip()) for v in values for t in v.split(",") if t.strip())
 
@@ -191,7 +207,9 @@ def upstream_request_fields(
     out = [
         (name, value)
         for name, value in incoming.items()
-        if (key := header_key(name)) not in HOP_BY_HOP and key not in managed and key not in listed
+        if (key := _KEYS.get(name) or _cached_key(name)) not in HOP_BY_HOP
+        and key not in managed
+        and key not in listed
     ]
     if "Content-Length" in incoming and "Transfer-Encoding" not in incoming:
         out.append(("Content-Length", incoming["Content-Length"]))

@@ -14,6 +14,7 @@ from gateway.headers import (
     header_key,
     identity_headers,
     managed_header_keys,
+    upstream_request_fields,
     upstream_request_headers,
     xfcc_element,
 )
@@ -315,3 +316,19 @@ def test_identity_headers_disabled_names_are_left_out(client_cert: Issued) -> No
     names = HeaderNames(subject=None, xfcc=None)
     headers = dict(identity_headers(names, "c", identity_of(client_cert)))
     assert set(headers) == {"X-Client-Id", "X-Client-Cert-Thumbprint", "X-Client-Cert-Sha256"}
+
+
+def test_the_key_cache_is_bounded_and_keys_stay_exact() -> None:
+    # Callers choose the names: past the bound keys are computed, not stored.
+    from gateway import headers
+
+    for i in range(headers._KEYS_BOUND + 50):
+        assert headers._cached_key(f"X_Name-{i}") == f"x-name-{i}"
+    assert len(headers._KEYS) <= headers._KEYS_BOUND
+    fields = upstream_request_fields(
+        CIMultiDict([("X_Managed", "forged"), ("Accept", "*/*")]),
+        managed=frozenset({"x-managed"}),
+        injected=(),
+        host="up",
+    )
+    assert fields == [("Accept", "*/*"), ("Host", "up")]

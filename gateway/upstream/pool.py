@@ -142,7 +142,10 @@ class UpstreamPool:
                 conn.close()
 
     def release(self, conn: UpstreamConnection) -> None:
-        if self._closed or self.max_idle <= 0 or conn.context in self._retired:
+        context = conn.context
+        # (A plain connection's None is not asked: WeakSet raises and catches
+        # a TypeError for it, on every request.)
+        if self._closed or self.max_idle <= 0 or (context is not None and context in self._retired):
             conn.close()
             return
         conn.idle_since = self.loop.time()
