@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
-from gateway.ops.heap import HeapTrimmer, _load_malloc_trim
+from gateway.ops.heap import CHECK_SECONDS, MIN_DROP, HeapTrimmer, _load_malloc_trim
+from tests.conftest import MakeGateway, name_secret, registry_client
+from tests.pki import Issued
 
 
 def test_the_c_library_of_this_platform_has_malloc_trim() -> None:
@@ -98,3 +101,35 @@ async def test_the_trim_follows_a_full_collection() -> None:
         assert calls == ["collect", "trim"]
     finally:
         await trimmer.stop()
+
+
+async def test_a_running_gateway_trims_after_a_burst_of_real_connections(
+    make_gateway: MakeGateway, client_cert: Issued
+) -> None:
+    # The production wiring: the listeners' connection set feeds the trimmer
+    # its high-water mark, so a burst that opens and closes between two of
+    # its looks is still followed by one trim.
+    gw = await make_gateway(
+        clients=[registry_client("mtls.client", name_secret("CN=client, OU=production, O=company"))]
+    )
+    heap = gw.running.heap
+    assert heap is not None and heap.trims == 0
+    context = gw.ssl_context(client_cert)
+
+    async def one() -> asyncio.StreamWriter:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", gw.port, ssl=context, server_hostname="localhost"
+        )
+        writer.write(b"GET /burst HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        return writer
+
+    burst = await asyncio.gather(*(one() for _ in range(MIN_DROP + 44)))
+    assert len(gw.running.connections) >= MIN_DROP + 44
+    for writer in burst:
+        writer.close()
+    deadline = time.monotonic() + 3 * CHECK_SECONDS
+    while heap.trims == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert heap.trims == 1
