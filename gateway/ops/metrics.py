@@ -23,13 +23,14 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
     multiprocess,
 )
 from prometheus_client.registry import Collector
+
+from gateway.ops.latency import UpstreamLatency
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -71,7 +72,7 @@ def method_label(method: str) -> str:
 class Metrics:
     registry: CollectorRegistry
     requests: Counter
-    upstream_latency: Histogram
+    upstream_latency: UpstreamLatency
     auth_refusals: Counter
     tls_handshake_failures: Counter
     tokens: Counter
@@ -133,13 +134,7 @@ def create_metrics(*, client_labels: bool = False) -> Metrics:
             ["listener", "route", "method", "status"],
             registry=registry,
         ),
-        upstream_latency=Histogram(
-            "mtls_gateway_upstream_latency_seconds",
-            "Time from sending a request upstream to its response head.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        ),
+        upstream_latency=UpstreamLatency(registry, LATENCY_BUCKETS, multiprocess=multiproc),
         auth_refusals=Counter(
             "mtls_gateway_auth_refusals",
             "Refused authentications by reason class.",

@@ -13,8 +13,6 @@ import asyncio
 import logging
 import time
 
-from prometheus_client import Histogram
-
 from gateway.errors import GatewayError, head_failure, upstream_failure
 from gateway.headers import downstream_response_fields
 from gateway.listener.config import LimitsConfig
@@ -47,7 +45,6 @@ class Forwarder:
         self._loop = upstreams.loop
         self._pace = BodyPace(limits.request_body_timeout, limits.request_body_min_rate)
         self._metrics = metrics
-        self._latency: dict[str, Histogram] = {}
 
     async def forward(
         self, request: Request, origin: Origin, exchange: ProxyExchange, policy: RouteConfig
@@ -125,10 +122,5 @@ class Forwarder:
         return Response(conn.status, fields, stream=stream, length=announced, reason=conn.reason)
 
     def _observe_latency(self, prefix: str, seconds: float) -> None:
-        if self._metrics is None:
-            return
-        latency = self._latency.get(prefix)
-        if latency is None:
-            # labels() takes a lock and builds a key per call: keep the children.
-            latency = self._latency[prefix] = self._metrics.upstream_latency.labels(prefix)
-        latency.observe(seconds)
+        if self._metrics is not None:
+            self._metrics.upstream_latency.observe(prefix, seconds)
