@@ -38,6 +38,11 @@ from gateway.pipeline.messages import Request, Response
 # upstream.  An empty host is allowed (RFC 9112 §3.2, no authority).
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~]*)(?::([0-9]*))?")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
+# Host values already found to be one valid authority: callers send the same
+# few on every request, so the grammar runs once per value, not per request.
+# Bounded, since callers choose them; past the bound each is checked anew.
+_VALID_HOSTS: set[str] = set()
+_VALID_HOSTS_BOUND = 1024
 
 
 def _authority_problem(authority: str) -> str | None:
@@ -67,10 +72,12 @@ def host_problem(host: str | None, target: str) -> str | None:
     to its authority: a server would use the target's, the upstream may use
     the Host, so two different ones are refused rather than one picked.
     """
-    if host is not None:
+    if host is not None and host not in _VALID_HOSTS:
         problem = _authority_problem(host)
         if problem is not None:
             return f"invalid Host header: {problem}"
+        if len(_VALID_HOSTS) < _VALID_HOSTS_BOUND:
+            _VALID_HOSTS.add(host)
     if target.startswith("/") or target == "*":
         return None
     parts = urlsplit(target)

@@ -61,3 +61,22 @@ async def test_host_is_one_valid_authority_agreeing_with_the_target(
     else:
         assert response.json()["error"] == "invalid_request"
         assert recording_upstream.requests == []
+
+
+def test_a_host_value_is_checked_once_and_a_bad_one_every_time() -> None:
+    from gateway import framing
+
+    assert framing.host_problem("api.example:8443", "/") is None
+    assert "api.example:8443" in framing._VALID_HOSTS  # the grammar ran once
+    assert framing.host_problem("api.example:8443", "/again") is None
+    for _ in range(2):  # refused again, never remembered
+        assert (
+            framing.host_problem("a.com,evil.com", "/")
+            == "invalid Host header: not one host[:port]"
+        )
+    assert "a.com,evil.com" not in framing._VALID_HOSTS
+    for i in range(framing._VALID_HOSTS_BOUND + 10):
+        assert framing.host_problem(f"h{i}.example", "/") is None
+    assert len(framing._VALID_HOSTS) <= framing._VALID_HOSTS_BOUND
+    # A cached Host still has to agree with an absolute-form target.
+    assert framing.host_problem("api.example:8443", "https://other.example/") is not None
