@@ -10,9 +10,10 @@ fragmented, so RSS stays at the burst's peak (bench/RESULTS.md measured
 ``HeapTrimmer`` looks at the open connection count every few seconds and
 trims once it has fallen well below its peak since the last trim: after a
 burst, never on a steady load.  The peak is the connection set's high-water
-mark, not a sample: a burst of callers can come and go between two looks.  The call runs in a worker thread (ctypes
-releases the GIL), so the event loop does not wait for the heap walk.  Where
-the C library has no ``malloc_trim`` (musl, macOS) it does nothing.
+mark, not a sample: a burst of callers can come and go between two looks.
+The call runs in a worker thread (ctypes releases the GIL), so the event
+loop does not wait for the heap walk.  Where the C library has no
+``malloc_trim`` (musl, macOS) it does nothing.
 """
 
 from __future__ import annotations
