@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.auth import ConnectionAuth
-from gateway.pipeline.messages import Request
 from gateway.proxy.config import RouteConfig
 from gateway.upstream.origin import Origin
 
@@ -27,9 +26,3 @@ class ProxyExchange:
     def upstream_fields(self) -> list[tuple[str, str]]:
         assert self.headers is not None, "the identity headers stage runs before forward"
         return self.headers
-
-
-def exchange_of(request: Request) -> ProxyExchange:
-    exchange = request.exchange
-    assert isinstance(exchange, ProxyExchange), "the route stage runs first"
-    return exchange

@@ -21,7 +21,7 @@ from gateway.ops.metrics import Metrics
 from gateway.pipeline.chain import Stage
 from gateway.pipeline.messages import Request, Response
 from gateway.proxy.config import RouteConfig
-from gateway.proxy.exchange import ProxyExchange, exchange_of
+from gateway.proxy.exchange import ProxyExchange
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.forward_h2 import Http2Forwarder
 from gateway.proxy.routes import RouteTable
@@ -102,7 +102,8 @@ class Proxy:
         request.exchange = ProxyExchange(route.config, route.prefix, target, origin)
 
     def authenticate(self, request: Request) -> Awaitable[None] | None:
-        exchange = exchange_of(request)
+        exchange = request.exchange
+        assert isinstance(exchange, ProxyExchange), "the route stage runs first"
         if exchange.policy.auth == "none":
             return None
         # The connection's cached identity answers without a coroutine; only
@@ -117,7 +118,8 @@ class Proxy:
         _note_identity(request, exchange, await self._auth.authenticate(request))
 
     def authorize(self, request: Request) -> Awaitable[None] | None:
-        exchange = exchange_of(request)
+        exchange = request.exchange
+        assert isinstance(exchange, ProxyExchange), "the route stage runs first"
         auth = exchange.auth
         if auth is None:
             return None
@@ -154,7 +156,8 @@ class Proxy:
             continue_if_expected(request)
 
     def identity_headers(self, request: Request) -> None:
-        exchange = exchange_of(request)
+        exchange = request.exchange
+        assert isinstance(exchange, ProxyExchange), "the route stage runs first"
         policy = exchange.policy
         if request.query_string:
             exchange.target += "?" + request.query_string
@@ -180,7 +183,8 @@ class Proxy:
 
     def forward(self, request: Request) -> Awaitable[Response]:
         # The forwarder's coroutine itself, not one wrapped in another.
-        exchange = exchange_of(request)
+        exchange = request.exchange
+        assert isinstance(exchange, ProxyExchange), "the route stage runs first"
         policy = exchange.policy
         if is_upgrade(request.headers):
             return self._websockets.upgrade(request, exchange)
