@@ -506,35 +506,19 @@ class Bench:
             )
             run(["haproxy", "-c", "-q", "-f", str(conf)], timeout=30)
             proc = self.procs.start(proc_name, ["haproxy", "-db", "-f", str(conf)])
-        elif name == "pytls":
-            # Reference, not a proxy: bare uvloop + ssl mTLS server answering itself.
+        elif name in ("pytls", "floor"):
+            # The two references, each a Python script of bench/ on the same
+            # port and certificates: pytls, a bare uvloop + ssl mTLS server
+            # answering itself (not a proxy); floor, the gateway's TLS layer
+            # under a bare relay to the upstream (bench/floor.py).
+            if name == "pytls":
+                script = ["upstream.py", "--tls", str(p.ca.parent)]
+                script += ["--tickets", str(self.args.reference_tickets)]
+            else:
+                script = ["floor.py", "--pki", str(p.ca.parent)]
+                script += ["--upstream-port", str(self.upstream_port)]
             proc = self.procs.start(
-                proc_name,
-                [
-                    sys.executable,
-                    str(HERE / "upstream.py"),
-                    "--port",
-                    str(port),
-                    "--tls",
-                    str(p.ca.parent),
-                    "--tickets",
-                    str(self.args.reference_tickets),
-                ],
-            )
-        elif name == "floor":
-            # Reference: the gateway's TLS layer and a bare relay (bench/floor.py).
-            proc = self.procs.start(
-                proc_name,
-                [
-                    sys.executable,
-                    str(HERE / "floor.py"),
-                    "--port",
-                    str(port),
-                    "--pki",
-                    str(p.ca.parent),
-                    "--upstream-port",
-                    str(self.upstream_port),
-                ],
+                proc_name, [sys.executable, str(HERE / script[0]), "--port", str(port), *script[1:]]
             )
         else:
             registry = self.work / "clients.yaml"

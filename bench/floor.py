@@ -46,7 +46,6 @@ class UpstreamLeg(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.chunks: list[bytes] = []
-        self.length = 0
         # The caller's persistence for the answer in flight (ab speaks HTTP/1.0).
         self.keep_alive = True
 
@@ -62,12 +61,10 @@ class UpstreamLeg(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
-        self.length += len(body)
 
     def on_message_complete(self) -> None:
         body = b"".join(self.chunks)
         self.chunks.clear()
-        self.length = 0
         persistence = b"keep-alive" if self.keep_alive else b"close"
         self.downstream.write(
             b"HTTP/1.1 %d OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n"
@@ -88,7 +85,7 @@ class FloorHttp(asyncio.Protocol):
         self.url = b""
         self.transport: asyncio.Transport | None = None
         self.leg: UpstreamLeg | None = None
-        self.connecting: asyncio.Task[Any] | None = None
+        self.connecting: asyncio.Task[Any] | None = None  # held: the loop keeps tasks weakly
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
