@@ -34,7 +34,8 @@ from gateway.ops.worker_metrics import SYNC_SECONDS, CountersInMetrics
 from gateway.pipeline.chain import Pipeline, Stage
 from gateway.pipeline.endpoints import Endpoints
 from gateway.pipeline.messages import Handler
-from gateway.proxy.stages import Proxy, TokenChecker
+from gateway.proxy.stages import Proxy
+from gateway.proxy.tokens import TokenChecker
 from gateway.registry.base import Registry
 from gateway.registry.factory import create_registry
 from gateway.upstream import UpstreamPool

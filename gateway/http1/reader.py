@@ -17,7 +17,9 @@ import httptools
 from multidict import CIMultiDict
 
 from gateway.http1.head import printable
-from gateway.pipeline.messages import MalformedBody, Request, RequestBody
+from gateway.pipeline.malformed import MalformedBody
+from gateway.pipeline.messages import Connection as Transport
+from gateway.pipeline.messages import Request, RequestBody
 from gateway.pipeline.target import split_target
 
 
@@ -62,7 +64,7 @@ class Connection:
     """What the reader puts into each Request from its connection."""
 
     remote: str
-    transport: object
+    transport: Transport
     pause: Callable[[], None]
     resume: Callable[[], None]
 
@@ -139,8 +141,8 @@ class RequestReader:
             self._parser = httptools.HttpRequestParser(self)
             self.in_head = True
             raise UpgradeRequested(data[offset:] if offset else b"") from None
-        except _Refused as exc:
-            raise HeadRefused(str(exc)) from None
+        except _Refused as refused:
+            raise HeadRefused(str(refused)) from None
         except httptools.HttpParserError as exc:
             if self.parsing is not None and not self.in_head:
                 self.parsing.content.fail(MalformedBody(printable(str(exc))))
@@ -221,7 +223,7 @@ class RequestReader:
             version=version,
             remote=connection.remote,
             scheme=self._settings.scheme,
-            transport=connection.transport,  # type: ignore[arg-type]
+            transport=connection.transport,
             content=body,
             body_exists=has_body and headers.get("Content-Length", "1") != "0",
             protocol=protocol,

@@ -26,7 +26,7 @@ from gateway.oauth.keys import SigningKeySet
 from gateway.oauth.tokens import InvalidToken, cnf_x5t_s256, scopes_of, verify_access_token
 from gateway.pipeline.messages import Request
 from gateway.proxy.config import HeaderNames, RouteConfig
-from gateway.proxy.stages import TokenChecker
+from gateway.proxy.tokens import TokenChecker
 
 log = logging.getLogger("gateway.oauth")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from multidict import CIMultiDict
 
@@ -21,10 +21,6 @@ from gateway.pipeline.facts import RequestFacts
 
 class StreamCut(Exception):
     """A ``Response.stream`` failed after its head went out: the protocol aborts the connection."""
-
-
-class MalformedBody(ConnectionError):
-    """The body's framing broke (a malformed chunk): the caller's fault, a 400."""
 
 
 class BodyTooLarge(Exception):
@@ -40,7 +36,8 @@ class RequestBody:
 
     __slots__ = ("_buffer", "_ended", "_error", "_pause", "_paused", "_resume", "_size", "_waiter")
 
-    high_water = 256 * 1024
+    # ClassVar: a class attribute, also once compiled (mypyc makes plain ones per instance).
+    high_water: ClassVar[int] = 256 * 1024
 
     def __init__(
         self,
@@ -138,6 +135,13 @@ class RequestBody:
         return b"".join(parts)
 
 
+class StageState(Protocol):
+    """Any object: what a stage keeps on the request for the stages after it.
+
+    (Not ``object``: mypyc, compiling this dataclass, cannot resolve that name.)
+    """
+
+
 class Connection(Protocol):
     """What a request may ask of the connection it came on."""
 
@@ -165,7 +169,7 @@ class Request:
     # its body (the protocol's; the pipeline calls it once the policy passed).
     send_continue: Callable[[], None] | None = None
     # The working state of the stage that took the request (gateway/proxy/exchange.py).
-    exchange: object | None = None
+    exchange: StageState | None = None
 
     @property
     def host(self) -> str:

@@ -66,8 +66,8 @@ class Forwarder:
                 has_length=exchange.has_length,
                 has_accept=exchange.has_accept,
             )
-        except UnsafeHeader as exc:
-            raise GatewayError(400, "invalid_request", str(exc)) from None
+        except UnsafeHeader as unsafe:
+            raise GatewayError(400, "invalid_request", str(unsafe)) from None
         deadline = self._loop.time() + policy.timeout
         sent_at = time.perf_counter()
         conn = self._upstreams.reuse(origin)

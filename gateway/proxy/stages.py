@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Sequence
 from multidict import CIMultiDict
 
 from gateway.auth import Authenticator, ConnectionAuth
-from gateway.errors import GatewayError, access_denied
+from gateway.errors import access_denied
 from gateway.headers import OVERRIDE_HEADERS, connection_tokens, upstream_request_fields
 from gateway.http2.client import Http2Client
 from gateway.listener.config import LimitsConfig
@@ -25,29 +25,11 @@ from gateway.proxy.exchange import ProxyExchange
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.forward_h2 import Http2Forwarder
 from gateway.proxy.routes import RouteTable
+from gateway.proxy.tokens import TokenChecker
 from gateway.proxy.websockets import WebSocketStage
 from gateway.request_body import continue_if_expected
 from gateway.upstream import Origin, UpstreamPool, parse_origin
 from gateway.websocket import OpenSockets, WebSocketLimits, is_upgrade
-
-
-class TokenChecker:
-    """What ``auth: token`` routes need from the token service (wired by the app)."""
-
-    async def check(
-        self, request: Request, route: RouteConfig, auth: ConnectionAuth
-    ) -> tuple[tuple[str, str], ...]:
-        """Validate the bearer token; return identity headers, or raise GatewayError.
-
-        Owns every client check on the route: the certificate must authenticate
-        the token's client, which must pass ``route.clients``.
-        """
-        raise GatewayError(
-            401,
-            "invalid_token",
-            "token-protected routes need the token service",
-            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
 
 
 class Proxy:

@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.pipeline.messages import MalformedBody
+from gateway.pipeline.malformed import MalformedBody
 from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.errors import UpstreamError
 

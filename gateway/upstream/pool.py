@@ -127,9 +127,9 @@ class UpstreamPool:
                 )
         except TimeoutError:
             raise UpstreamTimeout("connecting to the upstream timed out") from None
-        except ssl.SSLCertVerificationError as exc:
+        except ssl.SSLCertVerificationError as refused:
             # Before ssl.SSLError and ValueError, which it also is.
-            raise CertificateRefused.of(exc) from None
+            raise CertificateRefused.of(refused) from None
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise UpstreamUnreachable(f"cannot connect to the upstream: {exc}") from None
         return conn
