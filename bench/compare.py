@@ -84,8 +84,10 @@ from nginx_conf import NGINX_BACKEND, NGINX_HEAD, NGINX_IDENTITY_HEADERS, NGINX_
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
-SYSTEMS = ("nginx", "haproxy", "gateway", "pytls", "floor")
-PROXIES = ("nginx", "haproxy", "gateway")
+# compiled: the gateway again, from an install built with COMPILE_MTLS_GATEWAY=1
+# (setup.py: the data plane compiled by mypyc), named by --compiled-command.
+SYSTEMS = ("nginx", "haproxy", "gateway", "compiled", "pytls", "floor")
+PROXIES = ("nginx", "haproxy", "gateway", "compiled")
 MODES = ("http1", "h2")  # http1: every HTTP/1.1 phase (issue 6); h2: the HTTP/2 row (issue 17)
 BODY = '{"ok":true}\n'
 CLIENT_ID = "bench.client"
@@ -425,6 +427,13 @@ class Bench:
             else gateway_command()
         )
 
+    def _serve_command(self, name: str) -> list[str]:
+        if name != "compiled":
+            return self.serve_command
+        if not self.args.compiled_command:
+            raise SystemExit("--only compiled needs --compiled-command (see bench/README.md)")
+        return shlex.split(self.args.compiled_command)
+
     # -- upstream ---------------------------------------------------------
 
     def start_upstream(self) -> None:
@@ -541,7 +550,14 @@ class Bench:
             )
             proc = self.procs.start(
                 proc_name,
-                [*self.serve_command, "serve", "--config", str(conf), "--workers", str(workers)],
+                [
+                    *self._serve_command(name),
+                    "serve",
+                    "--config",
+                    str(conf),
+                    "--workers",
+                    str(workers),
+                ],
                 cwd=str(self.work),
             )
             wait_port(port, proc)
@@ -1313,9 +1329,9 @@ def _source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+def _throughput_targets(report: dict[str, Any], name: str, prefix: str) -> list[dict[str, Any]]:
     thr = report.get("throughput", {})
-    gw, ng = thr.get("gateway"), thr.get("nginx")
+    gw, ng = thr.get(name), thr.get("nginx")
     rows: list[dict[str, Any]] = []
     if gw and ng:
         for mode, key, label in (
@@ -1327,7 +1343,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             want = TARGETS[key]
             rows.append(
                 {
-                    "target": label,
+                    "target": prefix + label,
                     "measured": f"{ratio:.3f}x ({g:.0f} vs {n:.0f})",
                     "met": ratio >= want,
                     "by": f"{(ratio / want - 1) * 100:+.0f}% of target"
@@ -1339,12 +1355,19 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             limit = n99 + TARGETS["p99_slack_ms"]
             rows.append(
                 {
-                    "target": "keep-alive p99 <= NGINX p99 + 1 ms",
+                    "target": prefix + "keep-alive p99 <= NGINX p99 + 1 ms",
                     "measured": f"{g99:.1f} ms vs limit {limit:.1f} ms (NGINX {n99:.1f})",
                     "met": g99 <= limit,
                     "by": f"{g99 - limit:+.1f} ms",
                 }
             )
+    return rows
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = _throughput_targets(report, "gateway", "")
+    # The compiled build, where it ran: the same targets, its own rows.
+    rows += _throughput_targets(report, "compiled", "compiled: ")
     mem = report.get("memory", {}).get("gateway", {})
     for count, entry in sorted(mem.items(), key=lambda item: int(item[0])):
         if "kib_per_connection" in entry:
@@ -1409,6 +1432,14 @@ def print_report(report: dict[str, Any]) -> None:
                 f, n = thr["floor"][mode]["rps"], thr["nginx"][mode]["rps"]
                 if f and n:
                     print(f"  floor/nginx {mode}: {f / n:.3f}")
+        if "compiled" in thr:
+            for other in ("nginx", "gateway", "floor"):
+                if other not in thr:
+                    continue
+                for mode in ("keepalive", "handshake"):
+                    c, o = thr["compiled"][mode]["rps"], thr[other][mode]["rps"]
+                    if c and o:
+                        print(f"  compiled/{other} {mode}: {c / o:.3f}")
         for other in ("nginx", "haproxy", "pytls", "floor"):
             if "gateway" in thr and other in thr:
                 for mode in ("keepalive", "handshake"):
@@ -1555,6 +1586,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gateway-command",
         help="command run as '<CMD> serve --config F --workers N' instead of mtls-gateway"
         " (e.g. 'env MTLS_BENCH_GC=1 python3 bench/variants.py')",
+    )
+    parser.add_argument(
+        "--compiled-command",
+        help="the 'compiled' system: an mtls-gateway installed with COMPILE_MTLS_GATEWAY=1"
+        " (e.g. /tmp/compiled-venv/bin/mtls-gateway)",
     )
     parser.add_argument(
         "--reference-tickets",
