@@ -420,9 +420,10 @@ class Bench:
         self.upstream_pids: list[int] = []
         self.gateway_sources: list[str] = []
         # A variant to measure (e.g. bench/variants.py), else the installed gateway.
-        # Paths in it are taken from the caller's directory (serve runs in the work dir).
+        # Paths in it are taken from the caller's directory (serve runs in the work dir);
+        # absolute, not resolved: a venv's python is a symlink to the base interpreter.
         self.serve_command = (
-            [str(Path(t).resolve()) if Path(t).exists() else t for t in shlex.split(cmd)]
+            [str(Path(t).absolute()) if Path(t).exists() else t for t in shlex.split(cmd)]
             if (cmd := args.gateway_command)
             else gateway_command()
         )
