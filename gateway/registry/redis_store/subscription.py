@@ -96,10 +96,16 @@ class ChangeSubscription:
         # ends the follower's loop regardless.
         self._closing = True
         if self._task is not None:
-            self._task.cancel()
+            task, self._task = self._task, None
+            # Cancelled until it ends: a cancellation swallowed that way
+            # inside redis-py (its connects and reads use wait_for too) would
+            # leave the follower listening.  A test teardown right after a
+            # Sentinel failover once hung here for good (session 7).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         self._view.following = False
         if self._expiry is not None:
             self._expiry.cancel()
