@@ -62,6 +62,15 @@ def _copy_tree(target: Path) -> None:
         (target.parent / "shared").symlink_to(shared)
 
 
+def _in_tree(
+    tree: Path, env: dict[str, str], args: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in the copy, with its sources first on the path."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 @pytest.mark.slow
 def test_the_compiled_data_plane_passes_the_data_plane_tests(tmp_path: Path) -> None:
     if shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc") is None:
@@ -69,44 +78,22 @@ def test_the_compiled_data_plane_passes_the_data_plane_tests(tmp_path: Path) -> 
     tree = tmp_path / "repo"
     _copy_tree(tree)
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    built = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--inplace"],
-        cwd=tree,
-        env={**env, "COMPILE_MTLS_GATEWAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    build_env = {**env, "COMPILE_MTLS_GATEWAY": "1"}
+    built = _in_tree(tree, build_env, ["setup.py", "build_ext", "--inplace"], timeout=900)
     assert built.returncode == 0, built.stderr[-3000:]
 
     # Every module setup.py names is an extension now, and it is the one imported.
     modules = _compiled_modules()
     probe = "import importlib, sys\nfor name in sys.argv[1:]: print(importlib.import_module(name).__file__)"
-    where = subprocess.run(
-        [sys.executable, "-c", probe, *modules],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    where = _in_tree(tree, env, ["-c", probe, *modules], timeout=120)
     assert where.returncode == 0, where.stderr[-3000:]
     files = where.stdout.split()
     assert len(files) == len(modules) >= 20
     assert all(f.startswith(str(tree)) and f.endswith(".so") for f in files), files
 
-    tests = subprocess.run(
-        [
-            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"),
-            # Its own base directory: pytest prunes old ones, this run's included.
-            *("--basetemp", str(tmp_path / "inner")),
-            *DATA_PLANE_TESTS,
-        ],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
+    # Its own base directory: pytest prunes old ones, this run's included.
+    pytest_args += ["--basetemp", str(tmp_path / "inner"), *DATA_PLANE_TESTS]
+    tests = _in_tree(tree, env, pytest_args, timeout=1200)
     assert tests.returncode == 0, tests.stdout[-5000:]
     assert " passed" in tests.stdout.splitlines()[-1]
