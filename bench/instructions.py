@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--requests", type=int, default=3000)
     parser.add_argument("--warm", type=int, default=500, help="requests before zeroing")
     parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="copy each tree's dump to DIR/callgrind.NAME (for callgrind_annotate --inclusive=yes)",
+    )
+    parser.add_argument(
         "--handshakes",
         action="store_true",
         help="no keep-alive: instructions per connection (full mTLS handshake and one request)",
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 keepalive=not args.handshakes,
             )
             results[name] = total / args.requests
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(work / f"callgrind.{name}.1", args.keep / f"callgrind.{name}")
             unit = "connection" if args.handshakes else "request"
             print(
                 f"{name:>10}: {results[name]:>10,.0f} instructions per {unit} ({tree})", flush=True

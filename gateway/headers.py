@@ -179,11 +179,23 @@ def identity_headers(
 def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     """Field names listed in Connection (RFC 9110 §7.6.1) are hop-by-hop too."""
     values = headers.getall("Connection", ())
-    if len(values) == 1 and "," not in values[0]:
-        # The usual "keep-alive" or "close": one token.
-        token = _cached_key(values[0].strip())
-        return frozenset((token,)) if token else frozenset()
+    if len(values) == 1:
+        # The usual "keep-alive" or "close", as each caller spells it.
+        listed = _LISTED.get(values[0])
+        if listed is None:
+            listed = _tokens(values)
+            if len(_LISTED) < _KEYS_BOUND:
+                _LISTED[values[0]] = listed
+        return listed
+    return _tokens(values)
+
+
+def _tokens(values: Iterable[str]) -> frozenset[str]:
     return frozenset(header_key(t.strip()) for v in values for t in v.split(",") if t.strip())
+
+
+# connection_tokens of one Connection value, bounded as _KEYS is.
+_LISTED: dict[str, frozenset[str]] = {}
 
 
 def upstream_request_fields(
@@ -254,7 +266,9 @@ def downstream_response_fields(
     transfer_encoding = False
     for name, value in raw:
         lowered = name.lower()
-        key = lowered.replace(b"_", b"-") if b"_" in lowered else lowered
+        # Not ``b"_" in lowered``: bytes.__contains__ tries the operand as an
+        # int first, and that failure costs a formatted TypeError per field.
+        key = lowered.replace(b"_", b"-")
         if key in _HOP_BY_HOP_BYTES:
             if lowered == b"connection":
                 listed.append(value)

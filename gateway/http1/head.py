@@ -74,12 +74,13 @@ def response_head(
             has_server = True
         elif lowered == "date":
             has_date = True
-        lines.append(f"{name}: {value}\r\n")
-    block = "".join(lines)
-    # One count over the block, not two per line: only where it finds a
-    # stray CR or LF are the lines looked at one by one.
-    if block.count("\n") != len(lines) or block.count("\r") != len(lines):
-        block = "".join(line for line in lines if line.count("\n") == line.count("\r") == 1)
+        line = f"{name}: {value}"
+        # Two memchr scans of one short line (a count over the whole block
+        # walks it character by character, and cost more).
+        if "\n" not in line and "\r" not in line:
+            lines.append(line)
+    lines.append("")  # the last field's CRLF
+    block = "\r\n".join(lines)
     try:
         fields = block.encode("utf-8", "surrogateescape")  # as it was decoded
     except UnicodeEncodeError:

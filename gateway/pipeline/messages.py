@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from multidict import CIMultiDict
@@ -148,7 +148,9 @@ class Connection(Protocol):
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
-@dataclass(slots=True, eq=False)
+# Request and Response: init=False and a written __init__, for the reason
+# given at RequestFacts (one of each per request).
+@dataclass(slots=True, eq=False, init=False)
 class Request:
     """One parsed request.  ``path`` is decoded (RFC 3986 §2.1), ``raw_path`` is the target as sent."""
 
@@ -163,13 +165,47 @@ class Request:
     transport: Connection | None
     content: RequestBody
     body_exists: bool
-    protocol: str = "HTTP/1.1"  # as logged: "HTTP/1.0", "HTTP/1.1", "HTTP/2"
-    facts: RequestFacts = field(default_factory=RequestFacts)
+    protocol: str  # as logged: "HTTP/1.0", "HTTP/1.1", "HTTP/2"
+    facts: RequestFacts
     # Sends "100 Continue" where the caller asked for it and may still send
     # its body (the protocol's; the pipeline calls it once the policy passed).
-    send_continue: Callable[[], None] | None = None
+    send_continue: Callable[[], None] | None
     # The working state of the stage that took the request (gateway/proxy/exchange.py).
-    exchange: StageState | None = None
+    exchange: StageState | None
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        path: str,
+        query_string: str,
+        headers: CIMultiDict[str],
+        version: tuple[int, int],
+        remote: str,
+        scheme: str,
+        transport: Connection | None,
+        content: RequestBody,
+        body_exists: bool,
+        protocol: str = "HTTP/1.1",
+        facts: RequestFacts | None = None,
+        send_continue: Callable[[], None] | None = None,
+        exchange: StageState | None = None,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.path = path
+        self.query_string = query_string
+        self.headers = headers
+        self.version = version
+        self.remote = remote
+        self.scheme = scheme
+        self.transport = transport
+        self.content = content
+        self.body_exists = body_exists
+        self.protocol = protocol
+        self.facts = RequestFacts() if facts is None else facts
+        self.send_continue = send_continue
+        self.exchange = exchange
 
     @property
     def host(self) -> str:
@@ -209,7 +245,7 @@ class ByteStream(Protocol):
 Upgraded = Callable[[ByteStream], Awaitable[None]]
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class Response:
     """An answer: a whole body, or a stream of chunks, or an upgrade.
 
@@ -220,15 +256,39 @@ class Response:
     """
 
     status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-    stream: AsyncIterator[bytes] | None = None
-    length: int | None = None
-    reason: str = ""
-    close: bool = False  # the connection is not reused after this answer
-    trailers: Callable[[], list[tuple[str, str]]] | None = None
-    upgraded: Upgraded | None = None  # status 101: run on the raw connection
-    sent_bytes: int = 0  # body bytes the protocol wrote (the access log's "bytes")
+    headers: list[tuple[str, str]]
+    body: bytes
+    stream: AsyncIterator[bytes] | None
+    length: int | None
+    reason: str
+    close: bool  # the connection is not reused after this answer
+    trailers: Callable[[], list[tuple[str, str]]] | None
+    upgraded: Upgraded | None  # status 101: run on the raw connection
+    sent_bytes: int  # body bytes the protocol wrote (the access log's "bytes")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        stream: AsyncIterator[bytes] | None = None,
+        length: int | None = None,
+        reason: str = "",
+        close: bool = False,
+        trailers: Callable[[], list[tuple[str, str]]] | None = None,
+        upgraded: Upgraded | None = None,
+        sent_bytes: int = 0,
+    ) -> None:
+        self.status = status
+        self.headers = [] if headers is None else headers
+        self.body = body
+        self.stream = stream
+        self.length = length
+        self.reason = reason
+        self.close = close
+        self.trailers = trailers
+        self.upgraded = upgraded
+        self.sent_bytes = sent_bytes
 
     def force_close(self) -> None:
         self.close = True

@@ -9,19 +9,32 @@ from gateway.proxy.config import RouteConfig
 from gateway.upstream.origin import Origin
 
 
-@dataclass(slots=True, eq=False)
+# init=False and a written __init__: one per request, and a generated one runs
+# interpreted even in the compiled build (gateway/pipeline/facts.py).
+@dataclass(slots=True, eq=False, init=False)
 class ProxyExchange:
     policy: RouteConfig
     prefix: str
     target: str  # the encoded upstream path (query appended by the identity stage)
     origin: Origin  # the route's upstream, parsed once per configuration
-    auth: ConnectionAuth | None = None
-    injected: tuple[tuple[str, str], ...] = ()
+    auth: ConnectionAuth | None
+    injected: tuple[tuple[str, str], ...]
     # The fields that go upstream (headers.upstream_request_fields), and
     # whether they hold a Content-Length and an Accept.
-    headers: list[tuple[str, str]] | None = None
-    has_length: bool = False
-    has_accept: bool = False
+    headers: list[tuple[str, str]] | None
+    has_length: bool
+    has_accept: bool
+
+    def __init__(self, policy: RouteConfig, prefix: str, target: str, origin: Origin) -> None:
+        self.policy = policy
+        self.prefix = prefix
+        self.target = target
+        self.origin = origin
+        self.auth = None
+        self.injected = ()
+        self.headers = None
+        self.has_length = False
+        self.has_accept = False
 
     def upstream_fields(self) -> list[tuple[str, str]]:
         assert self.headers is not None, "the identity headers stage runs before forward"
