@@ -56,6 +56,7 @@ COMPILED = [
     "gateway/proxy/stages.py",
     "gateway/upstream/connection.py",
     "gateway/upstream/head.py",
+    "gateway/upstream/names.py",
     "gateway/upstream/pool.py",
     "gateway/ops/latency.py",
     "gateway/ops/observability.py",

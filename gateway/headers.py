@@ -16,6 +16,7 @@ from multidict import CIMultiDict, MultiMapping
 
 from gateway.proxy.config import HeaderNames
 from gateway.trust.identity import CertificateIdentity
+from gateway.upstream.names import response_name
 
 # RFC 9110 §7.6.1: connection-specific fields never forwarded; plus the legacy
 # Proxy-Connection and Keep-Alive.  Expect is answered by the gateway itself.
@@ -260,15 +261,12 @@ def downstream_response_fields(
     Connection are dropped.  Also returns the first Content-Length value and
     whether Transfer-Encoding was present, which decide the downstream framing.
     """
-    kept: list[tuple[bytes, bytes, bytes]] = []
+    kept: list[tuple[bytes, str, bytes]] = []
     listed: list[bytes] = []
     length: bytes | None = None
     transfer_encoding = False
     for name, value in raw:
-        lowered = name.lower()
-        # Not ``b"_" in lowered``: bytes.__contains__ tries the operand as an
-        # int first, and that failure costs a formatted TypeError per field.
-        key = lowered.replace(b"_", b"-")
+        lowered, key, text = response_name(name)
         if key in _HOP_BY_HOP_BYTES:
             if lowered == b"connection":
                 listed.append(value)
@@ -278,16 +276,13 @@ def downstream_response_fields(
             elif lowered == b"transfer-encoding":
                 transfer_encoding = True
             continue
-        kept.append((key, name, value))
+        kept.append((key, text, value))
     if not listed or all(value.lower() in _HOP_BY_HOP_BYTES for value in listed):
         # The usual answers: no Connection field, or one that lists only a
         # hop-by-hop name (``Connection: keep-alive``, what NGINX and most
         # HTTP/1.1 upstreams send), already dropped above: nothing more to drop.
         return (
-            [
-                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-                for _, name, value in kept
-            ],
+            [(text, value.decode("utf-8", "surrogateescape")) for _, text, value in kept],
             length,
             transfer_encoding,
         )
@@ -299,8 +294,8 @@ def downstream_response_fields(
     )
     return (
         [
-            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-            for key, name, value in kept
+            (text, value.decode("utf-8", "surrogateescape"))
+            for key, text, value in kept
             if key not in tokens
         ],
         length,

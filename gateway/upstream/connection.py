@@ -19,6 +19,7 @@ from gateway.upstream.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.upstream.names import response_name
 from gateway.upstream.origin import Origin
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 
 def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
-        lowered = name.lower()
+        lowered = response_name(name)[0]
         if lowered == b"content-length" or (
             lowered == b"transfer-encoding" and b"chunked" in value.lower()
         ):
