@@ -60,6 +60,11 @@ COMPILED = [
     "gateway/upstream/pool.py",
     "gateway/ops/latency.py",
     "gateway/ops/observability.py",
+    "gateway/ops/metrics.py",
+    "gateway/auth/outcome.py",
+    "gateway/auth/recent.py",
+    "gateway/auth/authenticator.py",
+    "gateway/websocket/handshake.py",
 ]
 
 

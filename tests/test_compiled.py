@@ -24,7 +24,8 @@ import pytest
 from tests.cli.test_main import REPO
 
 # The tests of what setup.py compiles (listener, http1, pipeline, proxy,
-# upstream, the framing and header filters), through the production wiring.
+# upstream, the framing and header filters, the connection authenticator,
+# metrics, the WebSocket handshake), through the production wiring.
 DATA_PLANE_TESTS = [
     "tests/http1",
     "tests/listener",
@@ -34,6 +35,13 @@ DATA_PLANE_TESTS = [
     "tests/ops/test_latency.py",
     "tests/ops/test_observability.py",
     "tests/ops/test_heap.py",
+    "tests/ops/test_metrics.py",
+    "tests/ops/test_worker_metrics.py",
+    "tests/auth",
+    "tests/test_auth.py",
+    "tests/test_revocation.py",
+    "tests/websocket/test_handshake.py",
+    "tests/test_websocket.py",
     "tests/test_proxy.py",
     "tests/test_refusal_answers.py",
     "tests/test_deadlines.py",
