@@ -197,8 +197,12 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         if len(headers) >= MAX_HEADERS:
             raise self._raise(InvalidResponse("too many upstream header fields"))
-        # llhttp strips the whitespace before a value, not after (aiohttp's rule).
-        headers.append((name, value.rstrip(b" \t")))
+        # llhttp strips the whitespace before a value, not after (aiohttp's
+        # rule).  Looked at first: most values end in neither, and a method
+        # call per field costs more than two comparisons.
+        if value and (value[-1] == 32 or value[-1] == 9):
+            value = value.rstrip(b" \t")
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser

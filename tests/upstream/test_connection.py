@@ -12,8 +12,9 @@ import asyncio
 
 import pytest
 
+from gateway.upstream import UpstreamPool, parse_origin
 from tests.test_proxy import get
-from tests.upstream.conftest import StartScripted, ThroughGateway, ok
+from tests.upstream.conftest import StartScripted, ThroughGateway, exchange, ok
 
 
 async def test_keep_alive_upstream_connection_is_reused(
@@ -144,3 +145,23 @@ async def test_a_burst_larger_than_the_read_buffer_is_relayed_whole(
         assert response.status == 200
         assert response.body == body
     assert upstream.connections == 1
+
+
+
+async def test_trailing_whitespace_of_an_upstream_value_is_dropped(
+    scripted: StartScripted, pool: UpstreamPool
+) -> None:
+    upstream = await scripted(
+        lambda _: b"HTTP/1.1 200 OK\r\nX-Spaces: a b  \r\nX-Tab: t\t\r\nX-Plain: p\r\n"
+        b"X-Empty:\r\nContent-Length: 2\r\n\r\nok"
+    )
+    conn = await pool.acquire(parse_origin(upstream.url), 5.0)
+    assert await exchange(conn) == b"ok"
+    # The client's own fields, before any filter or caller-side parser trims them.
+    assert conn.headers()[:4] == [
+        (b"X-Spaces", b"a b"),
+        (b"X-Tab", b"t"),
+        (b"X-Plain", b"p"),
+        (b"X-Empty", b""),
+    ]
+    conn.finish()
