@@ -147,13 +147,14 @@ async def test_a_burst_larger_than_the_read_buffer_is_relayed_whole(
     assert upstream.connections == 1
 
 
-
 async def test_trailing_whitespace_of_an_upstream_value_is_dropped(
     scripted: StartScripted, pool: UpstreamPool
 ) -> None:
     upstream = await scripted(
-        lambda _: b"HTTP/1.1 200 OK\r\nX-Spaces: a b  \r\nX-Tab: t\t\r\nX-Plain: p\r\n"
-        b"X-Empty:\r\nContent-Length: 2\r\n\r\nok"
+        lambda _: (
+            b"HTTP/1.1 200 OK\r\nX-Spaces: a b  \r\nX-Tab: t\t\r\nX-Plain: p\r\n"
+            b"X-Empty:\r\nContent-Length: 2\r\n\r\nok"
+        )
     )
     conn = await pool.acquire(parse_origin(upstream.url), 5.0)
     assert await exchange(conn) == b"ok"
