@@ -12,8 +12,8 @@
 #     mtls-gateway:0.1.0
 #   (--user: the quickstart's key and PKI directories are private to you.)
 #
-# Two stages: the builder turns pyproject.toml + setup.py + gateway/ into
-# wheels: the project's, with its data plane compiled by mypyc (setup.py,
+# Two stages: the builder turns pyproject.toml + setup.py + build_backend/ +
+# gateway/ into # wheels: the project's, with its data plane compiled by mypyc (setup.py,
 # COMPILE_MTLS_GATEWAY=1), and one per dependency at the version and hash
 # requirements.lock pins; the runtime stage installs those wheels
 # from a bind mount (--no-index: nothing else is fetched, no wheel stays in a
@@ -43,6 +43,7 @@ RUN apt-get update \
 WORKDIR /src
 # Only what the wheels are built from (.dockerignore keeps the rest out anyway).
 COPY pyproject.toml README.md setup.py requirements.lock ./
+COPY build_backend ./build_backend
 COPY gateway ./gateway
 # mypyc type-checks the data plane against the installed dependencies, so the
 # lock goes in first (mypy is in it); then the project's wheel, compiled; then

@@ -1,34 +1,35 @@
-"""Build: pure Python by default, or the data plane compiled to C with mypyc.
+"""Build: the data plane compiled to C with mypyc where it can be, pure Python otherwise.
 
-    COMPILE_MTLS_GATEWAY=1 pip install --no-build-isolation --no-deps .
+The build backend (build_backend/compiled_by_default.py) decides: a wheel
+(``pip install .``) is compiled where a C compiler and Python's headers are
+present, with the dependencies and mypy at requirements.lock's versions in
+its build environment; an editable install stays pure.  It tells this file
+through ``COMPILE_MTLS_GATEWAY``:
 
-compiles ``COMPILED`` below, the modules every proxied request runs through,
-with mypyc (the compiler mypy and black ship with).  The code stays plain,
-``mypy --strict`` Python; mypyc turns calls between these modules into C
-calls and attribute reads into struct reads.  It measured about a fifth fewer
-instructions per keep-alive request (bench/RESULTS.md, "session 7").
+* ``auto`` (a wheel, by default): compile ``COMPILED`` below; if mypyc or the
+  C compiler fails, warn and install the pure modules;
+* ``1``: compile, and fail the build if that fails (the Docker image, and
+  ``setup.py build_ext --inplace`` in tests/test_compiled.py);
+* unset or ``0``: the pure modules.
 
-Why opt-in:
-
-* mypyc type-checks the modules against the installed dependencies, so it
-  needs them (and mypy, pinned in requirements.lock) in the same environment:
-  hence ``--no-build-isolation`` after installing the lock;
-* an editable install would put the compiled modules beside the sources, and
-  an edited ``.py`` would be shadowed by its stale ``.so``.
+``COMPILED`` lists the modules every proxied request runs through.  The code
+stays plain, ``mypy --strict`` Python; mypyc turns calls between these modules
+into C calls and attribute reads into struct reads: about a third fewer
+instructions per keep-alive request (bench/RESULTS.md, "session 8").
 
 (The variable is outside the gateway's ``MTLS_GATEWAY_*`` configuration
 overrides, which a running gateway would refuse as an unknown key.)
-
-Each extension is optional: on a machine without a C compiler or Python's
-headers the build warns and installs the pure modules, which behave the same
-(tests/test_compiled.py runs the data-plane tests on both).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import BaseError, CCompilerError
 
 # The request path, in the order a keep-alive request meets it.  Not in the
 # list: anything subclassed outside it (mypyc classes cannot have interpreted
@@ -68,15 +69,51 @@ COMPILED = [
 ]
 
 
-def compiled_extensions() -> list[Extension]:
-    if os.environ.get("COMPILE_MTLS_GATEWAY", "").lower() not in {"1", "true", "yes"}:
-        return []
-    from mypyc.build import mypycify  # the lock's mypy: only needed for this build
+def _required() -> bool:
+    return os.environ.get("COMPILE_MTLS_GATEWAY", "").strip().lower() in {"1", "true", "yes"}
 
-    extensions: list[Extension] = mypycify(COMPILED, opt_level="3")
-    for extension in extensions:
-        extension.optional = True  # no compiler: the pure modules, with a warning
+
+def _pure_instead(failed: BaseException) -> None:
+    warnings.warn(
+        f"mtls-gateway: the data plane is not compiled ({failed}); installing the pure modules",
+        stacklevel=2,
+    )
+
+
+def compiled_extensions() -> list[Extension]:
+    choice = os.environ.get("COMPILE_MTLS_GATEWAY", "").strip().lower()
+    if not _required() and choice != "auto":
+        return []
+    try:
+        from mypyc.build import mypycify  # the lock's mypy: only needed for this build
+
+        extensions: list[Extension] = mypycify(COMPILED, opt_level="3")
+    except (SystemExit, Exception) as failed:  # no mypy, or mypyc exits on a type error
+        if _required():
+            raise
+        _pure_instead(failed)
+        return []
     return extensions
 
 
-setup(ext_modules=compiled_extensions())
+class AllOrNothing(build_ext):
+    """Every extension, or none: the modules share one mypyc runtime library.
+
+    setuptools' ``optional`` extensions fail one by one, which could leave a
+    module whose shared library failed, and an install that cannot import.
+    """
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except (BaseError, CCompilerError) as failed:
+            if _required():
+                raise
+            for built in self.get_outputs():
+                Path(built).unlink(missing_ok=True)
+            self.extensions = list[Extension]()
+            self.distribution.ext_modules = []
+            _pure_instead(failed)
+
+
+setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": AllOrNothing})

@@ -2,7 +2,9 @@
 
 What a new machine does with the README: no editable install, no packages
 from the developer's environment, only the lock's exact, hashed versions.
-Builds a venv (about a minute): deselect with ``-m "not slow"``.
+The wheel's data plane is compiled where this machine has a C compiler
+(build_backend/compiled_by_default.py).  Builds a venv and the compiled
+wheel (about two minutes): deselect with ``-m "not slow"``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from build_backend.compiled_by_default import can_compile
 from tests.cli.test_main import REPO
 
 
@@ -59,3 +62,9 @@ def test_clean_clone_installs_from_the_lock_and_runs(tmp_path: Path) -> None:
         clone / ".venv/bin/python", "-c", "import gateway; print(gateway.__file__)", cwd=tmp_path
     )
     assert where.stdout.startswith(str(clone / ".venv")), where.stdout
+    # The request path is the compiled one wherever it could be built, the
+    # rest stays Python (setup.py's COMPILED).
+    probe = "import gateway.http1.server as a, gateway.cli.main as b; print(a.__file__, b.__file__)"
+    server, cli_main = _run(clone / ".venv/bin/python", "-c", probe, cwd=tmp_path).stdout.split()
+    assert server.endswith(".so") == can_compile(), server
+    assert cli_main.endswith(".py"), cli_main
