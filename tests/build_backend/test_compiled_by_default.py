@@ -6,6 +6,7 @@ the compiled modules' behaviour is tests/test_compiled.py.
 
 from __future__ import annotations
 
+import tarfile
 import tomllib
 from pathlib import Path
 
@@ -83,3 +84,15 @@ def test_by_default_a_wheel_is_compiled_where_a_compiler_and_headers_are(
     assert any(r.startswith("mypy==") for r in wanted) == backend.can_compile()
     # An editable install (the suite's own) never asks for the compiler.
     assert all("mypy" not in r for r in backend.get_requires_for_build_editable())
+
+
+def test_the_sdist_carries_the_backend_and_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wheel built from the sdist (python -m build, pip from PyPI) needs the
+    # backend that pyproject.toml names, and the lock its compiled build pins to.
+    monkeypatch.chdir(REPO)
+    name = backend.build_sdist(str(tmp_path))
+    with tarfile.open(tmp_path / name) as sdist:
+        members = {member.split("/", 1)[1] for member in sdist.getnames() if "/" in member}
+    assert {"build_backend/compiled_by_default.py", "requirements.lock", "setup.py"} <= members
