@@ -69,8 +69,12 @@ COMPILED = [
 ]
 
 
+def _choice() -> str:
+    return os.environ.get("COMPILE_MTLS_GATEWAY", "").strip().lower()
+
+
 def _required() -> bool:
-    return os.environ.get("COMPILE_MTLS_GATEWAY", "").strip().lower() in {"1", "true", "yes"}
+    return _choice() in {"1", "true", "yes"}
 
 
 def _pure_instead(failed: BaseException) -> None:
@@ -81,8 +85,7 @@ def _pure_instead(failed: BaseException) -> None:
 
 
 def compiled_extensions() -> list[Extension]:
-    choice = os.environ.get("COMPILE_MTLS_GATEWAY", "").strip().lower()
-    if not _required() and choice != "auto":
+    if not _required() and _choice() != "auto":
         return []
     try:
         from mypyc.build import mypycify  # the lock's mypy: only needed for this build
