@@ -36,6 +36,7 @@ from setuptools.errors import BaseError, CCompilerError
 # subclasses), and anything not run per request.
 COMPILED = [
     "gateway/listener/records.py",
+    "gateway/listener/bio.py",
     "gateway/listener/tls_protocol.py",
     "gateway/listener/tls_transport.py",
     "gateway/timer.py",

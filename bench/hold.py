@@ -2,6 +2,9 @@
 
 Each connection does a full TLS handshake with the client certificate, sends
 one ``GET / HTTP/1.1`` and reads the whole response, then stays open and idle.
+With ``--post-bytes N`` the request is a ``POST /bulk`` with an N-byte body
+instead (sent 64 KiB at a time): what an idle connection keeps after it moved
+data, when the upstream answers as much (RESULTS.md, session 10).
 Driven by ``compare.py`` over stdin/stdout, one JSON object per line:
 
 * after opening: ``{"opened": n, "ok200": n, "failed": n, "errors": {...}, "seconds": s}``
@@ -27,6 +30,8 @@ import sys
 import time
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench-hold\r\n\r\n"
+POST_HEAD = b"POST /bulk HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench-hold\r\nContent-Length: %d\r\n\r\n"
+PIECE = 65536
 
 
 def raise_nofile() -> int:
@@ -38,14 +43,21 @@ def raise_nofile() -> int:
 
 
 async def open_one(
-    host: str, port: int, context: ssl.SSLContext, limit: float
+    host: str, port: int, context: ssl.SSLContext, limit: float, post_bytes: int = 0
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
     async with asyncio.timeout(limit):
         reader, writer = await asyncio.open_connection(
             host, port, ssl=context, server_hostname="localhost"
         )
         try:
-            writer.write(REQUEST)
+            if post_bytes:
+                writer.write(POST_HEAD % post_bytes)
+                piece = b"x" * min(post_bytes, PIECE)
+                for start in range(0, post_bytes, PIECE):
+                    writer.write(piece[: post_bytes - start])
+                    await writer.drain()
+            else:
+                writer.write(REQUEST)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
             length = 0
@@ -53,8 +65,11 @@ async def open_one(
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value.strip())
-            if length:
-                await reader.readexactly(length)
+            while length:  # a piece at a time: no response-sized object
+                piece = await reader.read(min(length, PIECE))
+                if not piece:
+                    raise ConnectionError("the response ended early")
+                length -= len(piece)
         except BaseException:
             writer.transport.abort()
             raise
@@ -77,7 +92,9 @@ async def run(args: argparse.Namespace) -> None:
                 errors["deadline"] += 1
                 return
             try:
-                reader, writer, status = await open_one(args.host, args.port, context, 30.0)
+                reader, writer, status = await open_one(
+                    args.host, args.port, context, 30.0, args.post_bytes
+                )
             except Exception as exc:
                 errors[type(exc).__name__] += 1
                 return
@@ -130,6 +147,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=64, help="handshakes in flight")
     parser.add_argument("--open-deadline", type=float, default=300.0)
     parser.add_argument("--hold-max", type=float, default=600.0)
+    parser.add_argument(
+        "--post-bytes", type=int, default=0, help="POST /bulk this many bytes instead of a GET"
+    )
     args = parser.parse_args()
     args.nofile = raise_nofile()
     try:

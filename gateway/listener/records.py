@@ -17,6 +17,13 @@ RECORD_PLAINTEXT = 16384
 # Ciphertext bytes per record beyond its plaintext: header 5, content type 1,
 # AEAD tag 16 (TLS 1.3); TLS 1.2 GCM adds an 8-byte explicit nonce instead.
 RECORD_OVERHEAD = 29
+# A memory BIO keeps the largest buffer it ever held until its connection
+# ends: one 256 KiB read from the socket written into the read BIO at once
+# left 343 KiB with every idle connection that had uploaded, a 256 KiB
+# response 297 KiB (bench/RESULTS.md, session 10).  So neither BIO is given
+# more than one record's worth at a time, and what one keeps is bounded by
+# about 22 KiB (OpenSSL grows a buffer to 4/3 of what it must hold).
+BIO_SLICE = RECORD_PLAINTEXT
 HANDSHAKE = 0x16  # the content type of a ClientHello's record
 
 _PLAIN_HTTP_BODY = (
@@ -43,6 +50,11 @@ class RecordFramer:
     def __init__(self) -> None:
         self._partial = b""  # the start of a record header split across segments
         self._skip = 0  # body bytes still to come of a record whose header was seen
+
+    @property
+    def inside_record(self) -> bool:
+        """The bytes fed so far end inside a record (its header or its body)."""
+        return bool(self._skip or self._partial)
 
     def feed(self, data: bytes) -> int:
         """Records completed by ``data``."""

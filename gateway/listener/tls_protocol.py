@@ -23,10 +23,11 @@ from typing import Any
 
 from OpenSSL import SSL, crypto
 
+from gateway.listener.bio import drain, seal, seal_sliced
 from gateway.listener.handshakes import HandshakeObserver
 from gateway.listener.records import (
+    BIO_SLICE,
     PLAIN_HTTP_ANSWER,
-    RECORD_OVERHEAD,
     RECORD_PLAINTEXT,
     RecordFramer,
     looks_like_plain_http,
@@ -48,6 +49,8 @@ class TlsServerProtocol(asyncio.Protocol):
         "_app",
         "_app_factory",
         "_app_transport",
+        "_backlog",
+        "_backlog_at",
         "_closing",
         "_conn",
         "_context",
@@ -92,6 +95,10 @@ class TlsServerProtocol(asyncio.Protocol):
         self._got_bytes = False
         self._framer = RecordFramer()
         self._unread = 0  # complete records not yet read through recv
+        # A large segment's bytes not yet given to the read BIO, and where
+        # they start (records.BIO_SLICE).
+        self._backlog = b""
+        self._backlog_at = 0
 
     # -- from the transport below -------------------------------------------------
 
@@ -109,6 +116,14 @@ class TlsServerProtocol(asyncio.Protocol):
         conn = self._conn
         if conn is None or self._closing:
             return
+        if self._backlog or len(data) > BIO_SLICE:
+            self._backlog = self._backlog[self._backlog_at :] + data if self._backlog else data
+            self._backlog_at = 0
+            self._receive_backlog(conn)
+            return
+        self._receive(conn, data)
+
+    def _receive(self, conn: SSL.Connection, data: bytes) -> None:
         if self._app is None:
             self._handshake_step(conn, data)
             return
@@ -117,6 +132,31 @@ class TlsServerProtocol(asyncio.Protocol):
         if self._unread >= 0:
             self._unread += records
         self._deliver(conn)
+
+    def _receive_backlog(self, conn: SSL.Connection) -> None:
+        # A slice at a time into the read BIO (records.BIO_SLICE), each read
+        # out before the next goes in; paused reading stops here and
+        # resume_reading carries on.
+        while self._backlog and not self._read_paused and self._conn is not None:
+            if self._closing:
+                self._backlog = b""
+                return
+            start = self._backlog_at
+            piece = self._backlog[start : start + BIO_SLICE]
+            self._backlog_at = start + len(piece)
+            if self._backlog_at == len(self._backlog):
+                self._backlog, self._backlog_at = b"", 0
+            if self._app is not None and self._unread >= 0:
+                conn.bio_write(piece)
+                self._unread += self._framer.feed(piece)
+                if self._framer.inside_record:
+                    # Reading until OpenSSL has nothing also takes the
+                    # record's first part out of the BIO into OpenSSL's own
+                    # buffer, which MODE_RELEASE_BUFFERS frees once it is read.
+                    self._unread = -1
+                self._deliver(conn)
+            else:
+                self._receive(conn, piece)
 
     def eof_received(self) -> bool | None:
         # A TCP FIN without close_notify: the peer's data may be truncated
@@ -140,6 +180,7 @@ class TlsServerProtocol(asyncio.Protocol):
                 "reset", f"connection lost during the handshake: {exc}", self._peer()
             )
         self._conn = None
+        self._backlog = b""
         # Break the cycles (socket transport <-> this protocol <-> the wrapped
         # protocol's transport): a closed connection, its OpenSSL state
         # included, is freed by reference counting at once, not by a full
@@ -193,12 +234,12 @@ class TlsServerProtocol(asyncio.Protocol):
         try:
             conn.do_handshake()
         except SSL.WantReadError:
-            self._flush_all(conn)
+            self._write_raw(drain(conn))
             return
         except SSL.Error as exc:
             self._handshake_failed(conn, exc)
             return
-        self._flush_all(conn)
+        self._write_raw(drain(conn))
         self._established(conn)
 
     def _handshake_failed(self, conn: SSL.Connection, exc: SSL.Error) -> None:
@@ -210,7 +251,7 @@ class TlsServerProtocol(asyncio.Protocol):
             reason = openssl_reason(exc)
             kind = handshake_failure_kind(reason)
         self._observer.handshake_failed(kind, reason, self._peer())
-        self._flush_all(conn)  # the alert OpenSSL queued, so the client learns why
+        self._write_raw(drain(conn))  # the alert OpenSSL queued, so the client learns why
         self._close_transport()
 
     def _handshake_expired(self) -> None:
@@ -277,7 +318,7 @@ class TlsServerProtocol(asyncio.Protocol):
             except SSL.Error:
                 # A record failed authentication or a fatal alert arrived: no
                 # further byte from this peer can be trusted.
-                self._flush_all(conn)
+                self._write_raw(drain(conn))
                 self.abort()
                 return
             app.data_received(plaintext)
@@ -295,35 +336,20 @@ class TlsServerProtocol(asyncio.Protocol):
         if conn is None or self._closing or not data:
             return
         try:
-            # Partial writes are off (tls_context.py): SSL_write takes it all.
-            written = conn.send(data)
+            if len(data) <= BIO_SLICE:
+                self._write_raw(seal(conn, data))
+                return
+            sealed = seal_sliced(conn, data)
         except SSL.Error:
             self.abort()
             return
-        size = len(data)
-        assert written == size, "partial TLS write"
-        self._flush_sized(conn, size + RECORD_OVERHEAD * (size // RECORD_PLAINTEXT + 2))
-
-    def _flush_sized(self, conn: SSL.Connection, expected: int) -> None:
-        try:
-            ciphertext = conn.bio_read(expected)
-        except SSL.WantReadError:
-            return
-        self._write_raw(ciphertext)
-        if len(ciphertext) == expected:
-            self._flush_all(conn)  # more was queued than estimated (a KeyUpdate, say)
-
-    def _flush_all(self, conn: SSL.Connection) -> None:
-        while True:
-            try:
-                ciphertext = conn.bio_read(65536)
-            except SSL.WantReadError:
-                return
-            self._write_raw(ciphertext)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(sealed)  # one writev for all the slices
 
     def _write_raw(self, data: bytes) -> None:
         transport = self._transport
-        if transport is not None and not transport.is_closing():
+        if data and transport is not None and not transport.is_closing():
             transport.write(data)
 
     # -- what the wrapped protocol's transport does -----------------------------------
@@ -336,7 +362,7 @@ class TlsServerProtocol(asyncio.Protocol):
         if conn is not None and self._app is not None:
             with contextlib.suppress(SSL.Error):
                 conn.shutdown()  # queues close_notify; the peer's is not awaited
-            self._flush_all(conn)
+            self._write_raw(drain(conn))
         self._close_transport()
 
     def abort(self) -> None:
@@ -363,6 +389,7 @@ class TlsServerProtocol(asyncio.Protocol):
     def _resume_delivery(self) -> None:
         if self._conn is not None and not self._read_paused:
             self._deliver(self._conn)
+            self._receive_backlog(self._conn)
 
     @property
     def closing(self) -> bool:

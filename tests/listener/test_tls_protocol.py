@@ -8,20 +8,25 @@ independent TLS implementations talking over a real socket.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
+import hashlib
 import json
+import os
 import socket
 import ssl
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
+from aiohttp import web
 
 from gateway.http1.reader import RequestReader
 from gateway.http1.server import Http1ServerProtocol
 from gateway.listener.tls_protocol import TlsServerProtocol
 from gateway.listener.tls_transport import TlsTransport
-from tests.conftest import MakeGateway, name_secret, registry_client
+from tests.conftest import MakeGateway, Upstream, name_secret, registry_client
 from tests.pki import Issued, Pki
 
 MTLS_CLIENT = registry_client("mtls.client", name_secret("CN=client, OU=production, O=company"))
@@ -217,3 +222,188 @@ def _answered_200(port: int, context: ssl.SSLContext, count: int) -> int:
         data, _ending = _request_then_read_to_eof(port, context)
         answered += data.startswith(b"HTTP/1.1 200 ")
     return answered
+
+
+# -- what an idle connection keeps after a large upload and download ----------------
+
+BULK = 1 << 20
+HELD = 12
+
+
+class _MallInfo2(ctypes.Structure):
+    # glibc >= 2.33, struct mallinfo2 (malloc.h): ten size_t counters.
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _malloc_in_use() -> Callable[[], int] | None:
+    """glibc's bytes in use (heap and mmapped chunks): where OpenSSL's buffers live."""
+    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+        return None
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return None
+    mallinfo2.restype = _MallInfo2
+
+    def in_use() -> int:
+        gc.collect()
+        info = mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+CHUNK = 64 * 1024  # no 1 MiB object lives anywhere: the allocator counts would see it
+
+
+def _post_and_hold(port: int, context: ssl.SSLContext, size: int) -> ssl.SSLSocket:
+    """One keep-alive connection that POSTed ``size`` bytes and read ``size`` back."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    tls = context.wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(b"POST /bulk HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % size)
+    piece = b"x" * min(size, CHUNK)
+    for start in range(0, size, CHUNK):
+        tls.sendall(piece[: size - start])
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += tls.recv(CHUNK)
+    answer, _, body = data.partition(b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    received = len(body)
+    while received < size:
+        received += len(tls.recv(CHUNK))
+    assert received == size
+    return tls
+
+
+def _held(port: int, context: ssl.SSLContext, size: int, count: int) -> list[ssl.SSLSocket]:
+    return [_post_and_hold(port, context, size) for _ in range(count)]
+
+
+def _still_answering(conns: list[ssl.SSLSocket]) -> int:
+    answered = 0
+    for tls in conns:
+        tls.sendall(b"POST /bulk HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nx")
+        answered += tls.recv(CHUNK).startswith(b"HTTP/1.1 200 ")
+    return answered
+
+
+StartUpstream = Callable[[web.Application], Awaitable[Upstream]]
+
+
+async def _bulk_upstream(start_upstream: StartUpstream, *, read_pause: float = 0.0) -> Upstream:
+    """POST /bulk answers as many bytes as it got, and their SHA-256 in a header."""
+
+    async def bulk(request: web.Request) -> web.StreamResponse:
+        size = 0
+        digest = hashlib.sha256()
+        async for piece in request.content.iter_chunked(CHUNK):
+            size += len(piece)
+            digest.update(piece)
+            if read_pause:
+                await asyncio.sleep(read_pause)  # a slow reader: the gateway must pause
+        response = web.StreamResponse(
+            headers={"Content-Length": str(size), "Body-Sha256": digest.hexdigest()}
+        )
+        await response.prepare(request)
+        piece = b"y" * min(size, CHUNK)
+        for start in range(0, size, CHUNK):
+            await response.write(piece[: size - start])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/bulk", bulk)
+    return await start_upstream(app)
+
+
+async def test_an_idle_connection_keeps_no_buffer_from_its_large_transfers(
+    make_gateway: MakeGateway,
+    start_upstream: StartUpstream,
+    pki: Pki,
+    client_cert: Issued,
+) -> None:
+    """A memory BIO keeps the largest buffer it ever held until the connection
+    ends.  Each 256 KiB socket read written into it at once, and each large
+    response sealed at once, left ~600 KiB with every idle connection that
+    had moved 1 MiB each way; a slice at a time (records.BIO_SLICE), what
+    one keeps is bounded by about 22 KiB per direction."""
+    in_use = _malloc_in_use()
+    if in_use is None:
+        pytest.skip("needs glibc malloc (mallinfo2), not a preloaded allocator")
+    upstream = await _bulk_upstream(start_upstream)
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT], routes=[{"prefix": "/", "upstream": upstream.url, "auth": "client"}]
+    )
+    context = pki.client_context(client_cert)
+    # First use, both sizes: caches, the upstream pool, the allocator's arenas.
+    warm = await asyncio.to_thread(_held, gw.port, context, 1, HELD)
+    warm += await asyncio.to_thread(_held, gw.port, context, BULK, 2)
+    for conn in warm:
+        conn.close()
+    await asyncio.sleep(0.5)  # connection_lost runs on the loop
+    start = in_use()
+    small = await asyncio.to_thread(_held, gw.port, context, 1, HELD)
+    after_small = in_use()
+    large = await asyncio.to_thread(_held, gw.port, context, BULK, HELD)
+    after_large = in_use()
+    try:
+        alive = await asyncio.to_thread(_still_answering, small + large)
+        extra = ((after_large - after_small) - (after_small - start)) / HELD / 1024
+        assert alive == 2 * HELD
+        assert extra < 96, f"{extra:.0f} KiB more per idle connection after 1 MiB each way"
+    finally:
+        for conn in small + large:
+            conn.close()
+
+
+def _upload_digest(port: int, context: ssl.SSLContext, size: int) -> tuple[str, str]:
+    """POST ``size`` random bytes in one sendall; (what was sent, what the upstream got)."""
+    body = os.urandom(size)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        head = b"POST /bulk HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % size
+        tls.sendall(head + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += tls.recv(CHUNK)
+    answer = data.partition(b"\r\n\r\n")[0].decode("latin-1")
+    assert answer.startswith("HTTP/1.1 200 "), answer
+    got = next(
+        line.split(":", 1)[1].strip()
+        for line in answer.split("\r\n")
+        if line.lower().startswith("body-sha256:")
+    )
+    return hashlib.sha256(body).hexdigest(), got
+
+
+async def test_a_large_upload_to_a_slow_upstream_arrives_intact(
+    make_gateway: MakeGateway, start_upstream: StartUpstream, pki: Pki, client_cert: Issued
+) -> None:
+    """Socket reads larger than records.BIO_SLICE go into OpenSSL a slice at a
+    time; when the upstream reads slowly the HTTP layer pauses reading between
+    slices, and the rest of the segment waits for resume_reading, in order."""
+    upstream = await _bulk_upstream(start_upstream, read_pause=0.005)
+    gw = await make_gateway(
+        clients=[MTLS_CLIENT], routes=[{"prefix": "/", "upstream": upstream.url, "auth": "client"}]
+    )
+    sent, got = await asyncio.to_thread(
+        _upload_digest, gw.port, pki.client_context(client_cert), 8 << 20
+    )
+    assert got == sent
