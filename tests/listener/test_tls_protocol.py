@@ -338,10 +338,10 @@ async def test_an_idle_connection_keeps_no_buffer_from_its_large_transfers(
     client_cert: Issued,
 ) -> None:
     """A memory BIO keeps the largest buffer it ever held until the connection
-    ends.  Each 256 KiB socket read written into it at once, and each large
-    response sealed at once, left ~600 KiB with every idle connection that
-    had moved 1 MiB each way; a slice at a time (records.BIO_SLICE), what
-    one keeps is bounded by about 22 KiB per direction."""
+    ends.  Each socket read (up to 256 KiB) written into it at once, and each
+    large response sealed at once, left 750-1,100 KiB more here with every
+    idle connection that had moved 1 MiB each way; a slice at a time
+    (records.BIO_SLICE), about 60: at most ~22 KiB per BIO."""
     in_use = _malloc_in_use()
     if in_use is None:
         pytest.skip("needs glibc malloc (mallinfo2), not a preloaded allocator")
