@@ -194,6 +194,10 @@ class Authenticator:
         except CertificateError as exc:
             self._refuse(request, None, str(exc), "unparseable")
             raise access_denied("the client certificate could not be parsed") from None
+        # The same bytes, shared: a returning client's connections keep the
+        # cached identity's copy of the DER, not one each (~600 bytes per idle
+        # connection, docs/design/data-plane.md "Memory").
+        session.peer_der = identity.der
         failure = session.failure
         # OpenSSL does not verify a resumed session: re-check it against the
         # trust material in force now, which may have dropped its CA.

@@ -19,7 +19,6 @@ class TlsSession:
         "alpn",
         "cipher",
         "identity",
-        "peer_chain_der",
         "peer_der",
         "server_name",
         "verify_called",
@@ -29,7 +28,6 @@ class TlsSession:
 
     def __init__(self) -> None:
         self.peer_der: bytes | None = None
-        self.peer_chain_der: tuple[bytes, ...] = ()  # as sent, leaf first
         self.verify_called = False
         self.verify_errors: list[tuple[int, int]] = []  # (depth, X509_V_ERR_*)
         self.alpn: str | None = None
