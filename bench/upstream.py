@@ -5,6 +5,9 @@ Two jobs:
 * ``/__echo`` (any method): answers with the raw request head it received, so
   ``compare.py`` can see exactly which identity headers a proxy forwarded,
   including duplicates and caller-sent copies that should have been stripped.
+* ``/bulk`` (a request with a body): once the body has arrived, answers with
+  as many bytes as it had, so ``hold.py --post-bytes`` measures what an idle
+  connection keeps after moving data both ways (RESULTS.md, session 10).
 * anything else: a fixed small body with ``Content-Length`` and keep-alive
   (usable as the fast upstream with ``compare.py --upstream python``; the
   default fast upstream is NGINX's ``return 200``, see bench/README.md).
@@ -30,16 +33,18 @@ import signal
 import ssl
 
 MAX_HEAD = 64 * 1024
+BULK_PIECE = memoryview(b"y" * 65536)
 DEFAULT_BODY = '{"ok":true}\n'
 
 
 class UpstreamProtocol(asyncio.Protocol):
-    __slots__ = ("_body", "_buffer", "_pending_body", "_transport")
+    __slots__ = ("_body", "_buffer", "_bulk", "_pending_body", "_transport")
 
     def __init__(self, body: bytes) -> None:
         self._body = body
         self._buffer = bytearray()
         self._pending_body = 0
+        self._bulk: tuple[int, bytes] | None = None  # (size, connection header) once the body is in
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -55,6 +60,9 @@ class UpstreamProtocol(asyncio.Protocol):
                 self._pending_body -= skipped
                 if self._pending_body:
                     return
+            if self._bulk is not None:
+                self._answer_bulk(transport, *self._bulk)
+                self._bulk = None
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > MAX_HEAD:
@@ -85,11 +93,24 @@ class UpstreamProtocol(asyncio.Protocol):
             connection_header = b"Connection: keep-alive\r\n"
         else:
             connection_header = b""
+        if path.startswith(b"/bulk"):
+            self._bulk = (self._pending_body, connection_header)  # answered once the body is in
+            return
         transport.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s"
             % (len(body), connection_header, body)
         )
         if not keep:
+            transport.close()
+
+    def _answer_bulk(self, transport: asyncio.Transport, size: int, connection: bytes) -> None:
+        transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n%s\r\n" % (size, connection)
+        )
+        for start in range(0, size, len(BULK_PIECE)):  # no response-sized object
+            transport.write(BULK_PIECE[: size - start])
+        if connection == b"Connection: close\r\n":
             transport.close()
 
 
