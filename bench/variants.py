@@ -45,25 +45,6 @@ import weakref
 from typing import Any
 
 
-class _MallInfo2(ctypes.Structure):
-    # glibc >= 2.33, struct mallinfo2 (malloc.h): all size_t.
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",  # bytes from sbrk (the main heap)
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",  # bytes in mmap'd chunks
-            "usmblks",
-            "fsmblks",
-            "uordblks",  # bytes in use
-            "fordblks",  # bytes free but held by malloc
-            "keepcost",  # of those, releasable at the top of the heap
-        )
-    ]
-
-
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL("libc.so.6")
 
@@ -109,8 +90,7 @@ def _start_stats(path: str) -> None:
         live.add(self)
 
     SSL.Connection.__init__ = tracked  # type: ignore[method-assign]
-    libc = _libc()
-    libc.mallinfo2.restype = _MallInfo2
+    from gateway.ops.heap import mallinfo  # the gateway's own, not a copy
 
     trace = os.environ.get("MTLS_BENCH_TRACE") == "1"
     if trace:
@@ -158,7 +138,8 @@ def _start_stats(path: str) -> None:
             while True:
                 snapshot_if_asked()
                 mallocstats_if_asked()
-                info = libc.mallinfo2()
+                info = mallinfo()
+                assert info is not None, "MTLS_BENCH_STATS needs glibc's mallinfo2"
                 line = {
                     "time": round(time.time(), 1),
                     "rss_kib": _vm_rss_kib(),

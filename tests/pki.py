@@ -13,12 +13,15 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
 
+from gateway.listener.tls_context import ALPN_PROTOCOLS, build_server_context
 from gateway.trust.identity import sha1_thumbprint
 
 NOW = dt.datetime.now(dt.UTC)
@@ -173,3 +176,19 @@ class Pki:
         if client is not None:
             ctx.load_cert_chain(client.cert_path, client.key_path)
         return ctx
+
+    def listener_context(
+        self,
+        *,
+        client_certs: Literal["optional", "required"] = "optional",
+        alpn: Sequence[bytes] = ALPN_PROTOCOLS,
+    ) -> SSL.Context:
+        """A listener's server context (the production builder) for our server certificate."""
+        return build_server_context(
+            cert=self.server.cert_path,
+            key=self.server.key_path,
+            anchors=[self.ca.cert],
+            client_certs=client_certs,
+            min_version="1.2",
+            alpn=alpn,
+        )

@@ -25,6 +25,7 @@ import ctypes.util
 import gc
 import logging
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("gateway")
 
@@ -34,17 +35,59 @@ CHECK_SECONDS = 5.0
 MIN_DROP = 256
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h, glibc >= 2.33): ten ``size_t`` counters."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",  # bytes from sbrk (the main heap)
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",  # bytes in mmapped chunks
+            "usmblks",
+            "fsmblks",
+            "uordblks",  # bytes in use
+            "fordblks",  # bytes free but held
+            "keepcost",  # releasable from the top of the heap
+        )
+    ]
+
+
+def _libc_function(name: str) -> Any:
+    """A C library function by name; None where the library has none (musl, macOS)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        return getattr(ctypes.CDLL(library), name)
     except (OSError, AttributeError):
+        return None
+
+
+def mallinfo() -> MallInfo2 | None:
+    """glibc's allocator counters now; None where there is no ``mallinfo2`` (musl, macOS).
+
+    For the benchmarks and the memory tests: where OpenSSL's per-connection
+    state and buffers live.  Under a preloaded allocator (jemalloc) these
+    are glibc's counters only, and say nothing about that allocator's heap.
+    """
+    call = _libc_function("mallinfo2")
+    if call is None:
+        return None
+    call.restype = MallInfo2
+    info: MallInfo2 = call()
+    return info
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    trim = _libc_function("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-    return trim
+    return trim  # type: ignore[no-any-return]
 
 
 class HeapTrimmer:

@@ -12,7 +12,7 @@ from gateway.http2.limits import Http2Limits
 from gateway.http2.server import Http2ServerProtocol
 from gateway.listener.handshakes import HandshakeStats
 from gateway.listener.stack import AlpnChooser
-from gateway.listener.tls_context import ALPN_WITH_HTTP2, build_server_context
+from gateway.listener.tls_context import ALPN_WITH_HTTP2
 from gateway.listener.tls_protocol import TlsServerProtocol
 from gateway.pipeline.messages import Handler
 from tests.pki import Pki
@@ -42,14 +42,7 @@ async def h2_listener(pki: Pki) -> AsyncIterator[StartH2]:
     servers: list[H2Listener] = []
 
     async def start(handler: Handler, *, limits: Http2Limits | None = None) -> H2Listener:
-        context = build_server_context(
-            cert=pki.server.cert_path,
-            key=pki.server.key_path,
-            anchors=[pki.ca.cert],
-            client_certs="optional",
-            min_version="1.2",
-            alpn=ALPN_WITH_HTTP2,
-        )
+        context = pki.listener_context(alpn=ALPN_WITH_HTTP2)
         connections: list[Http2ServerProtocol] = []
 
         def http2() -> asyncio.Protocol:

@@ -1,7 +1,7 @@
 """gateway.listener.bio: sealing plaintext into records, with the production server context.
 
 Both ends are pyOpenSSL connections over memory BIOs, moved by hand: the
-server is built by ``build_server_context`` (the listener's settings), the
+server is built by ``build_server_context`` (``Pki.listener_context``), the
 client presents the seed's client certificate.
 """
 
@@ -14,18 +14,11 @@ from OpenSSL import SSL
 
 from gateway.listener.bio import drain, seal, seal_sliced
 from gateway.listener.records import BIO_SLICE, RECORD_OVERHEAD
-from gateway.listener.tls_context import build_server_context
 from tests.pki import Issued, Pki
 
 
 def _pair(pki: Pki, client: Issued) -> tuple[SSL.Connection, SSL.Connection]:
-    server_ctx = build_server_context(
-        cert=pki.server.cert_path,
-        key=pki.server.key_path,
-        anchors=[pki.ca.cert],
-        client_certs="required",
-        min_version="1.2",
-    )
+    server_ctx = pki.listener_context(client_certs="required")
     client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     client_ctx.use_certificate(client.cert)
     client_ctx.use_privatekey(client.key)

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.listener.handshakes import HandshakeStats
 from gateway.listener.stack import AlpnChooser
-from gateway.listener.tls_context import ALPN_PROTOCOLS, ALPN_WITH_HTTP2, build_server_context
+from gateway.listener.tls_context import ALPN_PROTOCOLS, ALPN_WITH_HTTP2
 from gateway.listener.tls_protocol import TlsServerProtocol
 from tests.pki import Issued, Pki
 
@@ -29,14 +29,7 @@ class Says(asyncio.Protocol):
 
 
 async def _listen(pki: Pki, alpn: Sequence[bytes]) -> asyncio.Server:
-    context = build_server_context(
-        cert=pki.server.cert_path,
-        key=pki.server.key_path,
-        anchors=[pki.ca.cert],
-        client_certs="optional",
-        min_version="1.2",
-        alpn=alpn,
-    )
+    context = pki.listener_context(alpn=alpn)
 
     def factory() -> asyncio.Protocol:
         return TlsServerProtocol(

@@ -8,7 +8,6 @@ independent TLS implementations talking over a real socket.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import hashlib
 import json
@@ -26,6 +25,7 @@ from gateway.http1.reader import RequestReader
 from gateway.http1.server import Http1ServerProtocol
 from gateway.listener.tls_protocol import TlsServerProtocol
 from gateway.listener.tls_transport import TlsTransport
+from gateway.ops.heap import mallinfo
 from tests.conftest import MakeGateway, Upstream, name_secret, registry_client
 from tests.pki import Issued, Pki
 
@@ -230,38 +230,15 @@ BULK = 1 << 20
 HELD = 12
 
 
-class _MallInfo2(ctypes.Structure):
-    # glibc >= 2.33, struct mallinfo2 (malloc.h): ten size_t counters.
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
 def _malloc_in_use() -> Callable[[], int] | None:
     """glibc's bytes in use (heap and mmapped chunks): where OpenSSL's buffers live."""
-    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+    if "jemalloc" in os.environ.get("LD_PRELOAD", "") or mallinfo() is None:
         return None
-    try:
-        mallinfo2 = ctypes.CDLL(None).mallinfo2
-    except AttributeError:
-        return None
-    mallinfo2.restype = _MallInfo2
 
     def in_use() -> int:
         gc.collect()
-        info = mallinfo2()
+        info = mallinfo()
+        assert info is not None
         return int(info.uordblks + info.hblkhd)
 
     return in_use
